@@ -1,0 +1,1 @@
+"""jxr: cross-lingual retrieval under sparse attention."""

@@ -1,0 +1,44 @@
+"""Shared test setup: CPU only, offline, quiet progress bars."""
+
+import os
+
+# Before jax is imported anywhere: tests run offline and quietly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JXR_QUIET", "1")
+
+import pathlib
+
+import pytest
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _has_gpu() -> bool:
+  try:
+    import jax
+
+    return any(d.platform == "gpu" for d in jax.devices())
+  except RuntimeError:
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+  if not _has_gpu():
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+      if "gpu" in item.keywords:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def lareqa_dir() -> pathlib.Path:
+  """The LAReQA release: $JXR_DATA_DIR, else ../shared/data/lareqa."""
+  path = pathlib.Path(os.environ.get("JXR_DATA_DIR", SHARED / "data" / "lareqa"))
+  if not (path / "xquad-r" / "en.json").exists():
+    pytest.fail(f"LAReQA not found at {path}; set JXR_DATA_DIR")
+  return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> pathlib.Path:
+  return SHARED / "reference"
