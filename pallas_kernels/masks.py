@@ -1,0 +1,555 @@
+"""Attention masks as data: what each query may see, and the block tables kernels walk.
+
+A mask is a frozen, hashable description, never an `Lq x Lk` array. Kernels tile
+the score matrix into `block_q x block_k` tiles and ask the mask, on the host,
+which tiles to visit and which of those need element-level masking
+(`block_table`). Inside a tile, `tile_allowed` evaluates the exact predicate from
+iota positions with `jnp` ops, so the same code serves the Pallas kernel and the
+blocked XLA path.
+
+Block-sparse layouts are constant over their cells. Kernels therefore use tiles
+that lie inside one layout cell (the kernel block divides the layout block, see
+`layout_block_sizes`), so a layout never makes a tile partial; its value on a
+visited tile travels in the table as one bit (`kv_bits`) per layout leaf.
+
+Formulas (head `h`, query `i`, key `j`):
+  DenseMask()                    true
+  LocalMask(left, right)         (left is None or j >= i - left) and (right is None or j <= i + right)
+  BlockSparseMask(layout, bq, bk) layout[h, i // bq, j // bk]
+  a & b, a | b                   logical and / or
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+# Tile states in block tables.
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+class Mask(abc.ABC):
+  """Base of all masks: combinable with `&` and `|`."""
+
+  def __and__(self, other: Mask) -> Mask:
+    return AndMask(_check_mask(self, "left operand of &"), _check_mask(other, "right operand of &"))
+
+  def __or__(self, other: Mask) -> Mask:
+    return OrMask(_check_mask(self, "left operand of |"), _check_mask(other, "right operand of |"))
+
+  # -- What subclasses define. ------------------------------------------------
+
+  def dense(self, q_len: int, kv_len: int, num_heads: int = 1) -> np.ndarray:
+    """The explicit mask, bool `[H', q_len, kv_len]` (`H'` is 1 when head-independent).
+
+    For references and tests only: it is quadratic in the length.
+    """
+    _check_lengths(q_len, kv_len)
+    self.validate(q_len, kv_len, num_heads)
+    return self._dense_at(np.arange(q_len)[:, None], np.arange(kv_len)[None, :], q_len, kv_len, num_heads)
+
+  @abc.abstractmethod
+  def _dense_at(self, q_pos, kv_pos, q_len: int, kv_len: int, num_heads: int) -> np.ndarray:
+    """The mask at positions `q_pos [r, 1]`, `kv_pos [1, c]` of a `q_len x kv_len` problem."""
+
+  @abc.abstractmethod
+  def _tile_states(self, tiling: _Tiling) -> np.ndarray:
+    """int8 `[H', nqb, nkb]` of EMPTY / PARTIAL / FULL for the kernel tiles."""
+
+  @abc.abstractmethod
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf: int, xp) -> tuple[Any, int]:
+    """The element predicate on a tile; returns it and the next leaf number."""
+
+  def layout_leaves(self) -> tuple[BlockSparseMask | BlockSparsePattern, ...]:
+    """The block-sparse parts of this mask, in the order of their `kv_bits` bits."""
+    return ()
+
+  @property
+  def per_head(self) -> bool:
+    return any(leaf.per_head for leaf in self.layout_leaves())
+
+  def validate(self, q_len: int, kv_len: int, num_heads: int) -> None:
+    """Raises ValueError if the mask cannot apply to these shapes."""
+    for leaf in self.layout_leaves():
+      leaf.validate(q_len, kv_len, num_heads)
+
+  # -- Derived. -----------------------------------------------------------------
+
+  def tile_allowed(self, q_pos, kv_pos, bits, xp=jnp):
+    """bool array broadcast from `q_pos [bq, 1]` and `kv_pos [1, bk]` (absolute positions).
+
+    `bits` is the tile's `kv_bits` entry (an int32 scalar, or an array that
+    broadcasts with the positions): bit `n` is the value of layout leaf `n` on
+    the tile. `xp` is `jnp` inside kernels, `np` on the host.
+    """
+    allowed, _ = self._tile_allowed(q_pos, kv_pos, bits, 0, xp)
+    return allowed
+
+  def block_table(self, q_len: int, kv_len: int, block_q: int, block_k: int,
+                  num_heads: int = 1) -> BlockTable:
+    """The tiles kernels visit, forward (per query block) and transposed (per key block)."""
+    return _block_table(self, q_len, kv_len, block_q, block_k, num_heads)
+
+  def density(self, q_len: int, kv_len: int, num_heads: int = 1) -> float:
+    """Fraction of query-key pairs this mask allows (averaged over heads).
+
+    Exact, computed a block of rows at a time, so memory stays O(kv_len).
+    """
+    _check_lengths(q_len, kv_len)
+    self.validate(q_len, kv_len, num_heads)
+    kv_pos = np.arange(kv_len)[None, :]
+    rows = max(1, (1 << 22) // kv_len)
+    allowed, heads = 0, 1
+    for start in range(0, q_len, rows):
+      q_pos = np.arange(start, min(q_len, start + rows))[:, None]
+      chunk = self._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
+      allowed, heads = allowed + int(chunk.sum(dtype=np.int64)), chunk.shape[0]
+    return allowed / (heads * q_len * kv_len)
+
+  def visited_fraction(self, q_len: int, kv_len: int, block_q: int, block_k: int,
+                       num_heads: int = 1) -> float:
+    """Fraction of `block_q x block_k` tiles a kernel visits: its cost relative to dense."""
+    table = self.block_table(q_len, kv_len, block_q, block_k, num_heads)
+    return float(table.kv_count.sum()) / (table.kv_count.size * table.num_kv_blocks)
+
+
+def _check_mask(mask: Any, what: str) -> Mask:
+  if not isinstance(mask, Mask):
+    raise ValueError(f"{what}: expected a Mask, got {type(mask).__name__}")
+  return mask
+
+
+def _check_lengths(q_len: int, kv_len: int) -> None:
+  for name, n in (("q_len", q_len), ("kv_len", kv_len)):
+    if not isinstance(n, (int, np.integer)) or n < 1:
+      raise ValueError(f"{name}: expected a positive int, got {n!r}")
+
+
+# -- Tiling geometry. --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+  q_len: int
+  kv_len: int
+  block_q: int
+  block_k: int
+  num_heads: int
+
+  @property
+  def num_q_blocks(self) -> int:
+    return -(-self.q_len // self.block_q)
+
+  @property
+  def num_kv_blocks(self) -> int:
+    return -(-self.kv_len // self.block_k)
+
+  def q_range(self) -> tuple[np.ndarray, np.ndarray]:
+    """First and last real query position of each query block, `[nqb, 1]`."""
+    start = np.arange(self.num_q_blocks) * self.block_q
+    return start[:, None], np.minimum(start + self.block_q, self.q_len)[:, None] - 1
+
+  def kv_range(self) -> tuple[np.ndarray, np.ndarray]:
+    """First and last real key position of each key block, `[1, nkb]`."""
+    start = np.arange(self.num_kv_blocks) * self.block_k
+    return start[None, :], np.minimum(start + self.block_k, self.kv_len)[None, :] - 1
+
+
+# -- Leaves. -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseMask(Mask):
+  """Every query sees every key."""
+
+  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
+    return np.ones((1,) + np.broadcast_shapes(q_pos.shape, kv_pos.shape), bool)
+
+  def _tile_states(self, tiling):
+    return np.full((1, tiling.num_q_blocks, tiling.num_kv_blocks), FULL, np.int8)
+
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
+    return xp.full(np.broadcast_shapes(q_pos.shape, kv_pos.shape), True), leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalMask(Mask):
+  """Query `i` sees keys `i - left ..= i + right`; `None` leaves a side unbounded.
+
+  `LocalMask(w, w)` is a symmetric window of `2w + 1` keys.
+  """
+
+  left: int | None
+  right: int | None
+
+  def __post_init__(self):
+    for name in ("left", "right"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"LocalMask.{name}: expected an int >= 0 or None, got {value!r}")
+      if value is not None:
+        object.__setattr__(self, name, int(value))
+
+  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
+    return self._allowed(q_pos, kv_pos, np)[None]
+
+  def _allowed(self, q_pos, kv_pos, xp):
+    shape = np.broadcast_shapes(q_pos.shape, kv_pos.shape)
+    left_ok = True if self.left is None else kv_pos >= q_pos - self.left
+    right_ok = True if self.right is None else kv_pos <= q_pos + self.right
+    return xp.broadcast_to(xp.logical_and(left_ok, right_ok), shape)
+
+  def _tile_states(self, tiling):
+    # Over a tile, d = j - i spans [k_first - q_last, k_last - q_first]; the tile is
+    # full when that span lies inside [-left, right], empty when it misses it.
+    q_first, q_last = tiling.q_range()
+    k_first, k_last = tiling.kv_range()
+    d_min, d_max = k_first - q_last, k_last - q_first
+    lo = -np.inf if self.left is None else -self.left
+    hi = np.inf if self.right is None else self.right
+    full = (d_min >= lo) & (d_max <= hi)
+    empty = (d_max < lo) | (d_min > hi)
+    states = np.where(full, FULL, np.where(empty, EMPTY, PARTIAL)).astype(np.int8)
+    return states[None]
+
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
+    return self._allowed(q_pos, kv_pos, xp), leaf
+
+
+def _as_layout(layout: Any) -> np.ndarray:
+  array = np.asarray(layout)
+  if array.ndim not in (2, 3) or array.size == 0:
+    raise ValueError(f"BlockSparseMask.layout: expected a non-empty bool array [nqb, nkb] or [H, nqb, nkb], "
+                     f"got shape {array.shape}")
+  if array.dtype != bool:
+    if not np.all((array == 0) | (array == 1)):
+      raise ValueError("BlockSparseMask.layout: expected booleans (or 0/1)")
+    array = array.astype(bool)
+  array = np.array(array, copy=True)
+  array.setflags(write=False)
+  return array
+
+
+def _check_block(value: Any, name: str) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name}: expected a positive int, got {value!r}")
+  return int(value)
+
+
+class _LayoutLeaf(Mask):
+  """A mask constant on `block_q x block_k` cells, given by a layout per shape."""
+
+  block_q: int
+  block_k: int
+
+  @abc.abstractmethod
+  def layout(self, q_len: int, kv_len: int, num_heads: int = 1) -> np.ndarray:
+    """bool `[H', ceil(q_len / block_q), ceil(kv_len / block_k)]`."""
+
+  def layout_leaves(self):
+    return (self,)
+
+  def validate(self, q_len, kv_len, num_heads):
+    del q_len, kv_len, num_heads  # a recipe fits any shape
+
+  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
+    layout = self.layout(q_len, kv_len, num_heads)
+    return layout[:, q_pos // self.block_q, kv_pos // self.block_k]
+
+  def _tile_states(self, tiling):
+    if self.block_q % tiling.block_q or self.block_k % tiling.block_k:
+      raise ValueError(
+          f"block sizes: kernel tiles ({tiling.block_q}, {tiling.block_k}) must divide the layout "
+          f"blocks ({self.block_q}, {self.block_k}) of {type(self).__name__}")
+    layout = self.layout(tiling.q_len, tiling.kv_len, tiling.num_heads)
+    rows = (np.arange(tiling.num_q_blocks) * tiling.block_q) // self.block_q
+    cols = (np.arange(tiling.num_kv_blocks) * tiling.block_k) // self.block_k
+    return np.where(layout[:, rows[:, None], cols[None, :]], FULL, EMPTY).astype(np.int8)
+
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
+    on = ((bits >> leaf) & 1) == 1
+    shape = np.broadcast_shapes(np.shape(on), q_pos.shape, kv_pos.shape)
+    return xp.broadcast_to(on, shape), leaf + 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockSparseMask(_LayoutLeaf):
+  """Query `i` sees key `j` when `layout[h, i // block_q, j // block_k]`.
+
+  `layout` is bool `[nqb, nkb]` (all heads) or `[H, nqb, nkb]` (per head), and
+  must cover the sequence exactly: `nqb = ceil(Lq / block_q)`, `nkb = ceil(Lk / block_k)`.
+  """
+
+  layout_array: np.ndarray
+  block_q: int
+  block_k: int
+
+  def __init__(self, layout: Any, block_q: int, block_k: int | None = None):
+    object.__setattr__(self, "layout_array", _as_layout(layout))
+    object.__setattr__(self, "block_q", _check_block(block_q, "BlockSparseMask.block_q"))
+    object.__setattr__(self, "block_k", _check_block(block_q if block_k is None else block_k,
+                                                     "BlockSparseMask.block_k"))
+
+  @staticmethod
+  def pattern(block: int, *, local: int = 1, global_: int = 1, random: int = 0,
+              density: float | None = None, seed: int = 0, per_head: bool = False) -> BlockSparsePattern:
+    """BigBird's local + global + random blocks, as a recipe for any length."""
+    return BlockSparsePattern(block=block, local=local, global_=global_, random=random,
+                              target_density=density, seed=seed, per_head=per_head)
+
+  @property
+  def per_head(self) -> bool:
+    return self.layout_array.ndim == 3
+
+  def __eq__(self, other):
+    return (isinstance(other, BlockSparseMask) and (self.block_q, self.block_k) == (other.block_q, other.block_k)
+            and self.layout_array.shape == other.layout_array.shape
+            and bool(np.array_equal(self.layout_array, other.layout_array)))
+
+  def __hash__(self):
+    return hash((self.block_q, self.block_k, self.layout_array.shape, self.layout_array.tobytes()))
+
+  def __repr__(self):
+    shape = "x".join(map(str, self.layout_array.shape))
+    active = self.layout_array.mean()
+    return f"BlockSparseMask(layout=<{shape}, {active:.0%} active>, block_q={self.block_q}, block_k={self.block_k})"
+
+  def validate(self, q_len, kv_len, num_heads):
+    expected = (-(-q_len // self.block_q), -(-kv_len // self.block_k))
+    got = self.layout_array.shape
+    if got[-2:] != expected:
+      raise ValueError(f"BlockSparseMask.layout: expected shape [..., {expected[0]}, {expected[1]}] for "
+                       f"Lq={q_len}, Lk={kv_len} and blocks ({self.block_q}, {self.block_k}), got {list(got)}")
+    if len(got) == 3 and got[0] != num_heads:
+      raise ValueError(f"BlockSparseMask.layout: per-head layout has {got[0]} heads, the inputs have {num_heads}")
+
+  def layout(self, q_len, kv_len, num_heads=1):
+    self.validate(q_len, kv_len, num_heads)
+    layout = self.layout_array
+    return layout if layout.ndim == 3 else layout[None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSparsePattern(_LayoutLeaf):
+  """BigBird-style layout recipe: local band + global rows/columns + seeded random blocks.
+
+  With `nqb x nkb` blocks of size `block`, block `(qb, kb)` is active when
+  `|qb - kb| <= local`, or `qb < global_` or `kb < global_`, or `kb` is one of
+  `random` other key blocks drawn for `qb` by a generator seeded with
+  `(seed, h, nkb)`. `target_density=d` (`density=d` in `BlockSparseMask.pattern`)
+  picks the number of random blocks per row so the active fraction is as close
+  as possible to `d`, never below the local+global part.
+  """
+
+  block: int
+  local: int = 1
+  global_: int = 1
+  random: int = 0
+  target_density: float | None = None
+  seed: int = 0
+  per_head: bool = False
+
+  def __post_init__(self):
+    _check_block(self.block, "BlockSparsePattern.block")
+    for name in ("local", "global_", "random", "seed"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"BlockSparsePattern.{name}: expected an int >= 0, got {value!r}")
+    if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
+      raise ValueError(f"BlockSparseMask.pattern: density: expected a fraction in (0, 1], got {self.target_density!r}")
+
+  @property
+  def block_q(self) -> int:
+    return self.block
+
+  @property
+  def block_k(self) -> int:
+    return self.block
+
+  def layout(self, q_len, kv_len, num_heads=1):
+    return _pattern_layout(self, -(-q_len // self.block), -(-kv_len // self.block),
+                           num_heads if self.per_head else 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern_layout(pattern: BlockSparsePattern, nqb: int, nkb: int, heads: int) -> np.ndarray:
+  qb, kb = np.arange(nqb)[:, None], np.arange(nkb)[None, :]
+  fixed = (np.abs(qb - kb) <= pattern.local) | (qb < pattern.global_) | (kb < pattern.global_)
+  free = (~fixed).sum(axis=1)  # candidate random blocks per row
+  num_random = pattern.random
+  if pattern.target_density is not None:
+    # Active blocks with r random per row: fixed + sum(min(r, free)); pick r nearest the target.
+    choices = np.arange(nkb + 1)
+    active = fixed.sum() + np.minimum(choices[:, None], free[None, :]).sum(axis=1)
+    num_random = int(choices[np.argmin(np.abs(active / (nqb * nkb) - pattern.target_density))])
+  layouts = np.repeat(fixed[None], heads, axis=0)
+  if num_random:
+    for h in range(heads):
+      rng = np.random.default_rng((pattern.seed, h, nkb))
+      for row in range(nqb):
+        candidates = np.flatnonzero(~fixed[row])
+        take = rng.permutation(candidates)[:num_random]
+        layouts[h, row, take] = True
+  layouts.setflags(write=False)
+  return layouts
+
+
+# -- Combinations. -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AndMask(Mask):
+  left: Mask
+  right: Mask
+
+  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
+    return self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads) & self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
+
+  def layout_leaves(self):
+    return self.left.layout_leaves() + self.right.layout_leaves()
+
+  def _tile_states(self, tiling):
+    a, b = self.left._tile_states(tiling), self.right._tile_states(tiling)
+    # Empty if either side is, full if both are, else partial: min of the states.
+    return np.minimum(a, b)
+
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
+    a, leaf = self.left._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
+    b, leaf = self.right._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
+    return a & b, leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class OrMask(Mask):
+  left: Mask
+  right: Mask
+
+  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
+    return self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads) | self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
+
+  def layout_leaves(self):
+    return self.left.layout_leaves() + self.right.layout_leaves()
+
+  def _tile_states(self, tiling):
+    # Full if either side is, empty if both are, else partial: max of the states.
+    return np.maximum(self.left._tile_states(tiling), self.right._tile_states(tiling))
+
+  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
+    a, leaf = self.left._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
+    b, leaf = self.right._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
+    return a | b, leaf
+
+
+# -- Block tables. -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTable:
+  """Which tiles a kernel visits. `H'` is 1 for head-independent masks.
+
+  Forward / dq pass, per query block:
+    kv_index   int32 [H', nqb, max_kv_visits]  key blocks to visit (padded with the last valid one)
+    kv_count   int32 [H', nqb]                 how many entries of kv_index are real
+    kv_partial bool  [H', nqb, max_kv_visits]  the tile needs element masking
+    kv_bits    int32 [H', nqb, max_kv_visits]  layout-leaf values on the tile (bit n = leaf n)
+  dk/dv pass, per key block: q_index, q_count, q_partial, q_bits, likewise.
+  """
+
+  q_len: int
+  kv_len: int
+  block_q: int
+  block_k: int
+  kv_index: np.ndarray
+  kv_count: np.ndarray
+  kv_partial: np.ndarray
+  kv_bits: np.ndarray
+  q_index: np.ndarray
+  q_count: np.ndarray
+  q_partial: np.ndarray
+  q_bits: np.ndarray
+
+  @property
+  def num_q_blocks(self) -> int:
+    return self.kv_count.shape[1]
+
+  @property
+  def num_kv_blocks(self) -> int:
+    return self.q_count.shape[1]
+
+  @property
+  def any_partial(self) -> bool:
+    return bool(self.kv_partial.any())
+
+  @property
+  def num_visits(self) -> int:
+    return int(self.kv_count.sum())
+
+
+def _compress(states: np.ndarray, bits: np.ndarray, fill: int):
+  """Per row of `states [H, R, C]`: the visited columns, padded; and their flags."""
+  visited = states != EMPTY
+  count = visited.sum(axis=-1).astype(np.int32)
+  width = max(1, int(count.max(initial=0)))
+  # Stable sort puts visited columns first, in increasing order.
+  order = np.argsort(~visited, axis=-1, kind="stable")[..., :width].astype(np.int32)
+  valid = np.arange(width) < count[..., None]
+  last = np.take_along_axis(order, np.maximum(count - 1, 0)[..., None], axis=-1)
+  last = np.where(count[..., None] > 0, last, fill)
+  index = np.where(valid, order, last).astype(np.int32)
+  partial = np.take_along_axis(states, index, axis=-1) == PARTIAL
+  tile_bits = np.take_along_axis(bits, index, axis=-1).astype(np.int32)
+  return index, count, partial & valid, tile_bits
+
+
+def _leaf_bits(mask: Mask, tiling: _Tiling, heads: int) -> np.ndarray:
+  bits = np.zeros((heads, tiling.num_q_blocks, tiling.num_kv_blocks), np.int32)
+  leaves = mask.layout_leaves()
+  if len(leaves) > 31:
+    raise ValueError(f"mask: at most 31 block-sparse parts are supported, got {len(leaves)}")
+  for n, leaf in enumerate(leaves):
+    bits |= (leaf._tile_states(tiling) == FULL).astype(np.int32) << n
+  return bits
+
+
+def _readonly(*arrays):
+  for array in arrays:
+    array.setflags(write=False)
+  return arrays
+
+
+@functools.lru_cache(maxsize=512)
+def _block_table(mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int,
+                 num_heads: int) -> BlockTable:
+  _check_lengths(q_len, kv_len)
+  _check_block(block_q, "block_q")
+  _check_block(block_k, "block_k")
+  mask.validate(q_len, kv_len, num_heads)
+  tiling = _Tiling(q_len, kv_len, block_q, block_k, num_heads)
+  states = mask._tile_states(tiling)
+  heads = states.shape[0]
+  bits = np.broadcast_to(_leaf_bits(mask, tiling, heads), states.shape)
+  # Rows with nothing to visit still need a safe index to pad with: one that
+  # some row visits, so padded loads never touch a block no one reads.
+  visited_kv = np.flatnonzero((states != EMPTY).any(axis=(0, 1)))
+  visited_q = np.flatnonzero((states != EMPTY).any(axis=(0, 2)))
+  kv = _compress(states, bits, int(visited_kv[0]) if visited_kv.size else 0)
+  q = _compress(states.transpose(0, 2, 1), bits.transpose(0, 2, 1), int(visited_q[0]) if visited_q.size else 0)
+  return BlockTable(q_len, kv_len, block_q, block_k, *_readonly(*kv), *_readonly(*q))
+
+
+def layout_block_sizes(mask: Mask) -> tuple[int, int]:
+  """The largest tile `(block_q, block_k)` that fits every layout cell of `mask`.
+
+  Kernel blocks must divide these (see the module docstring); `(0, 0)` means no
+  constraint (no block-sparse part).
+  """
+  leaves = mask.layout_leaves()
+  if not leaves:
+    return 0, 0
+  return (math.gcd(*(leaf.block_q for leaf in leaves)), math.gcd(*(leaf.block_k for leaf in leaves)))
