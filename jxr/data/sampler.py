@@ -1,0 +1,251 @@
+"""Hybrid batches for contrastive training (arXiv 2408.10536).
+
+Each batch is monolingual with probability `mono_prob` (every query and positive
+in one language) and otherwise cross-lingual (every query's language differs
+from its positive's). In-batch negatives are the other rows' positives, so no
+two rows may belong to one question, directly or through a shared answer
+sentence: a row's conflict keys are the questions its positive answers.
+
+Batch `t` is a pure function of `(seed, t)`, so the sampler's state is its step
+count, every process of a multi-host run draws the same global batch, and a
+resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from jxr.data.pairs import TrainingPairs
+
+_WEIGHTINGS = ("uniform", "proportional")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Batch:
+  """This process's rows of one global batch."""
+
+  step: int
+  kind: str  # "mono" | "cross"
+  language: str | None  # the language of a mono batch, else None
+  global_batch_size: int
+  pair_index: np.ndarray  # int64 [b]: rows of the TrainingPairs
+  query_ids: np.ndarray  # int64 [b]: rows of pairs.query_text (task query rows)
+  positive_ids: np.ndarray  # int64 [b]: rows of pairs.passage_text (task candidate rows)
+  question_id: np.ndarray  # str [b]
+  query_lang: np.ndarray  # str [b]
+  positive_lang: np.ndarray  # str [b]
+  query_text: np.ndarray  # object [b]
+  positive_text: np.ndarray  # object [b]
+  positive_context: np.ndarray  # object [b]: "" when the passage has none
+
+  def __len__(self) -> int:
+    return len(self.pair_index)
+
+
+class HybridSampler(Iterator[Batch]):
+  """Infinite iterator of hybrid mono/cross-lingual batches of `TrainingPairs`.
+
+  Args:
+    pairs: the training pairs.
+    batch_size: global rows per batch (all processes together).
+    mono_prob: probability that a batch is monolingual; 1 gives X-X-mono
+      batches, 0 gives X-Y batches.
+    seed: the shared seed; batch `t` depends only on `(seed, t)`.
+    languages: use only pairs whose query and positive languages are among
+      these (default: all languages of `pairs`).
+    language_weighting: how a mono batch picks its language: `"uniform"`, or
+      `"proportional"` to its number of mono pairs.
+    process_index, process_count: this process keeps rows
+      `[process_index * b, (process_index + 1) * b)` of each global batch,
+      `b = batch_size // process_count`.
+  """
+
+  def __init__(
+    self,
+    pairs: TrainingPairs,
+    batch_size: int,
+    mono_prob: float = 0.5,
+    seed: int = 0,
+    languages: Sequence[str] | None = None,
+    language_weighting: str = "uniform",
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    _check_int("process_count", process_count, 1)
+    _check_int("process_index", process_index, 0)
+    if process_index >= process_count:
+      raise ValueError(f"process_index: expected < process_count={process_count}, got {process_index}")
+    if batch_size % process_count:
+      raise ValueError(f"batch_size: expected a multiple of process_count={process_count}, got {batch_size}")
+    if not isinstance(mono_prob, (int, float)) or not 0.0 <= mono_prob <= 1.0:
+      raise ValueError(f"mono_prob: expected a probability in [0, 1], got {mono_prob!r}")
+    if language_weighting not in _WEIGHTINGS:
+      raise ValueError(f"language_weighting: expected one of {_WEIGHTINGS}, got {language_weighting!r}")
+    available = pairs.languages
+    if languages is None:
+      languages = available
+    elif isinstance(languages, str):
+      raise ValueError(f"languages: expected a sequence of language codes, got the string {languages!r}")
+    languages = tuple(str(lang) for lang in languages)
+    missing = [lang for lang in languages if lang not in available]
+    if missing or not languages:
+      raise ValueError(f"languages: {list(languages)} must be non-empty and among the pairs' {list(available)}")
+
+    self.pairs = pairs
+    self.batch_size = batch_size
+    self.mono_prob = float(mono_prob)
+    self.seed = seed
+    self.languages = languages
+    self.language_weighting = language_weighting
+    self.process_index = process_index
+    self.process_count = process_count
+    self._step = 0
+
+    usable = np.isin(pairs.query_lang, languages) & np.isin(pairs.positive_lang, languages)
+    mono = usable & (pairs.kind == "mono")
+    pools = {lang: np.flatnonzero(mono & (pairs.query_lang == lang)) for lang in languages}
+    self._mono_languages = tuple(lang for lang in languages if len(pools[lang]))
+    self._mono_pools = tuple(pools[lang] for lang in self._mono_languages)
+    self._cross_pool = np.flatnonzero(usable & (pairs.kind == "cross"))
+    sizes = np.array([len(pool) for pool in self._mono_pools], np.float64)
+    self._language_p = sizes / sizes.sum() if language_weighting == "proportional" else np.full(len(sizes), 1 / max(len(sizes), 1))
+    self._keys = _conflict_keys(pairs)
+    self._check_feasible()
+    self._fingerprint = self._make_fingerprint()
+
+  def _check_feasible(self) -> None:
+    """Fails early when a pool cannot fill a batch with conflict-free rows."""
+    if self.mono_prob > 0:
+      if not self._mono_pools:
+        raise ValueError(f"mono_prob: {self.mono_prob} > 0 but the pairs have no mono pairs in {self.languages}")
+      for lang, pool in zip(self._mono_languages, self._mono_pools):
+        self._check_pool(pool, f"mono pairs in {lang!r}")
+    if self.mono_prob < 1:
+      if not len(self._cross_pool):
+        raise ValueError(
+          f"mono_prob: {self.mono_prob} < 1 but the pairs have no cross-lingual pairs among {self.languages}"
+        )
+      self._check_pool(self._cross_pool, "cross-lingual pairs")
+
+  def _check_pool(self, pool: np.ndarray, what: str) -> None:
+    found = len(self._greedy(pool, set(), []))
+    if found < self.batch_size:
+      raise ValueError(
+        f"batch_size: {self.batch_size} is too large for the {what}: only {found} of them can share a batch "
+        "without sharing a question or an answer sentence; use a smaller batch_size or drop that language"
+      )
+
+  def _greedy(self, candidates: np.ndarray, used: set, chosen: list) -> list:
+    """Appends to `chosen` each candidate pair whose keys are all unused, up to batch_size."""
+    keys, positive = self._keys, self.pairs.positive_index
+    for pair in candidates.tolist():
+      row_keys = keys[positive[pair]]
+      if used.isdisjoint(row_keys):
+        used.update(row_keys)
+        chosen.append(pair)
+        if len(chosen) == self.batch_size:
+          break
+    return chosen
+
+  def _draw(self, pool: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray:
+    b, n = self.batch_size, len(pool)
+    used, chosen = set(), []
+    # A small sample without replacement nearly always fills the batch; a full
+    # shuffle backs it up when conflicts are dense.
+    self._greedy(pool[rng.choice(n, size=min(n, 2 * b + 8), replace=False)], used, chosen)
+    if len(chosen) < b:
+      self._greedy(pool[rng.permutation(n)], used, chosen)
+    if len(chosen) < b:
+      raise RuntimeError(
+        f"step {step}: could draw only {len(chosen)} of {b} conflict-free pairs; use a smaller batch_size"
+      )
+    return np.asarray(chosen, np.int64)
+
+  def global_batch(self, step: int) -> tuple[str, str | None, np.ndarray]:
+    """`(kind, language, pair rows)` of global batch `step`, the same on every process."""
+    rng = np.random.default_rng([self.seed, step])
+    if rng.random() < self.mono_prob:
+      which = rng.choice(len(self._mono_pools), p=self._language_p)
+      return "mono", self._mono_languages[which], self._draw(self._mono_pools[which], rng, step)
+    return "cross", None, self._draw(self._cross_pool, rng, step)
+
+  def batch_at(self, step: int) -> Batch:
+    """This process's rows of batch `step` (does not move the iterator)."""
+    _check_int("step", step, 0)
+    kind, language, rows = self.global_batch(step)
+    local = self.batch_size // self.process_count
+    rows = rows[self.process_index * local : (self.process_index + 1) * local]
+    p = self.pairs
+    query, positive = p.query_index[rows], p.positive_index[rows]
+    return Batch(
+      step=step,
+      kind=kind,
+      language=language,
+      global_batch_size=self.batch_size,
+      pair_index=rows,
+      query_ids=query,
+      positive_ids=positive,
+      question_id=p.question_id[rows],
+      query_lang=p.query_lang[rows],
+      positive_lang=p.positive_lang[rows],
+      query_text=p.query_text[query],
+      positive_text=p.passage_text[positive],
+      positive_context=p.passage_context[positive],
+    )
+
+  def __iter__(self) -> HybridSampler:
+    return self
+
+  def __next__(self) -> Batch:
+    batch = self.batch_at(self._step)
+    self._step += 1
+    return batch
+
+  @property
+  def step(self) -> int:
+    """The step of the next batch."""
+    return self._step
+
+  def state_dict(self) -> dict:
+    """JSON-serialisable state: the next step and a fingerprint of the sampler's setup."""
+    return {"step": self._step, "fingerprint": self._fingerprint}
+
+  def load_state_dict(self, state: dict) -> None:
+    """Continues from `state` (from `state_dict()` of a sampler with the same setup)."""
+    if not isinstance(state, dict) or set(state) != {"step", "fingerprint"}:
+      raise ValueError(f"state: expected a dict with keys 'step' and 'fingerprint', got {state!r}")
+    if state["fingerprint"] != self._fingerprint:
+      raise ValueError(
+        "state: it comes from a sampler with other pairs, batch_size, mono_prob, seed, languages or "
+        "language_weighting; resuming would not continue the same batches"
+      )
+    _check_int("state['step']", state["step"], 0)
+    self._step = int(state["step"])
+
+  def _make_fingerprint(self) -> str:
+    digest = hashlib.sha256()
+    setup = (self.batch_size, self.mono_prob, self.seed, self.languages, self.language_weighting, len(self.pairs))
+    digest.update(repr(setup).encode())
+    for column in (self.pairs.query_index, self.pairs.positive_index, self.pairs.question_id):
+      digest.update(np.ascontiguousarray(column).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _conflict_keys(pairs: TrainingPairs) -> list[tuple[int, ...]]:
+  """For each passage row, the question codes it is the positive of (its conflict keys)."""
+  _, question = np.unique(pairs.question_id, return_inverse=True)
+  edges = np.unique(np.stack([pairs.positive_index, question.astype(np.int64)], axis=1), axis=0)
+  starts = np.searchsorted(edges[:, 0], np.arange(len(pairs.passage_text) + 1))
+  codes = edges[:, 1].tolist()
+  return [tuple(codes[starts[p] : starts[p + 1]]) for p in range(len(pairs.passage_text))]
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
