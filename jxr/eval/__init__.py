@@ -1,0 +1,27 @@
+"""Evaluation as pure functions of embeddings: LAReQA mAP, language matrices, bias, reports.
+
+```python
+report = jxr.eval.evaluate(task, query_emb, cand_emb)   # plain dict, see DESIGN.md
+jxr.eval.write_report(report, "out/")                   # json, csv, png heatmaps, summary.md
+jxr.eval.compare({"dense": r1, "local": r2}, "cmp/")     # side-by-side tables and a plot
+```
+
+Command line: `python -m jxr.eval --dataset xquad-r --query-emb q.npy --cand-emb c.npy --out DIR`.
+"""
+
+from jxr.eval.evaluate import evaluate
+from jxr.eval.metrics import positions, query_metrics, rank_distance
+from jxr.eval.report import compare, write_report
+from jxr.eval.scoring import RelevantRanks, l2_normalise, relevant_ranks
+
+__all__ = [
+    "RelevantRanks",
+    "compare",
+    "evaluate",
+    "l2_normalise",
+    "positions",
+    "query_metrics",
+    "rank_distance",
+    "relevant_ranks",
+    "write_report",
+]
