@@ -1,0 +1,45 @@
+"""The TFDS builder writes array_record that reads back without TensorFlow, matching load_lareqa."""
+
+import collections
+
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("array_record")
+
+import jxr.data  # noqa: E402
+import jxr.data.tfds_lareqa  # noqa: E402,F401  (registers "lareqa")
+
+
+@pytest.fixture(scope="module")
+def source(lareqa_dir, tmp_path_factory):
+  config = tfds.download.DownloadConfig(manual_dir=str(lareqa_dir))
+  return tfds.data_source(
+    "lareqa/xquad_r",
+    data_dir=str(tmp_path_factory.mktemp("tfds")),
+    download_and_prepare_kwargs={"download_config": config},
+  )
+
+
+def test_splits_match_the_loader(source, xquad):
+  assert sorted(source) == sorted(xquad.languages)
+  for lang in ("de", "th"):
+    split = source[lang]
+    examples = [split[i] for i in range(len(split))]
+    sentences = collections.Counter(s.decode() for ex in examples for s in ex["sentences"])
+    assert sentences == collections.Counter(xquad.cand_text[xquad.cand_lang == lang].tolist())
+    questions = {q.decode() for ex in examples for q in ex["questions"]["id"]}
+    assert questions == set(xquad.query_id[xquad.query_lang == lang].tolist())
+
+
+def test_examples_keep_sentence_breaks(source):
+  split = source["en"]
+  for i in range(0, len(split), 17):
+    ex = split[i]
+    context = ex["context"].decode()
+    breaks = ex["sentence_breaks"]
+    assert breaks.shape == (len(ex["sentences"]), 2)
+    starts, answer_sentences = ex["questions"]["answer_start"], ex["questions"]["answer_sentence"]
+    for start, sentence in zip(starts, answer_sentences):
+      assert breaks[sentence][0] <= start < breaks[sentence][1]
+    assert context.startswith(ex["sentences"][0].decode()[:10])
