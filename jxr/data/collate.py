@@ -47,13 +47,16 @@ def collate(
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
       raise ValueError(f"{name}: expected an int >= 2, got {value!r}")
   if not callable(getattr(tokenizer, "encode_batch", None)):
-    raise ValueError(f"tokenizer: expected an object with encode_batch (a tokenizers.Tokenizer), got {type(tokenizer).__name__}")
+    raise ValueError(
+      f"tokenizer: expected an object with encode_batch (a tokenizers.Tokenizer), got {type(tokenizer).__name__}"
+    )
   pad_id = _pad_id(tokenizer) if pad_id is None else pad_id
   queries = [query_prefix + text for text in batch.query_text]
   sentences = [passage_prefix + text for text in batch.positive_text]
   contexts = list(batch.positive_context) if candidate_context else [""] * len(sentences)
   query_ids, query_mask = pad(encode(tokenizer, queries, max_query_length), max_query_length, pad_id)
-  passage_ids, passage_mask = pad(encode(tokenizer, sentences, max_passage_length, contexts), max_passage_length, pad_id)
+  passages = encode(tokenizer, sentences, max_passage_length, contexts)
+  passage_ids, passage_mask = pad(passages, max_passage_length, pad_id)
   return TokenizedBatch(query_ids, query_mask, passage_ids, passage_mask)
 
 

@@ -114,7 +114,10 @@ class HybridSampler(Iterator[Batch]):
     self._mono_pools = tuple(pools[lang] for lang in self._mono_languages)
     self._cross_pool = np.flatnonzero(usable & (pairs.kind == "cross"))
     sizes = np.array([len(pool) for pool in self._mono_pools], np.float64)
-    self._language_p = sizes / sizes.sum() if language_weighting == "proportional" else np.full(len(sizes), 1 / max(len(sizes), 1))
+    if language_weighting == "proportional":
+      self._language_p = sizes / sizes.sum()
+    else:
+      self._language_p = np.full(len(sizes), 1 / max(len(sizes), 1))
     self._keys = _conflict_keys(pairs)
     self._check_feasible()
     self._fingerprint = self._make_fingerprint()

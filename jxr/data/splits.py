@@ -84,7 +84,8 @@ def restrict(
     query_keep &= np.isin(task.query_id, chosen)
   cand_keep = np.isin(task.cand_lang, languages)
   if candidates == "articles":
-    cand_keep &= _pairs_in(task.cand_lang, task.cand_article, task.query_lang[query_keep], task.query_article[query_keep])
+    kept_lang, kept_article = task.query_lang[query_keep], task.query_article[query_keep]
+    cand_keep &= _pairs_in(task.cand_lang, task.cand_article, kept_lang, kept_article)
   # Rows follow the requested language order, then the task's order.
   query_rows = np.concatenate([np.flatnonzero(query_keep & (task.query_lang == lang)) for lang in languages])
   cand_rows = np.concatenate([np.flatnonzero(cand_keep & (task.cand_lang == lang)) for lang in languages])
@@ -132,7 +133,9 @@ def article_groups(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray, np.ndar
   return titles, group, group[query_title]
 
 
-def split_by_article(task: RetrievalTask, eval_fraction: float = 0.5, seed: int = 0) -> tuple[RetrievalTask, RetrievalTask]:
+def split_by_article(
+  task: RetrievalTask, eval_fraction: float = 0.5, seed: int = 0
+) -> tuple[RetrievalTask, RetrievalTask]:
   """`(train, eval)`: whole articles held out for evaluation (DESIGN.md, jxr.data).
 
   The distinct article titles are sorted, permuted with

@@ -28,7 +28,8 @@ def test_shapes_and_masks(batch, tokenizer):
   for array in (out.query_input_ids, out.query_attention_mask, out.passage_input_ids, out.passage_attention_mask):
     assert array.dtype == np.int32
   pad = tokenizer.token_to_id("<pad>")
-  for ids, mask in ((out.query_input_ids, out.query_attention_mask), (out.passage_input_ids, out.passage_attention_mask)):
+  queries = (out.query_input_ids, out.query_attention_mask)
+  for ids, mask in (queries, (out.passage_input_ids, out.passage_attention_mask)):
     lengths = mask.sum(1)
     assert (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all()  # ones, then zeros
     assert (ids[mask == 0] == pad).all()

@@ -11,7 +11,9 @@ import jxr.data
 from jxr.data import lareqa
 
 # Published statistics (LAReQA README and paper; issue 4).
-XQUAD_CANDIDATES = dict(ar=1222, de=1276, el=1234, en=1180, es=1215, hi=1244, ru=1219, th=852, tr=1167, vi=1209, zh=1196)
+XQUAD_CANDIDATES = dict(
+  ar=1222, de=1276, el=1234, en=1180, es=1215, hi=1244, ru=1219, th=852, tr=1167, vi=1209, zh=1196
+)
 MLQA_QUESTIONS = dict(ar=517, de=512, en=1148, es=500, hi=507, vi=511, zh=504)
 MLQA_CANDIDATES = dict(ar=2545, de=2362, en=6264, es=1787, hi=2426, vi=2828, zh=2322)
 

@@ -43,3 +43,17 @@ def test_examples_keep_sentence_breaks(source):
     for start, sentence in zip(starts, answer_sentences):
       assert breaks[sentence][0] <= start < breaks[sentence][1]
     assert context.startswith(ex["sentences"][0].decode()[:10])
+
+
+def test_without_manual_dir_uses_the_jxr_data_dir(lareqa_dir, tmp_path, monkeypatch, mlqa):
+  """An empty manual dir falls back to $JXR_DATA_DIR, as load_lareqa does."""
+  monkeypatch.setenv("JXR_DATA_DIR", str(lareqa_dir))
+  monkeypatch.setenv("JXR_OFFLINE", "1")
+  empty = tmp_path / "manual"
+  empty.mkdir()
+  builder = tfds.builder("lareqa/mlqa_r", data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(empty)))
+  source = builder.as_data_source()
+  assert sorted(source) == sorted(mlqa.languages)
+  assert sum(len(ex["sentences"]) for ex in source["es"]) == (mlqa.cand_lang == "es").sum()
+  assert builder.info.file_format.value == "array_record"
