@@ -206,16 +206,17 @@ def _rank_segments(q_ids: jax.Array, kv_ids: jax.Array) -> tuple[jax.Array, jax.
 # -- Attention. --------------------------------------------------------------------
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *, kv_lengths: jax.Array,
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
+                     kv_lengths: jax.Array | None = None,
                      q_segment_ids: jax.Array | None = None, kv_segment_ids: jax.Array | None = None,
                      scale: float, block_sizes: BlockSizes | None = None,
                      interpret: bool = False) -> jax.Array:
   """Masked attention through splash for `[B, L, H, D]` inputs; see the module docstring.
 
   Inputs are validated by `pallas_kernels.attention`. `kv_lengths` is int32
-  `[B]`, already clipped to `Lk`. `block_sizes` (tiles of the GPU kernel) is
-  ignored: splash gets its own tiles, multiples of 128 (`SplashTiling.fit`).
-  Off TPU the kernel always runs interpreted.
+  `[B]` clipped to `Lk`, or None (no padding). `block_sizes` (tiles of the GPU
+  kernel) is ignored: splash gets its own tiles, multiples of 128
+  (`SplashTiling.fit`). Off TPU the kernel always runs interpreted.
   """
   del block_sizes
   batch, q_len, num_heads, head_dim = q.shape
@@ -223,19 +224,26 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *, kv
   interpret = bool(interpret) or jax.default_backend() != "tpu"
   tiling = SplashTiling.fit(q_len, kv_len)
   kernel = _splash_kernel(mask, q_len, kv_len, num_heads, tiling, interpret)
-  q_ids, kv_ids = splash_segment_ids(jnp.asarray(kv_lengths, jnp.int32), q_segment_ids, kv_segment_ids,
-                                     q_len, kv_len, tiling)
+  if kv_lengths is None and q_segment_ids is None and tiling.kv_len == kv_len:
+    # Nothing to cut: let splash skip its segment comparison.
+    segment_ids = None
+  else:
+    if kv_lengths is None:
+      kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
+    q_ids, kv_ids = splash_segment_ids(jnp.asarray(kv_lengths, jnp.int32), q_segment_ids, kv_segment_ids,
+                                       q_len, kv_len, tiling)
+    segment_ids = splash_lib.SegmentIds(q=q_ids, kv=kv_ids)
   sinks = jnp.full((num_heads,), _SINK_LOGIT, jnp.float32)
 
   def heads_major(x: jax.Array, padded_len: int) -> jax.Array:
     x = jnp.pad(x, ((0, 0), (0, padded_len - x.shape[1]), (0, 0), (0, 0)))
     return x.transpose(0, 2, 1, 3)  # [B, H, S, D], splash's layout per batch element
 
-  def one_example(q, k, v, q_ids, kv_ids):
-    return kernel(q, k, v, segment_ids=splash_lib.SegmentIds(q=q_ids, kv=kv_ids), sinks=sinks)
+  def one_example(q, k, v, segment_ids):
+    return kernel(q, k, v, segment_ids=segment_ids, sinks=sinks)
 
   # Splash applies no softmax scale; scale in float32 so bfloat16 q is rounded once.
   scaled_q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   out = jax.vmap(one_example)(heads_major(scaled_q, tiling.q_len), heads_major(k, tiling.kv_len),
-                              heads_major(v, tiling.kv_len), q_ids, kv_ids)
+                              heads_major(v, tiling.kv_len), segment_ids)
   return out[:, :, :q_len].transpose(0, 2, 1, 3).astype(q.dtype)
