@@ -71,7 +71,7 @@ def _check_relevance(task: RetrievalTask) -> None:
   if len(empty):
     raise ValueError(
         f"task: {len(empty)} queries have no relevant candidate (first: row {empty[0]},"
-        f" id {task.query_id[empty[0]]!r}); AP is undefined for them"
+        f" id {str(task.query_id[empty[0]])!r}); AP is undefined for them"
     )
 
 
