@@ -67,9 +67,8 @@ def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_i
     return reference_attention(q, k, v, mask, kv_lengths=kv_lengths, q_segment_ids=q_segment_ids,
                                kv_segment_ids=kv_segment_ids, scale=scale)
 
-  if kv_lengths is None:
-    kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
-  kv_lengths = jnp.minimum(jnp.asarray(kv_lengths, jnp.int32), kv_len)
+  if kv_lengths is not None:
+    kv_lengths = jnp.minimum(jnp.asarray(kv_lengths, jnp.int32), kv_len)
   backend = {"xla": "cpu", "splash": "tpu"}.get(implementation, "gpu")
   if block_sizes is None:
     block_sizes = BlockSizes.default(head_dim, q.dtype, backend)
@@ -80,6 +79,8 @@ def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_i
     from pallas_kernels import xla
     return xla.blocked_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
                                  block_sizes=block_sizes, **segments)
+  if kv_lengths is None:  # the kernels take lengths always
+    kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
   if implementation == "pallas":
     from pallas_kernels import flash
     return flash.flash_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,

@@ -22,7 +22,10 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segment_ids,
                       scale: float, block_sizes: BlockSizes) -> jax.Array:
-  """`[B, Lq, H, D]` attention over the tiles `mask` visits; see `pallas_kernels.attention`."""
+  """`[B, Lq, H, D]` attention over the tiles `mask` visits; see `pallas_kernels.attention`.
+
+  `kv_lengths` may be None (no padding), which keeps unpadded inputs free of masking work.
+  """
   batch, q_len, num_heads, head_dim = q.shape
   kv_len = k.shape[1]
   block_q, block_k = block_sizes.block_q, block_sizes.block_k
@@ -50,9 +53,10 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
     bits = table.kv_bits[..., None]  # [H', nqb, V, 1]
     real = np.arange(kv_pos.shape[-2]) < table.kv_count[..., None]  # [H', nqb, V]
 
-  allowed = _allowed(mask, table, kv_pos, bits, real, kv_lengths, q_segment_ids, kv_segment_ids)
+  allowed = _allowed(mask, table, kv_pos, bits, real, kv_len, kv_lengths, q_segment_ids, kv_segment_ids)
   scores = jnp.einsum("bhqid,bhqvjd->bhqivj", q_blocks, keys, precision=_HIGHEST)
-  scores = jnp.where(allowed, scores, -jnp.inf)
+  if allowed is not None:
+    scores = jnp.where(allowed, scores, -jnp.inf)
   row_max = scores.max(axis=(-2, -1), keepdims=True)
   # Rows with no allowed key: max is -inf; shift by 0 so exp gives exact zeros.
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
@@ -91,27 +95,34 @@ def _gather_visited(blocks, table: BlockTable):
   return blocks[:, heads, index]
 
 
-def _allowed(mask: Mask, table: BlockTable, kv_pos, bits, real, kv_lengths, q_segment_ids,
-             kv_segment_ids):
-  """bool, broadcastable to the scores `[B, H, nqb, bq, V, W]`.
+def _allowed(mask: Mask, table: BlockTable, kv_pos, bits, real, kv_len: int, kv_lengths,
+             q_segment_ids, kv_segment_ids):
+  """bool broadcastable to the scores `[B, H, nqb, bq, V, W]`, or None when nothing is masked.
 
   `kv_pos [H'|1, nqb|1, V, W]` are the key positions of each visit, `bits` their
   layout bits, `real [H'|1, nqb|1, V]` whether a visit is real or table padding.
+  Whatever is known on the host (the mask's own predicate on partial tiles,
+  table padding, keys past `kv_len`) is folded into one constant.
   """
   block_q = table.block_q
   q_pos = (np.arange(table.num_q_blocks) * block_q)[:, None] + np.arange(block_q)  # [nqb, bq]
-  # Host-side, per visited tile: whether the visit is real, and the mask's own predicate.
-  static = real[:, :, None, :, None]
+  static = real[:, :, None, :, None] & (kv_pos < kv_len)[:, :, None, :, :]
   if table.any_partial:
     static = static & mask.tile_allowed(q_pos[None, :, :, None, None], kv_pos[:, :, None, :, :],
                                         bits[:, :, None, :, :], xp=np)
-  key_ok = jnp.asarray(kv_pos)[None] < kv_lengths[:, None, None, None, None]  # [B, ., ., V, W]
-  allowed = jnp.asarray(static)[None] & key_ok[:, :, :, None, :, :]
+  allowed = None if static.all() else jnp.asarray(static)[None]  # [1, H'|1, nqb|1, bq|1, V, W]
+  if kv_lengths is not None:
+    key_ok = jnp.asarray(kv_pos)[None] < kv_lengths[:, None, None, None, None]  # [B, ., ., V, W]
+    allowed = _and(allowed, key_ok[:, :, :, None, :, :])
   if q_segment_ids is not None:
     q_seg = _pad_to(q_segment_ids, table.num_q_blocks * block_q).reshape(-1, table.num_q_blocks, block_q)
     kv_seg = _pad_to(kv_segment_ids, table.num_kv_blocks * table.block_k)[:, kv_pos]  # [B, ., ., V, W]
-    allowed = allowed & (q_seg[:, None, :, :, None, None] == kv_seg[:, :, :, None, :, :])
+    allowed = _and(allowed, q_seg[:, None, :, :, None, None] == kv_seg[:, :, :, None, :, :])
   return allowed
+
+
+def _and(a, b):
+  return b if a is None else a & b
 
 
 def _pad_to(ids, length: int):
