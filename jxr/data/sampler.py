@@ -4,7 +4,7 @@ Each batch is monolingual with probability `mono_prob` (every query and positive
 in one language) and otherwise cross-lingual (every query's language differs
 from its positive's). In-batch negatives are the other rows' positives, so no
 two rows may belong to one question, directly or through a shared answer
-sentence: a row's conflict keys are the questions its positive answers.
+sentence (equal texts count as one), nor share a query text.
 
 Batch `t` is a pure function of `(seed, t)`, so the sampler's state is its step
 count, every process of a multi-host run draws the same global batch, and a
@@ -22,6 +22,7 @@ import numpy as np
 from jxr.data.pairs import TrainingPairs
 
 _WEIGHTINGS = ("uniform", "proportional")
+_ATTEMPTS = 16  # greedy orders tried before a batch size is declared infeasible
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,7 +119,7 @@ class HybridSampler(Iterator[Batch]):
       self._language_p = sizes / sizes.sum()
     else:
       self._language_p = np.full(len(sizes), 1 / max(len(sizes), 1))
-    self._keys = _conflict_keys(pairs)
+    self._positive_keys, self._query_key = _conflict_keys(pairs)
     self._check_feasible()
     self._fingerprint = self._make_fingerprint()
 
@@ -137,20 +138,28 @@ class HybridSampler(Iterator[Batch]):
       self._check_pool(self._cross_pool, "cross-lingual pairs")
 
   def _check_pool(self, pool: np.ndarray, what: str) -> None:
-    found = len(self._greedy(pool, set(), []))
-    if found < self.batch_size:
-      raise ValueError(
-        f"batch_size: {self.batch_size} is too large for the {what}: only {found} of them can share a batch "
-        "without sharing a question or an answer sentence; use a smaller batch_size or drop that language"
-      )
+    # Greedy picking can miss a feasible batch, so try a few orders before refusing.
+    rng = np.random.default_rng(self.seed)
+    found = 0
+    for attempt in range(_ATTEMPTS):
+      order = pool if attempt == 0 else pool[rng.permutation(len(pool))]
+      found = max(found, len(self._greedy(order, set(), [])))
+      if found == self.batch_size:
+        return
+    raise ValueError(
+      f"batch_size: {self.batch_size} is too large for the {what}: at most {found} of them were found to share "
+      "a batch without sharing a question, a query or an answer sentence; use a smaller batch_size or drop "
+      "that language"
+    )
 
   def _greedy(self, candidates: np.ndarray, used: set, chosen: list) -> list:
     """Appends to `chosen` each candidate pair whose keys are all unused, up to batch_size."""
-    keys, positive = self._keys, self.pairs.positive_index
+    positive_keys, query_key, positive = self._positive_keys, self._query_key, self.pairs.positive_index
     for pair in candidates.tolist():
-      row_keys = keys[positive[pair]]
-      if used.isdisjoint(row_keys):
+      row_keys = positive_keys[positive[pair]]
+      if query_key[pair] not in used and used.isdisjoint(row_keys):
         used.update(row_keys)
+        used.add(query_key[pair])
         chosen.append(pair)
         if len(chosen) == self.batch_size:
           break
@@ -159,16 +168,17 @@ class HybridSampler(Iterator[Batch]):
   def _draw(self, pool: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray:
     b, n = self.batch_size, len(pool)
     used, chosen = set(), []
-    # A small sample without replacement nearly always fills the batch; a full
-    # shuffle backs it up when conflicts are dense.
+    # A small sample without replacement nearly always fills the batch; full
+    # shuffles back it up when conflicts are dense.
     self._greedy(pool[rng.choice(n, size=min(n, 2 * b + 8), replace=False)], used, chosen)
-    if len(chosen) < b:
+    for _ in range(_ATTEMPTS):
+      if len(chosen) == b:
+        return np.asarray(chosen, np.int64)
+      used, chosen = set(), []
       self._greedy(pool[rng.permutation(n)], used, chosen)
-    if len(chosen) < b:
-      raise RuntimeError(
-        f"step {step}: could draw only {len(chosen)} of {b} conflict-free pairs; use a smaller batch_size"
-      )
-    return np.asarray(chosen, np.int64)
+    if len(chosen) == b:
+      return np.asarray(chosen, np.int64)
+    raise RuntimeError(f"step {step}: could not draw {b} conflict-free pairs; use a smaller batch_size")
 
   def global_batch(self, step: int) -> tuple[str, str | None, np.ndarray]:
     """`(kind, language, pair rows)` of global batch `step`, the same on every process."""
@@ -240,13 +250,23 @@ class HybridSampler(Iterator[Batch]):
     return digest.hexdigest()[:16]
 
 
-def _conflict_keys(pairs: TrainingPairs) -> list[tuple[int, ...]]:
-  """For each passage row, the question codes it is the positive of (its conflict keys)."""
+def _conflict_keys(pairs: TrainingPairs) -> tuple[list[tuple[int, ...]], list[int]]:
+  """Keys that may appear once per batch: `(keys of each passage row, key of each pair's query)`.
+
+  A passage's keys are the questions whose positive it (or an equal text) is;
+  a query's key stands for its text, which another question may share. Query
+  keys are offset past the question codes so the two never collide.
+  """
   _, question = np.unique(pairs.question_id, return_inverse=True)
-  edges = np.unique(np.stack([pairs.positive_index, question.astype(np.int64)], axis=1), axis=0)
-  starts = np.searchsorted(edges[:, 0], np.arange(len(pairs.passage_text) + 1))
+  _, text = np.unique(pairs.passage_text, return_inverse=True)
+  edges = np.unique(np.stack([text[pairs.positive_index], question], axis=1), axis=0)
+  starts = np.searchsorted(edges[:, 0], np.arange(text.max(initial=-1) + 2))
   codes = edges[:, 1].tolist()
-  return [tuple(codes[starts[p] : starts[p + 1]]) for p in range(len(pairs.passage_text))]
+  keys_of_text = [tuple(codes[starts[t] : starts[t + 1]]) for t in range(len(starts) - 1)]
+  positive_keys = [keys_of_text[t] for t in text.tolist()]
+  _, query_text = np.unique(pairs.query_text, return_inverse=True)
+  query_key = (query_text[pairs.query_index] + question.max(initial=-1) + 1).tolist()
+  return positive_keys, query_key
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -172,3 +172,31 @@ def test_bad_arguments(pairs, kwargs, match):
 def test_single_language_mono_only(pairs):
   sampler = jxr.data.HybridSampler(pairs, batch_size=8, mono_prob=1.0, languages=("en",))
   assert all(next(sampler).language == "en" for _ in range(10))
+
+
+def _tiny_task():
+  """Four English questions: q1 and q2 ask the same text; q1's and q3's answers read the same."""
+  strings = lambda *xs: np.array(xs, dtype=object)  # noqa: E731
+  return jxr.data.RetrievalTask(
+    name="tiny",
+    languages=("en",),
+    query_id=np.array(["q1", "q2", "q3", "q4"]),
+    query_lang=np.array(["en"] * 4),
+    query_text=strings("A?", "A?", "B?", "C?"),
+    query_article=np.array(["t"] * 4),
+    cand_lang=np.array(["en"] * 4),
+    cand_text=strings("x", "x", "y", "z"),
+    cand_context=strings("", "", "", ""),
+    cand_article=np.array(["t"] * 4),
+    rel_indptr=np.array([0, 1, 2, 3, 4]),
+    rel_indices=np.array([0, 2, 1, 3]),
+  )
+
+
+def test_equal_texts_count_as_one():
+  pairs = jxr.data.training_pairs(_tiny_task())
+  sampler = jxr.data.HybridSampler(pairs, batch_size=3, mono_prob=1.0, seed=0)
+  for _ in range(20):
+    assert sorted(next(sampler).question_id.tolist()) == ["q2", "q3", "q4"]
+  with pytest.raises(ValueError, match="too large"):
+    jxr.data.HybridSampler(pairs, batch_size=4, mono_prob=1.0)
