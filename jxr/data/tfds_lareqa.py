@@ -11,7 +11,7 @@ source = tfds.data_source("lareqa/xquad_r", split="de",
                               tfds.download.DownloadConfig(manual_dir="/path/to/lareqa")})
 ```
 
-One example per paragraph, one split per language; sentence breaks are kept,
+One example per paragraph in file order, one split per language; sentence breaks are kept,
 and each question carries the index of its answer sentence. The files are
 those `jxr.data.load_lareqa` reads: from the manual dir when it holds them,
 else from the jxr data directory (downloaded there, checksummed, if missing).
@@ -78,6 +78,7 @@ class Lareqa(tfds.core.GeneratorBasedBuilder):
         }
       ),
       homepage="https://github.com/google-research-datasets/lareqa",
+      disable_shuffling=True,  # keep file order, as load_lareqa's rows
       citation="@article{roy2020lareqa, title={LAReQA: Language-agnostic answer retrieval from a "
       "multilingual pool}, author={Roy, Uma and others}, journal={arXiv preprint arXiv:2004.05484}, year={2020}}",
     )
