@@ -4,6 +4,7 @@ import os
 
 # Before jax is imported anywhere: tests run offline and quietly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JXR_OFFLINE", "1")  # no test may reach GitHub
 os.environ.setdefault("JXR_QUIET", "1")
 
 import pathlib
