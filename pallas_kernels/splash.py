@@ -110,13 +110,23 @@ class _LayoutMask(splash_lib.Mask):
     rows, cols = index
     if not isinstance(rows, slice) or not isinstance(cols, slice):
       raise NotImplementedError(f"_LayoutMask supports slices only, got {index}")
-    q_blocks = self._block_index(rows, 0)
-    kv_blocks = self._block_index(cols, 1)
-    return self._layout[q_blocks[:, None], kv_blocks[None, :]]
+    q_cells, q_counts = self._cell_runs(rows, 0)
+    kv_cells, kv_counts = self._cell_runs(cols, 1)
+    cells = self._layout[np.ix_(q_cells, kv_cells)]
+    if cells.size == 1:  # the usual case: a splash tile inside one layout cell
+      return np.broadcast_to(cells, (int(q_counts[0]), int(kv_counts[0])))
+    return np.repeat(np.repeat(cells, q_counts, axis=0), kv_counts, axis=1)
 
-  def _block_index(self, positions: slice, axis: int) -> np.ndarray:
-    blocks = np.arange(*positions.indices(self._shape[axis])) // self._blocks[axis]
-    return np.minimum(blocks, self._layout.shape[axis] - 1)
+  def _cell_runs(self, positions: slice, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layout cells a slice crosses along `axis`, and how many positions fall in each."""
+    start, stop, _ = positions.indices(self._shape[axis])
+    block = self._blocks[axis]
+    if stop <= start:
+      return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    first, last = start // block, (stop - 1) // block
+    edges = np.clip(np.arange(first, last + 2) * block, start, stop)
+    cells = np.minimum(np.arange(first, last + 1), self._layout.shape[axis] - 1)
+    return cells, np.diff(edges)
 
   def __eq__(self, other) -> bool:
     return (isinstance(other, _LayoutMask) and self._hash == other._hash and self._blocks == other._blocks

@@ -196,6 +196,27 @@ def test_layout_mask_is_lazy_and_masks_padding():
   np.testing.assert_array_equal(head[(slice(0, 192), slice(0, 192))], True)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_layout_mask_slices_match_formula(seed):
+  """Splash reads masks a tile at a time: every slice must equal the same part of the formula mask."""
+  rng = np.random.default_rng(seed)
+  q_len, kv_len = (int(n) for n in rng.integers(128, 700, size=2))
+  block_q, block_k = (int(b) for b in rng.choice([32, 128, 256], size=2))
+  layout = oracle.random_layout(rng, (-(-q_len // block_q), -(-kv_len // block_k)), density=0.5)
+  expected = oracle.formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=block_q, block_k=block_k)[0]
+  tiling = splash.SplashTiling.fit(q_len, kv_len)
+  head = splash.splash_mask(BlockSparseMask(layout, block_q, block_k), q_len, kv_len, 1, tiling).masks[0]
+  for _ in range(50):
+    (q0, q1), (k0, k1) = (np.sort(rng.integers(0, n + 1, size=2)) for n in (q_len, kv_len))
+    q1, k1 = max(q1, q0 + 1), max(k1, k0 + 1)
+    tile = rng.random() < 0.5  # half of the slices are tile-aligned, as splash asks
+    if tile:
+      q0, k0 = (int(rng.integers(0, n // b)) * b for n, b in ((q_len, 128), (kv_len, 128)))
+      q1, k1 = q0 + 128, k0 + 128
+    got = head[(slice(q0, q1), slice(k0, k1))]
+    np.testing.assert_array_equal(got, expected[q0:q1, k0:k1])
+
+
 @pytest.mark.parametrize("length", [1, 127, 128, 129, 300, 384, 640, 1000, 1024, 4096])
 def test_tiling_fits_splash(length):
   tiling = splash.SplashTiling.fit(length, 2 * length + 5)
