@@ -79,10 +79,10 @@ def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_i
     from pallas_kernels import xla
     return xla.blocked_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
                                  block_sizes=block_sizes, **segments)
-  if kv_lengths is None:  # the kernels take lengths always
-    kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
   if implementation == "pallas":
     from pallas_kernels import flash
+    if kv_lengths is None:  # the kernel takes lengths always
+      kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
     return flash.flash_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
                                  block_sizes=block_sizes, interpret=interpret, **segments)
   from pallas_kernels import splash
