@@ -24,8 +24,9 @@ from jxr._progress import progress
 
 # Target size of one device's `[chunk, num_candidates]` score block (float32).
 _SCORE_BLOCK_BYTES = 8 * 2**20
-# Below this many candidates both rank counts fit one int32 (16 bits each).
-_PACK = 1 << 16
+# Below _PACK_LIMIT candidates both rank counts fit one int32: pooled in the low bits.
+_PACK_BITS = 16
+_PACK_LIMIT = 1 << _PACK_BITS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,7 +50,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
   return (x64 / np.linalg.norm(x64, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _rank_chunk(queries, candidates, cand_lang, rel_index, rel_valid):
+def _rank_chunk(queries, candidates, cand_lang, rel_index, rel_valid, *, pack: bool):
   """Ranks of the relevant candidates of one chunk of queries.
 
   Args:
@@ -58,6 +59,7 @@ def _rank_chunk(queries, candidates, cand_lang, rel_index, rel_valid):
     cand_lang: int32 [M], language id of each candidate.
     rel_index: int32 [b, R], relevant candidate indices (padding: any index).
     rel_valid: bool [b, R].
+    pack: count both ranks in one int32 pass (needs M < 2**16).
 
   Returns:
     (pooled, within_language, top1): int32 [b, R], int32 [b, R], int32 [b].
@@ -69,10 +71,13 @@ def _rank_chunk(queries, candidates, cand_lang, rel_index, rel_valid):
   # [b, R, M] comparisons; XLA fuses them into the reductions, nothing that size is stored.
   higher = scores[:, None, :] > rel_scores[:, :, None]
   same_lang = cand_lang[None, None, :] == rel_lang[:, :, None]
-  if candidates.shape[0] < _PACK:
-    # Both counts in one pass: pooled in the low 16 bits, same-language in the high bits.
-    packed = jnp.sum(jnp.where(higher, jnp.where(same_lang, _PACK + 1, 1), 0), axis=-1, dtype=jnp.int32)
-    pooled, within = 1 + (packed & (_PACK - 1)), 1 + (packed >> 16)
+  if pack:
+    # Both counts in one pass: pooled in the low 16 bits, same-language in the high 16
+    # (uint32: both stay below 2**16 when M < 2**16).
+    weight = jnp.where(same_lang, jnp.uint32((1 << _PACK_BITS) + 1), jnp.uint32(1))
+    packed = jnp.sum(jnp.where(higher, weight, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
+    pooled = 1 + (packed & ((1 << _PACK_BITS) - 1)).astype(jnp.int32)
+    within = 1 + (packed >> _PACK_BITS).astype(jnp.int32)
   else:
     pooled = 1 + jnp.sum(higher, axis=-1, dtype=jnp.int32)
     within = 1 + jnp.sum(higher & same_lang, axis=-1, dtype=jnp.int32)
@@ -82,14 +87,15 @@ def _rank_chunk(queries, candidates, cand_lang, rel_index, rel_valid):
 
 
 @functools.cache
-def _compiled_kernel(devices: tuple[jax.Device, ...]):
+def _compiled_kernel(devices: tuple[jax.Device, ...], pack: bool):
   """The jitted chunk kernel; over several devices, query rows are split across them."""
+  chunk_fn = functools.partial(_rank_chunk, pack=pack)
   if len(devices) == 1:
-    return jax.jit(_rank_chunk), None
+    return jax.jit(chunk_fn), None
   mesh = Mesh(np.array(devices), ("queries",))
   rows, whole = P("queries"), P()
   kernel = jax.shard_map(
-      _rank_chunk,
+      chunk_fn,
       mesh=mesh,
       in_specs=(rows, whole, whole, rows, rows),
       out_specs=(rows, rows, rows),
@@ -144,7 +150,7 @@ def relevant_ranks(
   step = per_device * len(devices)
 
   rel_index, rel_valid = _pad_relevant(rel_indptr, rel_indices)
-  kernel, mesh = _compiled_kernel(devices)
+  kernel, mesh = _compiled_kernel(devices, num_cands < _PACK_LIMIT)
   if mesh is None:
     rows = whole = devices[0]
   else:
