@@ -1,0 +1,326 @@
+"""`train(config)`: the training loop that ties data, model, mesh, step, checkpoints and metrics.
+
+    result = train(TrainConfig(model="tiny", train_data="xquad-r", steps=100, out_dir="runs/a"))
+    result = train(config, resume=True)        # after Ctrl-C: continues where it stopped
+
+Every process runs this same function: each draws the same global batch from
+the sampler, tokenises only its own rows and hands them to `jax.jit` as its
+slice of a global array. Process 0 alone writes config, metrics and the export;
+checkpoints are collective (orbax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jxr._progress import progress
+from jxr.data import (HybridSampler, TrainingPairs, collate, load_lareqa, read_pairs,
+                      split_by_article, training_pairs)
+from jxr.data.collate import encode as encode_texts, pad as pad_rows
+from jxr.model import Encoder, load_encoder
+from jxr.train import mesh as meshlib
+from jxr.train.checkpoint import Checkpoints, abstract_like
+from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
+from jxr.train.metrics import MetricsWriter
+from jxr.train.optim import make_optimizer
+from jxr.train.step import (StepOptions, TrainState, init_state, jit_train_step, make_train_step,
+                            state_shardings)
+
+EvalHook = Callable[[int, Encoder], "dict[str, Any] | None"]
+# Fields a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "keep_checkpoints", "eval_every",
+                     "log_every")
+
+
+# ---------------------------------------------------------------------- data
+
+
+def load_training_pairs(config: TrainConfig) -> TrainingPairs:
+  """LAReQA: the training articles of `split_by_article`; otherwise a JSONL pairs file."""
+  if config.train_data in LAREQA_NAMES:
+    task = load_lareqa(config.train_data, languages=config.languages)
+    train_task, _ = split_by_article(task, config.eval_fraction, config.split_seed)
+    return training_pairs(train_task)
+  path = pathlib.Path(config.train_data)
+  if not path.is_file():
+    raise FileNotFoundError(f"train_data: {config.train_data!r} is neither a LAReQA name "
+                            f"{LAREQA_NAMES} nor a JSONL pairs file")
+  return read_pairs(path)
+
+
+def batch_arrays(batch, pairs: TrainingPairs, encoder: Encoder,
+                 config: TrainConfig) -> dict[str, np.ndarray]:
+  """This process's rows of a batch as int32 arrays (plus one hard negative per row
+  when the pairs have any: row `i` takes its `step`-th negative, cyclically)."""
+  tokens = collate(batch, encoder.tokenizer, config.max_query_length, config.max_passage_length,
+                   config.candidate_context, query_prefix=encoder.config.query_prefix,
+                   passage_prefix=encoder.config.passage_prefix, pad_id=encoder.pad_id)
+  arrays = {"query_input_ids": tokens.query_input_ids,
+            "query_attention_mask": tokens.query_attention_mask,
+            "passage_input_ids": tokens.passage_input_ids,
+            "passage_attention_mask": tokens.passage_attention_mask}
+  if len(pairs.negative_index):
+    texts, present = [], []
+    for pair in batch.pair_index:
+      negatives = pairs.negatives(int(pair))
+      present.append(len(negatives) > 0)
+      row = negatives[batch.step % len(negatives)] if len(negatives) else pairs.positive_index[pair]
+      texts.append(encoder.config.passage_prefix + str(pairs.passage_text[row]))
+    ids, mask = pad_rows(encode_texts(encoder.tokenizer, texts, config.max_passage_length),
+                         config.max_passage_length, encoder.pad_id)
+    arrays.update(negative_input_ids=ids, negative_attention_mask=mask,
+                  negative_mask=np.asarray(present, bool))
+  return arrays
+
+
+def batch_id(batch) -> str:
+  """A short fingerprint of the pairs in a batch (to check that runs saw the same data)."""
+  return hashlib.sha1(np.ascontiguousarray(batch.pair_index, np.int64).tobytes()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------- interrupts
+
+
+class _Interrupts:
+  """Holds Ctrl-C back while a step runs: the step donates the old state, so an
+  interrupt between the call and the assignment would lose both."""
+
+  def __init__(self):
+    self.pending = False
+
+  @contextlib.contextmanager
+  def deferred(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def hold(signum, frame):
+      self.pending = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGINT, previous)
+    if self.pending:
+      self.pending = False
+      raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------- setup
+
+
+def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
+  changed = [f.name for f in dataclasses.fields(TrainConfig)
+             if getattr(saved, f.name) != getattr(config, f.name)
+             and f.name not in RESUMABLE_CHANGES]
+  if changed:
+    raise ValueError(f"config: resuming needs the saved run's settings; {changed} differ from "
+                     f"{config.out_dir}/config.json (only {list(RESUMABLE_CHANGES)} may change)")
+
+
+def _check_mesh_fit(config: TrainConfig, mesh) -> None:
+  ways = meshlib.data_parallel_size(mesh)
+  if config.micro_batch_size % ways:
+    raise ValueError(f"batch_size: {config.batch_size} pairs over grad_accum={config.grad_accum} "
+                     f"micro-batches do not split over the mesh's {ways} data-parallel devices")
+  if config.grad_cache_chunk is not None and config.grad_cache_chunk % ways:
+    raise ValueError(f"grad_cache_chunk: {config.grad_cache_chunk} rows do not split over the "
+                     f"mesh's {ways} data-parallel devices")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size: {config.batch_size} is not a multiple of the "
+                     f"{jax.process_count()} processes")
+
+
+def _load_model(config: TrainConfig) -> Encoder:
+  encoder = load_encoder(config.model, attn=config.attn, window=config.window,
+                         block_size=config.block_size, density=config.density, dtype=config.dtype,
+                         max_length=max(config.max_query_length, config.max_passage_length),
+                         seed=config.seed)
+  for name in ("max_query_length", "max_passage_length"):
+    if getattr(config, name) > encoder.config.max_length:
+      raise ValueError(f"{name}: {getattr(config, name)} exceeds the model's "
+                       f"{encoder.config.max_length} positions")
+  return encoder
+
+
+def embed_fn_of(encoder: Encoder):
+  """`embed_fn(params, batch, key)` for the step: dropout on exactly when a key is given."""
+  def embed_fn(params, batch, key):
+    return encoder.embed(params, batch, deterministic=key is None, rngs=key)
+  return embed_fn
+
+
+def host_params(params: Any) -> Any:
+  """Parameters gathered to this host (all processes take part)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
+  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params)
+
+
+# ---------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig, resume: bool = False,
+          eval_hook: EvalHook | None = None) -> TrainResult:
+  """Fine-tunes `config.model` contrastively; see DESIGN.md (jxr.train).
+
+  With `resume`, continues from the newest checkpoint in `config.out_dir` (made
+  on any mesh) with the same batches, as if never stopped. Ctrl-C saves the
+  last finished step, then re-raises.
+  """
+  if not isinstance(config, TrainConfig):
+    raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
+  if eval_hook is not None and not callable(eval_hook):
+    raise ValueError(f"eval_hook: expected a callable (step, encoder) -> dict | None, "
+                     f"got {type(eval_hook).__name__}")
+  meshlib.maybe_initialize_distributed()
+  primary = meshlib.is_primary()
+  run_dir = pathlib.Path(config.out_dir).absolute()
+  checkpoint_dir = run_dir / "checkpoints"
+  if resume:
+    if not (run_dir / "config.json").is_file():
+      raise FileNotFoundError(f"out_dir: nothing to resume, {run_dir / 'config.json'} is missing")
+    _check_resume_config(TrainConfig.load(run_dir / "config.json"), config)
+  elif checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+    raise ValueError(f"out_dir: {run_dir} already holds checkpoints; pass resume=True to continue "
+                     "that run or choose another out_dir")
+  mesh = meshlib.make_mesh(config.mesh)
+  _check_mesh_fit(config, mesh)
+
+  pairs = load_training_pairs(config)
+  sampler = HybridSampler(pairs, config.batch_size, config.mono_prob, config.seed,
+                          languages=config.languages, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  encoder = _load_model(config)
+
+  optimizer, schedule = make_optimizer(config.lr, config.steps, config.warmup_steps,
+                                       config.weight_decay, config.clip_norm)
+  options = StepOptions(temperature=config.temperature, learn_temperature=config.learn_temperature,
+                        symmetric=config.symmetric, grad_accum=config.grad_accum,
+                        grad_cache_chunk=config.grad_cache_chunk,
+                        dropout=encoder.config.hidden_dropout_prob > 0, seed=config.seed)
+  encoder_shardings = meshlib.param_shardings(encoder.params, mesh)
+  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, options), encoder.params)
+  shardings = state_shardings(abstract, encoder_shardings, mesh)
+
+  checkpoints = Checkpoints(checkpoint_dir, config.keep_checkpoints)
+  start = checkpoints.latest_step() if resume else None
+  if start is not None:
+    state, meta = checkpoints.restore(start, abstract_like(abstract, shardings))
+    sampler.load_state_dict(meta["sampler"])
+  else:
+    params = jax.device_put(encoder.params, encoder_shardings)
+    state = jax.jit(lambda p: init_state(p, optimizer, options), out_shardings=shardings)(params)
+  # The state owns the parameters now (and donates them each step).
+  encoder = dataclasses.replace(encoder, params=None)
+  if primary:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+  writer = MetricsWriter(run_dir, resume_step=start if resume else None, enabled=primary)
+
+  step_fn = make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh)
+  batch_spec = {name: np.ndim(x) for name, x in
+                batch_arrays(sampler.batch_at(0), pairs, encoder, config).items()}
+  train_step = jit_train_step(step_fn, shardings, batch_spec, mesh)
+
+  def current_encoder(state: TrainState) -> Encoder:
+    return dataclasses.replace(encoder, params=state.params["encoder"])
+
+  def save(state: TrainState) -> None:
+    done = int(state.step)
+    meta = {"step": done, "sampler": dict(sampler.state_dict(), step=done),
+            "config": config.to_json()}
+    checkpoints.save(done, state, meta)
+
+  interrupts = _Interrupts()
+  pending: list[tuple[int, Any, Any]] = []  # (step, batch, device metrics) not yet written
+  last = {"time": time.perf_counter(), "loss": float("nan")}
+  first = int(state.step)
+  bar = progress(total=config.steps, initial=first, desc="train", unit="step")
+
+  def flush(eval_step: int | None = None, eval_result: dict | None = None) -> None:
+    """Writes the pending steps' rows (one device sync for all of them)."""
+    if not pending and eval_result is None:
+      return
+    now = time.perf_counter()
+    fetched = jax.device_get([m for _, _, m in pending])
+    seconds = max(now - last["time"], 1e-9)
+    steps_per_s = len(pending) / seconds
+    tokens_per_s = sum(float(m["tokens"]) for m in fetched) / seconds
+    rows = {}
+    for (step, batch, _), m in zip(pending, fetched):
+      rows[step] = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
+                    "grad_norm": float(m["grad_norm"]), "kind": batch.kind,
+                    "language": batch.language, "batch_id": batch_id(batch),
+                    "skipped_steps": int(m["skipped_steps"]), "steps_per_s": steps_per_s,
+                    "tokens_per_s": tokens_per_s}
+      if "temperature" in m:
+        rows[step]["temperature"] = float(m["temperature"])
+      last["loss"] = float(m["loss"])
+    if eval_result is not None:
+      rows.setdefault(eval_step, {"step": eval_step})["eval"] = eval_result
+    for step in sorted(rows):
+      if step % config.log_every == 0 or step == config.steps or "eval" in rows[step]:
+        writer.write(rows[step])
+    if pending:
+      bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{steps_per_s:.2f}",
+                      tokens_s=f"{tokens_per_s:.0f}")
+    pending.clear()
+    last["time"] = time.perf_counter()
+
+  try:
+    for step in range(first, config.steps):
+      batch = next(sampler)
+      arrays = meshlib.global_batch(batch_arrays(batch, pairs, encoder, config), mesh)
+      with interrupts.deferred():
+        state, metrics = train_step(state, arrays)
+      done = step + 1
+      pending.append((done, batch, metrics))
+      bar.update(1)
+      evaluate = bool(eval_hook and config.eval_every and done % config.eval_every == 0)
+      if evaluate:
+        flush()
+        result = eval_hook(done, current_encoder(state))
+        if result is not None and not isinstance(result, dict):
+          raise ValueError(f"eval_hook: expected a dict or None, got {type(result).__name__}")
+        flush(done, result)
+        last["time"] = time.perf_counter()  # evaluation time is not training time
+      elif done % config.log_every == 0 or done == config.steps:
+        flush()
+      if config.checkpoint_every and done % config.checkpoint_every == 0:
+        save(state)
+    flush()
+    save(state)
+  except KeyboardInterrupt:
+    flush()
+    save(state)
+    checkpoints.close()
+    writer.close()
+    bar.close()
+    raise
+  checkpoints.close()
+  writer.close()
+  bar.close()
+
+  final = dataclasses.replace(encoder, params=host_params(state.params["encoder"]))
+  export_dir = None
+  if primary:
+    export_dir = final.save(run_dir / "model")
+  return TrainResult(encoder=final, steps=int(state.step), skipped_steps=int(state.skipped),
+                     final_loss=last["loss"], run_dir=run_dir, export_dir=export_dir)
