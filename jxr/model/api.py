@@ -172,10 +172,19 @@ class Encoder:
     limit = self._max_length(max_length)
     out = np.empty((len(ids), self.dim), np.float32)
     plan = plan_batches([len(x) for x in ids], batch_size, limit, jax.local_device_count())
-    for rows, length, padded_rows in progress(plan, desc="encode", unit="batch",
-                                              disable=None if len(plan) > 4 else True):
+    pending = None  # keep one batch in flight: pad the next while this one runs
+    quiet = {"disable": True} if len(plan) < 4 else {}  # no bar for a handful of batches
+    bar = progress(total=len(ids), desc="encode", unit="text", **quiet)
+    for rows, length, padded_rows in plan:
       batch = self.pad_batch([ids[i] for i in rows], length, padded_rows)
-      out[rows] = np.asarray(self._run_embed(batch))[:len(rows)]
+      result = self._run_embed(batch)
+      if pending is not None:
+        out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+        bar.update(len(pending[0]))
+      pending = (rows, result)
+    out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+    bar.update(len(pending[0]))
+    bar.close()
     return out
 
   def _run_embed(self, batch: dict[str, np.ndarray]) -> jax.Array:
@@ -207,29 +216,30 @@ class Encoder:
 
 
 def bucket_length(length: int, limit: int) -> int:
-  """Round a padded length up: to 16 up to 128, 32 up to 256, then 64; capped at `limit`."""
-  step = 16 if length <= 128 else 32 if length <= 256 else 64
+  """Round a padded length up (to 8 up to 64, 16 up to 128, 32 up to 256, then 64),
+  capped at `limit`: few distinct shapes, little padding."""
+  step = 8 if length <= 64 else 16 if length <= 128 else 32 if length <= 256 else 64
   return min(-(-length // step) * step, limit)
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
                  num_devices: int = 1) -> list[tuple[np.ndarray, int, int]]:
-  """Batches as (text indices, padded length, padded rows), grouped by length bucket.
+  """Batches as (text indices, padded length, padded rows).
 
-  Rows are padded to a power of two (and a multiple of the device count) so a
-  bucket's last, partial batch reuses few compiled shapes.
+  Texts are sorted by length and cut into consecutive full batches, each padded
+  to the bucket of its longest text, so padding stays small and a bucket's
+  shape is compiled once. Only the last batch is partial; its rows are padded
+  to a multiple of 8 (and of the device count) to bound the shapes it adds.
   """
   lengths = np.asarray(lengths)
   order = np.argsort(lengths, kind="stable")
-  buckets = np.array([bucket_length(int(n), limit) for n in lengths[order]])
   plan = []
-  for length in np.unique(buckets):
-    members = order[buckets == length]
-    for start in range(0, len(members), batch_size):
-      rows = members[start:start + batch_size]
-      padded = min(batch_size, 1 << (len(rows) - 1).bit_length())
-      padded = -(-padded // num_devices) * num_devices
-      plan.append((rows, int(length), int(padded)))
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    length = bucket_length(int(lengths[rows].max()), limit)
+    padded = min(batch_size, -(-len(rows) // 8) * 8)
+    padded = -(-padded // num_devices) * num_devices
+    plan.append((rows, length, padded))
   return plan
 
 

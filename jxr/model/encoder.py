@@ -98,10 +98,15 @@ class SelfAttention(nnx.Module):
   def __call__(self, x: jax.Array, kv_lengths: jax.Array, mask: pallas_kernels.Mask,
                implementation: str | None) -> jax.Array:
     batch, length, hidden = x.shape
-    split = lambda y: y.reshape(batch, length, self.num_heads, self.head_dim)
+    # One [hidden, 3 * hidden] matmul instead of three: better use of the CPU/GPU.
+    projections = (self.query, self.key, self.value)
+    kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1)
+    bias = jnp.concatenate([p.bias[...] for p in projections])
+    qkv = (x @ kernel.astype(x.dtype) + bias.astype(x.dtype))
+    q, k, v = jnp.split(qkv.reshape(batch, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
     context = pallas_kernels.attention(
-        split(self.query(x)), split(self.key(x)), split(self.value(x)), mask,
-        kv_lengths=kv_lengths, scale=self.head_dim ** -0.5, implementation=implementation)
+        q, k, v, mask, kv_lengths=kv_lengths, scale=self.head_dim ** -0.5,
+        implementation=implementation)
     return self.out(context.reshape(batch, length, hidden))
 
 

@@ -165,10 +165,10 @@ def load_checkpoint_tokenizer(directory: pathlib.Path) -> Tokenizer:
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
   """pad/cls/sep ids for XLM-R (<pad>, <s>, </s>) or BERT ([PAD], [CLS], [SEP])."""
-  vocab = tok.get_vocab()
-  for pad, cls, sep in (("<pad>", "<s>", "</s>"), ("[PAD]", "[CLS]", "[SEP]")):
-    if pad in vocab and cls in vocab and sep in vocab:
-      return {"pad": vocab[pad], "cls": vocab[cls], "sep": vocab[sep]}
+  for names in (("<pad>", "<s>", "</s>"), ("[PAD]", "[CLS]", "[SEP]")):
+    ids = [tok.token_to_id(name) for name in names]
+    if None not in ids:
+      return dict(zip(("pad", "cls", "sep"), ids))
   raise ValueError("tokenizer has neither XLM-R (<pad>, <s>, </s>) nor BERT "
                    "([PAD], [CLS], [SEP]) special tokens")
 
@@ -176,8 +176,7 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
 def save_tokenizer(tok: Tokenizer, directory: pathlib.Path, model_max_length: int) -> None:
   """tokenizer.json plus the small configs AutoTokenizer needs."""
   tok.save(str(directory / "tokenizer.json"))
-  vocab = tok.get_vocab()
-  if "<s>" in vocab:
+  if tok.token_to_id("<s>") is not None:
     specials = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>",
                 "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
                 "mask_token": MASK_TOKEN}
@@ -186,7 +185,7 @@ def save_tokenizer(tok: Tokenizer, directory: pathlib.Path, model_max_length: in
     specials = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                 "unk_token": "[UNK]", "mask_token": "[MASK]"}
     cls_name = "BertTokenizer"
-  specials = {k: v for k, v in specials.items() if v in vocab}
+  specials = {k: v for k, v in specials.items() if tok.token_to_id(v) is not None}
   config = dict(specials, tokenizer_class=cls_name, model_max_length=model_max_length,
                 clean_up_tokenization_spaces=True)
   (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
