@@ -1,0 +1,404 @@
+"""Flags, presets and the fully resolved configuration of one experiment run.
+
+`parse(argv)` turns command-line flags into a frozen `RunConfig`: the preset
+(chosen from the available devices unless given) fills every value the flags
+leave out, and every value is checked before any data or model is loaded, so a
+bad flag fails in milliseconds with a message naming the flag.
+
+The configuration's short hash names the default output directory
+(`runs/<date>-<attn>-<hash>`), so the same flags map to the same run and
+`--resume` finds it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jxr.data.lareqa import LANGUAGES
+
+ATTENTION_KINDS = ("dense", "local", "block_sparse")
+CANDIDATE_CONTEXTS = ("sentence", "paragraph")
+PRESETS_ORDER = ("cpu", "gpu", "pod", "tiny")
+BUNDLED_MODELS = ("multilingual-e5-small", "tiny")
+MAX_LENGTH = 512
+# Fields that do not change what is computed: left out of the hash.
+_UNHASHED = ("out", "preset")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything one run depends on; `config.json` holds it (plus the question ids)."""
+  preset: str
+  model: str
+  attn: str
+  window: int | None
+  block_size: int
+  density: float | None
+  train_data: str              # a LAReQA name or a JSONL file of pairs
+  languages: tuple[str, ...] | None  # training languages, in order (None: all of train_data)
+  eval_data: tuple[str, ...]
+  eval_languages: tuple[str, ...] | None
+  eval_questions: int | None   # per dataset: whole articles until this many questions
+  mono_prob: float
+  train_steps: int
+  batch_size: int
+  lr: float
+  warmup_steps: int
+  max_query_length: int
+  max_passage_length: int
+  candidate_context: str       # "sentence" or "paragraph"
+  seed: int
+  mesh: str
+  eval_fraction: float         # share of XQuAD-R articles held out of training
+  split_seed: int
+  eval_batch_size: int
+  out: str
+
+  def to_json(self) -> dict[str, Any]:
+    data = dataclasses.asdict(self)
+    for key in ("languages", "eval_data", "eval_languages"):
+      data[key] = None if data[key] is None else list(data[key])
+    return data
+
+  @classmethod
+  def from_json(cls, data: Mapping[str, Any]) -> RunConfig:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k in fields}
+    for key in ("languages", "eval_data", "eval_languages"):
+      if values.get(key) is not None:
+        values[key] = tuple(values[key])
+    return cls(**values)
+
+  def replace(self, **changes: Any) -> RunConfig:
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def train_dataset(self) -> str | None:
+    """The LAReQA name trained on, or None for a JSONL file of pairs."""
+    name = self.train_data.split(":", 1)[0]
+    return name if name in LANGUAGES else None
+
+  def short_hash(self) -> str:
+    data = {k: v for k, v in self.to_json().items() if k not in _UNHASHED}
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+# ------------------------------------------------------------------------ presets
+
+_COMMON = dict(
+    model="multilingual-e5-small", attn="dense", window=16, block_size=16, density=0.25,
+    train_data="xquad-r", languages=None, eval_languages=None, eval_questions=None,
+    mono_prob=0.5, warmup_steps=0, candidate_context="paragraph", seed=0, mesh="data=-1",
+    eval_fraction=0.5, split_seed=0, eval_batch_size=64,
+)
+
+# What each preset trades away is documented in README.md ("Presets").
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2 CPU cores, under 10 minutes: a short fine-tune, a small held-out slice.
+    "cpu": dict(_COMMON, eval_data=("xquad-r",), eval_languages=("en", "de", "ru", "zh"),
+                eval_questions=150, train_steps=30, batch_size=16, lr=1e-4, warmup_steps=3,
+                max_query_length=32, max_passage_length=128, eval_batch_size=32),
+    # One GPU: the study's cell (see experiments/sweep.py for its budget).
+    "gpu": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=600, batch_size=64,
+                lr=3e-5, warmup_steps=60, max_query_length=64, max_passage_length=256,
+                eval_batch_size=256),
+    # Many hosts: a larger global batch over every device of every process.
+    "pod": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=1000, batch_size=256,
+                lr=5e-5, warmup_steps=100, max_query_length=64, max_passage_length=256,
+                eval_batch_size=512),
+    # Tests: a random 2-layer encoder, seconds per stage.
+    "tiny": dict(_COMMON, model="tiny", languages=("en", "de"), eval_data=("xquad-r",),
+                 eval_languages=("en", "de"), eval_questions=12, train_steps=2, batch_size=4,
+                 lr=1e-3, max_query_length=24, max_passage_length=48, eval_batch_size=32),
+}
+
+
+def default_preset() -> str:
+  """"pod" across several processes or on a TPU, "gpu" with a GPU, else "cpu"."""
+  import jax  # only here: querying devices starts the backend
+
+  if jax.process_count() > 1 or jax.default_backend() == "tpu":
+    return "pod"
+  return "gpu" if jax.default_backend() == "gpu" else "cpu"
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+class FlagError(ValueError):
+  """A flag's value is invalid; the message names the flag."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m experiments.run",
+      description="Zero-shot evaluation, hybrid-batch fine-tuning and evaluation again of a "
+      "multilingual encoder with dense, local or block-sparse attention on LAReQA.")
+  a = p.add_argument
+  a("--preset", help=f"one of {', '.join(PRESETS_ORDER)} (default: from the devices: "
+    "pod with several processes or a TPU, gpu with a GPU, else cpu)")
+  a("--attn", help="dense, local or block_sparse")
+  a("--window", help="local attention: keys on each side of a query")
+  a("--block-size", help="block-sparse attention: block size in tokens")
+  a("--density", help="block-sparse attention: target fraction of active blocks, in (0, 1]")
+  a("--model", help="multilingual-e5-small (bundled), tiny, a checkpoint directory or a HF id")
+  a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file")
+  a("--eval-data", help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
+    "articles when it is also the training data)")
+  a("--languages", help="training languages, comma separated, in order")
+  a("--eval-languages", help="evaluation languages, comma separated (each dataset keeps those "
+    "it has)")
+  a("--eval-questions", help="per dataset: whole articles, in a seeded order, until this many "
+    "questions ('all' for every question)")
+  a("--mono-prob", help="probability that a batch is monolingual, in [0, 1]")
+  a("--train-steps", help="optimizer steps (>= 1)")
+  a("--batch-size", help="global batch of (query, passage) pairs (>= 2)")
+  a("--lr", help="peak learning rate (> 0)")
+  a("--warmup-steps", help="linear warmup steps (>= 0, below --train-steps)")
+  a("--max-query-length", help=f"query tokens, in [8, {MAX_LENGTH}]")
+  a("--max-passage-length", help=f"passage tokens, in [8, {MAX_LENGTH}]")
+  a("--candidate-context", help="sentence (the answer sentence alone) or paragraph (the "
+    "sentence with its paragraph)")
+  a("--seed", help="training seed (>= 0)")
+  a("--mesh", help="device mesh, e.g. data=-1 or data=4,model=2")
+  a("--out", help="run directory (default runs/<date>-<attn>-<hash of the config>)")
+  a("--resume", action="store_true", help="continue the run in --out (or the default one)")
+  return p
+
+
+def _int(flag: str, text: str, low: int | None = None, high: int | None = None) -> int:
+  try:
+    value = int(text)
+  except (TypeError, ValueError):
+    raise FlagError(f"{flag}: expected an integer, got {text!r}") from None
+  if (low is not None and value < low) or (high is not None and value > high):
+    bounds = (f"in [{low}, {high}]" if high is not None else f">= {low}")
+    raise FlagError(f"{flag}: expected an integer {bounds}, got {value}")
+  return value
+
+
+def _float(flag: str, text: str, low: float, high: float | None, *, open_low: bool) -> float:
+  try:
+    value = float(text)
+  except (TypeError, ValueError):
+    raise FlagError(f"{flag}: expected a number, got {text!r}") from None
+  bad_low = value <= low if open_low else value < low
+  if value != value or bad_low or (high is not None and value > high):
+    left = "(" if open_low else "["
+    right = f"{high}]" if high is not None else "inf)"
+    raise FlagError(f"{flag}: expected a number in {left}{low}, {right}, got {text}")
+  return value
+
+
+def _codes(flag: str, text: str) -> tuple[str, ...]:
+  codes = tuple(c.strip() for c in text.split(",") if c.strip())
+  if not codes:
+    raise FlagError(f"{flag}: expected comma-separated language codes, got {text!r}")
+  if len(set(codes)) != len(codes):
+    raise FlagError(f"{flag}: language codes repeat in {text!r}")
+  known = sorted({c for langs in LANGUAGES.values() for c in langs})
+  unknown = [c for c in codes if c not in known]
+  if unknown:
+    raise FlagError(f"{flag}: unknown language codes {unknown}; LAReQA has {' '.join(known)}")
+  return codes
+
+
+
+def _mesh(text: str) -> str:
+  from jxr.train.mesh import parse_mesh_spec
+
+  try:
+    sizes = parse_mesh_spec(text)
+  except ValueError as e:
+    raise FlagError(f"--{e}") from None
+  return ",".join(f"{axis}={size}" for axis, size in sizes.items())
+
+
+def _model(text: str) -> str:
+  if text in BUNDLED_MODELS:
+    return text
+  path = pathlib.Path(text).expanduser()
+  if path.exists():
+    if not (path / "config.json").is_file():
+      raise FlagError(f"--model: directory {path} has no config.json (expected a Hugging Face "
+                      "or jxr checkpoint)")
+    return str(path)
+  if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
+    return text  # a hub id: resolved (offline, from the HF cache) when the model loads
+  raise FlagError(f"--model: expected one of {BUNDLED_MODELS}, an existing checkpoint directory "
+                  f"or a Hugging Face id (org/name), got {text!r}")
+
+
+def _train_data(text: str) -> tuple[str, tuple[str, ...] | None]:
+  """`(train_data, languages from NAME:langs or None)`."""
+  name, sep, langs = text.partition(":")
+  if name in LANGUAGES:
+    codes = _codes("--train-data", langs) if sep else None
+    if codes:
+      missing = [c for c in codes if c not in LANGUAGES[name]]
+      if missing:
+        raise FlagError(f"--train-data: {missing} not in {name} (it has "
+                        f"{' '.join(LANGUAGES[name])})")
+    return name, codes
+  path = pathlib.Path(text).expanduser()
+  if path.suffix == ".jsonl":
+    if not path.is_file():
+      raise FlagError(f"--train-data: pairs file {path} does not exist")
+    return str(path), None
+  raise FlagError(f"--train-data: expected one of {sorted(LANGUAGES)} (optionally NAME:lang,lang)"
+                  f" or an existing .jsonl file of pairs, got {text!r}")
+
+
+def _eval_data(text: str) -> tuple[str, ...]:
+  names = tuple(s.strip() for s in text.split(",") if s.strip())
+  unknown = [n for n in names if n not in LANGUAGES]
+  if not names or unknown or len(set(names)) != len(names):
+    raise FlagError(f"--eval-data: expected distinct names from {sorted(LANGUAGES)}, comma "
+                    f"separated, got {text!r}")
+  return names
+
+
+def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
+  """The preset's values overridden by the given flags, all checked."""
+  preset = args.preset if args.preset is not None else preset
+  if preset is None:
+    preset = default_preset()
+  if preset not in PRESETS:
+    raise FlagError(f"--preset: expected one of {', '.join(PRESETS_ORDER)}, got {preset!r}")
+  values: dict[str, Any] = dict(PRESETS[preset], preset=preset, out="")
+  given = lambda name: getattr(args, name) is not None  # noqa: E731
+
+  if given("attn"):
+    if args.attn not in ATTENTION_KINDS:
+      raise FlagError(f"--attn: expected one of {', '.join(ATTENTION_KINDS)}, got {args.attn!r}")
+    values["attn"] = args.attn
+  if given("window"):
+    values["window"] = _int("--window", args.window, 1, MAX_LENGTH)
+  if given("block_size"):
+    values["block_size"] = _int("--block-size", args.block_size, 1, MAX_LENGTH)
+  if given("density"):
+    values["density"] = _float("--density", args.density, 0.0, 1.0, open_low=True)
+  for flag in ("window", "block_size", "density"):
+    if given(flag) and values["attn"] != {"window": "local"}.get(flag, "block_sparse"):
+      needed = "local" if flag == "window" else "block_sparse"
+      raise FlagError(f"--{flag.replace('_', '-')}: only applies to --attn={needed}, "
+                      f"got --attn={values['attn']}")
+  if given("model"):
+    values["model"] = _model(args.model)
+  if given("train_data"):
+    values["train_data"], train_langs = _train_data(args.train_data)
+    if train_langs is not None:
+      values["languages"] = train_langs
+    elif values["train_data"] not in LANGUAGES:
+      values["languages"] = None  # a pairs file brings its own languages
+  if given("languages"):
+    values["languages"] = _codes("--languages", args.languages)
+  name = values["train_data"] if values["train_data"] in LANGUAGES else None
+  if values["languages"] is not None and name is not None:
+    missing = [c for c in values["languages"] if c not in LANGUAGES[name]]
+    if missing:
+      raise FlagError(f"--languages: {missing} not in {name} (it has {' '.join(LANGUAGES[name])})")
+  if given("eval_data"):
+    values["eval_data"] = _eval_data(args.eval_data)
+  if given("eval_languages"):
+    values["eval_languages"] = _codes("--eval-languages", args.eval_languages)
+  if values["eval_languages"] is not None:
+    for dataset in values["eval_data"]:
+      if len(set(values["eval_languages"]) & set(LANGUAGES[dataset])) < 1:
+        raise FlagError(f"--eval-languages: none of {list(values['eval_languages'])} is in "
+                        f"{dataset} (it has {' '.join(LANGUAGES[dataset])})")
+  if given("eval_questions"):
+    values["eval_questions"] = (None if args.eval_questions == "all"
+                                else _int("--eval-questions", args.eval_questions, 1))
+  if given("mono_prob"):
+    values["mono_prob"] = _float("--mono-prob", args.mono_prob, 0.0, 1.0, open_low=False)
+  if given("train_steps"):
+    values["train_steps"] = _int("--train-steps", args.train_steps, 1)
+  if given("batch_size"):
+    values["batch_size"] = _int("--batch-size", args.batch_size, 2)
+  if given("lr"):
+    values["lr"] = _float("--lr", args.lr, 0.0, 1.0, open_low=True)
+  if given("warmup_steps"):
+    values["warmup_steps"] = _int("--warmup-steps", args.warmup_steps, 0)
+  if values["warmup_steps"] >= values["train_steps"]:
+    raise FlagError(f"--warmup-steps: expected fewer than --train-steps ({values['train_steps']}),"
+                    f" got {values['warmup_steps']}")
+  if given("max_query_length"):
+    values["max_query_length"] = _int("--max-query-length", args.max_query_length, 8, MAX_LENGTH)
+  if given("max_passage_length"):
+    values["max_passage_length"] = _int("--max-passage-length", args.max_passage_length, 8,
+                                        MAX_LENGTH)
+  if given("candidate_context"):
+    if args.candidate_context not in CANDIDATE_CONTEXTS:
+      raise FlagError(f"--candidate-context: expected one of {', '.join(CANDIDATE_CONTEXTS)}, "
+                      f"got {args.candidate_context!r}")
+    values["candidate_context"] = args.candidate_context
+  if given("seed"):
+    values["seed"] = _int("--seed", args.seed, 0)
+  if given("mesh"):
+    values["mesh"] = _mesh(args.mesh)
+  if values["attn"] == "local" and values["window"] >= values["max_passage_length"]:
+    raise FlagError(f"--window: {values['window']} keys each side covers every passage of "
+                    f"--max-passage-length {values['max_passage_length']}: that is dense attention")
+  if values["attn"] != "local":
+    values["window"] = None
+  if values["attn"] != "block_sparse":
+    values["density"] = None
+  config = RunConfig(**values)
+  out = args.out if args.out is not None else ""
+  if out and pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+    raise FlagError(f"--out: {out} exists and is not a directory")
+  return config.replace(out=out)
+
+
+def default_out(config: RunConfig, root: str | os.PathLike = "runs",
+                today: datetime.date | None = None) -> pathlib.Path:
+  """`runs/<date>-<attn>-<hash>`; an existing run of the same config is reused by --resume."""
+  today = today or datetime.datetime.now(datetime.timezone.utc).date()
+  return pathlib.Path(root) / f"{today:%Y%m%d}-{config.attn}-{config.short_hash()}"
+
+
+def find_existing(config: RunConfig, root: str | os.PathLike = "runs") -> pathlib.Path | None:
+  """The newest run directory of this config (any date), for --resume without --out."""
+  matches = sorted(pathlib.Path(root).glob(f"*-{config.attn}-{config.short_hash()}"))
+  return matches[-1] if matches else None
+
+
+def choose_out(config: RunConfig, resume: bool) -> RunConfig:
+  """Fills `out` and checks it against --resume: a finished or foreign run is never clobbered."""
+  if config.out:
+    out = pathlib.Path(config.out)
+  else:
+    out = (find_existing(config) if resume else None) or default_out(config)
+  saved = out / "config.json"
+  if saved.exists():
+    if not resume:
+      raise FlagError(f"--out: {out} already holds a run; pass --resume to continue it or choose "
+                      "another --out")
+    previous = RunConfig.from_json(json.loads(saved.read_text())["run"])
+    if previous.short_hash() != config.short_hash():
+      changed = sorted(k for k, v in config.to_json().items()
+                       if k not in _UNHASHED and previous.to_json().get(k) != v)
+      raise FlagError(f"--resume: {out} was started with different settings ({', '.join(changed)}"
+                      "); give the same flags, or another --out")
+  elif resume and out.exists() and any(out.iterdir()):
+    raise FlagError(f"--resume: {out} has no config.json; it is not a run directory")
+  return config.replace(out=str(out))
+
+
+def parse(argv: Sequence[str] | None = None, *, preset: str | None = None) -> tuple[RunConfig, bool]:
+  """`(config with out filled, resume)`; raises FlagError on any bad value."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  config = resolve(args, preset)
+  return choose_out(config, args.resume), bool(args.resume)

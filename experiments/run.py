@@ -1,0 +1,69 @@
+"""`python -m experiments.run`: zero-shot evaluation, fine-tuning, evaluation again.
+
+    python -m experiments.run --attn=local                  # the CPU default, < 10 min on 2 cores
+    python -m experiments.run --preset gpu --attn block_sparse --density 0.25
+    python -m experiments.run --out runs/X --resume         # after Ctrl-C
+
+Flags are parsed and checked by `experiments.options` (every bad value fails
+before any work), the stages run in `experiments.pipeline`; this module only
+wires them and prints the headline numbers. `--help` lists every flag.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from experiments import options, pipeline
+
+
+def _multi_process() -> bool:
+  """Whether the environment describes a multi-process (pod) run."""
+  env = os.environ
+  return (bool(env.get("JAX_COORDINATOR_ADDRESS")) or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+          or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+          or env.get("JXR_DISTRIBUTED") == "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = options.build_parser()
+  try:
+    # Parse once without devices: a bad flag fails before jax starts.
+    args = parser.parse_args(argv)
+    preset = args.preset
+    if preset is None:
+      if _multi_process():
+        from jxr.train import maybe_initialize_distributed
+
+        maybe_initialize_distributed()  # before the first device query
+      preset = options.default_preset()
+    config, resume = options.parse(argv, preset=preset)
+  except options.FlagError as e:
+    parser.error(str(e))
+  if config.preset == "pod" or _multi_process():
+    from jxr.train import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+  print(f"experiments.run: preset {config.preset}, attention {config.attn}, "
+        f"run directory {config.out}", flush=True)
+  try:
+    results = pipeline.run(config, resume=resume, log=lambda m: print(m, flush=True))
+  except KeyboardInterrupt:
+    print(f"\ninterrupted: the run is resumable with\n  python -m experiments.run "
+          f"{' '.join(_resume_args(argv, config.out))}", file=sys.stderr, flush=True)
+    return 130
+  print(pipeline.headline(results, config.out), flush=True)
+  return 0
+
+
+def _resume_args(argv: Sequence[str], out: str) -> list[str]:
+  args = [a for a in argv if a != "--resume"]
+  if not any(a == "--out" or a.startswith("--out=") for a in args):
+    args += ["--out", out]
+  return args + ["--resume"]
+
+
+if __name__ == "__main__":
+  sys.exit(main())
