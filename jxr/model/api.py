@@ -12,6 +12,7 @@ the local devices when there are several.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -26,7 +27,8 @@ from tokenizers import Tokenizer
 
 from jxr._progress import progress
 from jxr.model import bundle, tokenizer as tokenization, weights
-from jxr.model.config import E5_PREFIXES, AttentionConfig, EncoderConfig, is_e5_name
+from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
+                              is_e5_name)
 from jxr.model.encoder import EncoderModel, abstract_model, create_model, pool
 
 BUNDLED = "multilingual-e5-small"
@@ -271,6 +273,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, attn: str | None = "dense",
         layout=tuple(sorted((layout or {}).items())), implementation=implementation)
   if not isinstance(max_length, int) or max_length < 3:
     raise ValueError(f"max_length: expected an int >= 3, got {max_length!r}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+  if pooling is not None and pooling not in POOLINGS:
+    raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
   if pooling is not None:
     overrides["pooling"] = pooling
   if prefixes is not None:
@@ -298,9 +304,15 @@ def _bundle_config(header: bundle.BundleHeader, vocab_size: int) -> dict[str, An
 
 
 def _bundle_tokenizer_and_config(path: pathlib.Path) -> tuple[Tokenizer, dict[str, Any]]:
-  header, vocab = bundle.read_bundle_vocab(path)
-  tok = tokenization.build_bundle_tokenizer(vocab)
+  tok, header = _bundle_tokenizer(path)
   return tok, _bundle_config(header, header.vocab_rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _bundle_tokenizer(path: pathlib.Path) -> tuple[Tokenizer, bundle.BundleHeader]:
+  # Shared between encoders: we only call its non-mutating methods.
+  header, vocab = bundle.read_bundle_vocab(path)
+  return tokenization.build_bundle_tokenizer(vocab), header
 
 
 def _load_bundled(overrides: dict[str, Any]) -> Encoder:
