@@ -100,12 +100,20 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+# A row whose visit count is at least this multiple of the mean is "heavy"
+# (a BigBird global row, say): such rows launch first, across all (batch,
+# head), so none of them starts last and runs alone at the end of the grid.
+HEAVY_ROW_FACTOR = 2.0
+
+
 @dataclasses.dataclass(frozen=True)
 class _Walk:
-  """How a kernel walks one direction of a block table (static part)."""
+  """How a kernel walks one direction of a block table, and in what order its programs run."""
 
   block_q: int
   block_k: int
+  rows: int          # table rows (query blocks, or key blocks for dk/dv), padding included
+  heavy: int         # how many rows launch first (`order[:heavy]`); 0: plain row order
   per_head: bool     # one table row set per head (else shared by all heads)
   contiguous: bool   # every row's visited blocks are consecutive: index = first + step
   any_partial: bool  # some visited tile needs the mask's element predicate
@@ -114,16 +122,31 @@ class _Walk:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Tables:
-  """One direction of a block table, rows padded to the padded length (as int32 numpy)."""
+  """One direction of a block table, rows padded to the padded length (int32 numpy).
+
+  `order` lists the rows in launch order: the heavy ones, heaviest first, then
+  the rest in increasing order.
+  """
 
   walk: _Walk
   index: np.ndarray
   count: np.ndarray
   partial: np.ndarray
   bits: np.ndarray
+  order: np.ndarray
 
   def arrays(self) -> list[jax.Array]:
-    return [jnp.asarray(a) for a in (self.index, self.count, self.partial, self.bits)]
+    return [jnp.asarray(a) for a in (self.index, self.count, self.partial, self.bits, self.order)]
+
+
+def _launch_order(count: np.ndarray) -> tuple[np.ndarray, int]:
+  """Rows in launch order, and how many of them are heavy (see HEAVY_ROW_FACTOR)."""
+  weight = count.max(axis=0)
+  heavy = weight >= HEAVY_ROW_FACTOR * max(weight.mean(), 1e-9)
+  heavy_rows = np.flatnonzero(heavy)
+  heavy_rows = heavy_rows[np.argsort(-weight[heavy_rows], kind="stable")]
+  order = np.concatenate([heavy_rows, np.flatnonzero(~heavy)]).astype(np.int32)
+  return order, len(heavy_rows)
 
 
 def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables:
@@ -132,17 +155,18 @@ def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables
                                  for name in ("index", "count", "partial", "bits"))
   steps = np.arange(index.shape[-1])
   listed = steps < count[..., None]
-  contiguous = bool(np.all(~listed | (index == index[..., :1] + steps)))
-  walk = _Walk(block_q=table.block_q, block_k=table.block_k, per_head=index.shape[0] > 1,
-               contiguous=contiguous, any_partial=bool(partial.any()),
-               has_bits=bool(mask.layout_leaves()))
   extra = rows - count.shape[1]  # fully padded blocks: nothing to visit
 
   def pad(a):
     a = np.asarray(a, np.int32)
     return np.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)) if extra else a
 
-  return _Tables(walk, pad(index), pad(count), pad(partial), pad(bits))
+  order, heavy = _launch_order(pad(count))
+  walk = _Walk(block_q=table.block_q, block_k=table.block_k, rows=rows, heavy=heavy,
+               per_head=index.shape[0] > 1,
+               contiguous=bool(np.all(~listed | (index == index[..., :1] + steps))),
+               any_partial=bool(partial.any()), has_bits=bool(mask.layout_leaves()))
+  return _Tables(walk, pad(index), pad(count), pad(partial), pad(bits), order)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,6 +198,28 @@ def _dot(a, b, precision, *, transpose_a: bool = False, transpose_b: bool = Fals
   """`a @ b` (optionally transposed operands) with float32 accumulation."""
   dims = (((0 if transpose_a else 1,), (1 if transpose_b else 0,)), ((), ()))
   return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _program(walk: _Walk, order_ref, problem: _Problem):
+  """`(row, b, h)` of this program of the flat grid.
+
+  Programs `[0, heavy * B * H)` run the heavy rows for every (b, h); the rest
+  run the other rows, row fastest, so programs that run together share their
+  (b, h)'s keys in L2.
+  """
+  p = pl.program_id(0)
+  batch_heads = problem.batch * problem.num_heads
+  if walk.heavy:
+    light_rows = walk.rows - walk.heavy
+    split = walk.heavy * batch_heads
+    in_heavy = p < split
+    p_light = jnp.maximum(p - split, 0)
+    rank = jnp.where(in_heavy, lax.div(p, batch_heads), walk.heavy + lax.rem(p_light, light_rows))
+    bh = jnp.where(in_heavy, lax.rem(p, batch_heads), lax.div(p_light, light_rows))
+    row = order_ref[rank]
+  else:
+    row, bh = lax.rem(p, walk.rows), lax.div(p, walk.rows)
+  return row, lax.div(bh, problem.num_heads), lax.rem(bh, problem.num_heads)
 
 
 class _Visits:
@@ -227,38 +273,48 @@ def _mask_scores(s, problem: _Problem, walk: _Walk, q_start, kv_start, length, p
   return lax.cond(needs_mask, masked, lambda s: s, s)
 
 
+def _unpack(refs, num_inputs: int, problem: _Problem):
+  """Splits kernel refs into (table refs, order, inputs, segment refs or Nones, outputs)."""
+  tables, order, rest = refs[:4], refs[4], refs[5:]
+  inputs, rest = rest[:num_inputs], rest[num_inputs:]
+  segments = (None, None)
+  if problem.has_segments:
+    segments, rest = rest[:2], rest[2:]
+  return tables, order, inputs, segments, rest
+
+
 # -- Kernels. ----------------------------------------------------------------------
+# Every array ref is whole ([B, L, H, D], [B, H, L], [B, L]); a program slices
+# its own (b, h) and the blocks it visits.
 
 
 def _forward_kernel(*refs, plan: _Plan):
   problem, walk = plan.problem, plan.forward.walk
-  table_refs, (lengths_ref, q_ref, k_ref, v_ref), rest = refs[:4], refs[4:8], refs[8:]
-  if problem.has_segments:
-    q_seg_ref, kv_seg_ref, o_ref, lse_ref = rest
-  else:
-    o_ref, lse_ref = rest
-  q_block, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  tables, order_ref, inputs, (q_seg_ref, kv_seg_ref), (o_ref, lse_ref) = _unpack(refs, 4, problem)
+  lengths_ref, q_ref, k_ref, v_ref = inputs
+  q_block, b, h = _program(walk, order_ref, problem)
   block_q, block_k = walk.block_q, walk.block_k
-  visits = _Visits(table_refs, walk, h, q_block)
+  visits = _Visits(tables, walk, h, q_block)
   length = lengths_ref[b]
-  q = q_ref[...]
-  q_start = q_block * block_q
-  q_seg = q_seg_ref[...] if problem.has_segments else None
+  q_start = pl.multiple_of(q_block * block_q, block_q)
+  q_slice = pl.ds(q_start, block_q)
+  q = q_ref[b, q_slice, h, :]
+  q_seg = q_seg_ref[b, q_slice] if problem.has_segments else None
   scale = problem.scale * LOG2_E
 
   def body(step, carry):
     acc, row_max, row_sum = carry
-    kv_start = visits.block(step) * block_k
+    kv_start = pl.multiple_of(visits.block(step) * block_k, block_k)
     kv_slice = pl.ds(kv_start, block_k)
-    k = k_ref[kv_slice, :]
+    k = k_ref[b, kv_slice, h, :]
     s = _dot(q, k, problem.precision, transpose_b=True) * scale
     partial, bits = visits.flags(step)
-    kv_seg = kv_seg_ref[kv_slice] if problem.has_segments else None
+    kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
     s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
     new_max = jnp.maximum(row_max, s.max(axis=1))
     correction = jnp.exp2(row_max - new_max)
     p = jnp.exp2(s - new_max[:, None])
-    v = v_ref[kv_slice, :]
+    v = v_ref[b, kv_slice, h, :]
     acc = acc * correction[:, None] + _dot(p.astype(v.dtype), v, problem.precision)
     return acc, new_max, row_sum * correction + p.sum(axis=1)
 
@@ -268,186 +324,124 @@ def _forward_kernel(*refs, plan: _Plan):
   # A row whose max never rose above MASKED saw no allowed key.
   has_key = row_max > MASKED / 2
   row_sum = jnp.where(has_key, row_sum, 1.0)
-  o_ref[...] = jnp.where(has_key[:, None], acc / row_sum[:, None], 0.0).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(has_key, row_max + jnp.log2(row_sum), EMPTY_ROW_LSE)
+  o_ref[b, q_slice, h, :] = jnp.where(has_key[:, None], acc / row_sum[:, None], 0.0).astype(o_ref.dtype)
+  lse_ref[b, h, q_slice] = jnp.where(has_key, row_max + jnp.log2(row_sum), EMPTY_ROW_LSE)
 
 
 def _dkv_kernel(*refs, plan: _Plan):
   problem, walk = plan.problem, plan.dkv.walk
-  table_refs, inputs, rest = refs[:4], refs[4:11], refs[11:]
+  tables, order_ref, inputs, (q_seg_ref, kv_seg_ref), (dk_ref, dv_ref) = _unpack(refs, 7, problem)
   lengths_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = inputs
-  if problem.has_segments:
-    q_seg_ref, kv_seg_ref, dk_ref, dv_ref = rest
-  else:
-    dk_ref, dv_ref = rest
-  kv_block, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  kv_block, b, h = _program(walk, order_ref, problem)
   block_q, block_k = walk.block_q, walk.block_k
-  visits = _Visits(table_refs, walk, h, kv_block)
+  visits = _Visits(tables, walk, h, kv_block)
   length = lengths_ref[b]
-  k, v = k_ref[...], v_ref[...]
-  kv_start = kv_block * block_k
-  kv_seg = kv_seg_ref[...] if problem.has_segments else None
+  kv_start = pl.multiple_of(kv_block * block_k, block_k)
+  kv_slice = pl.ds(kv_start, block_k)
+  k, v = k_ref[b, kv_slice, h, :], v_ref[b, kv_slice, h, :]
+  kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
   scale = problem.scale * LOG2_E
 
   def body(step, carry):
     dk, dv = carry
-    q_start = visits.block(step) * block_q
+    q_start = pl.multiple_of(visits.block(step) * block_q, block_q)
     q_slice = pl.ds(q_start, block_q)
-    q = q_ref[q_slice, :]
+    q = q_ref[b, q_slice, h, :]
     s = _dot(q, k, problem.precision, transpose_b=True) * scale
     partial, bits = visits.flags(step)
-    q_seg = q_seg_ref[q_slice] if problem.has_segments else None
+    q_seg = q_seg_ref[b, q_slice] if problem.has_segments else None
     s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
-    p = jnp.exp2(s - lse_ref[q_slice][:, None])
-    do = do_ref[q_slice, :]
+    p = jnp.exp2(s - lse_ref[b, h, q_slice][:, None])
+    do = do_ref[b, q_slice, h, :]
     dv = dv + _dot(p.astype(do.dtype), do, problem.precision, transpose_a=True)
     dp = _dot(do, v, problem.precision, transpose_b=True)
-    ds = p * (dp - delta_ref[q_slice][:, None])
+    ds = p * (dp - delta_ref[b, h, q_slice][:, None])
     dk = dk + _dot(ds.astype(q.dtype), q, problem.precision, transpose_a=True)
     return dk, dv
 
   zeros = jnp.zeros((block_k, k.shape[-1]), jnp.float32)
   dk, dv = lax.fori_loop(0, visits.count, body, (zeros, zeros))
-  dk_ref[...] = (dk * problem.scale).astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
+  dk_ref[b, kv_slice, h, :] = (dk * problem.scale).astype(dk_ref.dtype)
+  dv_ref[b, kv_slice, h, :] = dv.astype(dv_ref.dtype)
 
 
 def _dq_kernel(*refs, plan: _Plan):
   problem, walk = plan.problem, plan.dq.walk
-  table_refs, inputs, rest = refs[:4], refs[4:11], refs[11:]
+  tables, order_ref, inputs, (q_seg_ref, kv_seg_ref), (dq_ref,) = _unpack(refs, 7, problem)
   lengths_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = inputs
-  if problem.has_segments:
-    q_seg_ref, kv_seg_ref, dq_ref = rest
-  else:
-    (dq_ref,) = rest
-  q_block, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  q_block, b, h = _program(walk, order_ref, problem)
   block_q, block_k = walk.block_q, walk.block_k
-  visits = _Visits(table_refs, walk, h, q_block)
+  visits = _Visits(tables, walk, h, q_block)
   length = lengths_ref[b]
-  q, do = q_ref[...], do_ref[...]
-  lse, delta = lse_ref[...], delta_ref[...]
-  q_start = q_block * block_q
-  q_seg = q_seg_ref[...] if problem.has_segments else None
+  q_start = pl.multiple_of(q_block * block_q, block_q)
+  q_slice = pl.ds(q_start, block_q)
+  q, do = q_ref[b, q_slice, h, :], do_ref[b, q_slice, h, :]
+  lse, delta = lse_ref[b, h, q_slice], delta_ref[b, h, q_slice]
+  q_seg = q_seg_ref[b, q_slice] if problem.has_segments else None
   scale = problem.scale * LOG2_E
 
   def body(step, dq):
-    kv_start = visits.block(step) * block_k
+    kv_start = pl.multiple_of(visits.block(step) * block_k, block_k)
     kv_slice = pl.ds(kv_start, block_k)
-    k = k_ref[kv_slice, :]
+    k = k_ref[b, kv_slice, h, :]
     s = _dot(q, k, problem.precision, transpose_b=True) * scale
     partial, bits = visits.flags(step)
-    kv_seg = kv_seg_ref[kv_slice] if problem.has_segments else None
+    kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
     s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
     p = jnp.exp2(s - lse[:, None])
-    v = v_ref[kv_slice, :]
+    v = v_ref[b, kv_slice, h, :]
     dp = _dot(do, v, problem.precision, transpose_b=True)
     ds = p * (dp - delta[:, None])
     return dq + _dot(ds.astype(k.dtype), k, problem.precision)
 
   dq = lax.fori_loop(0, visits.count, body, jnp.zeros((block_q, q.shape[-1]), jnp.float32))
-  dq_ref[...] = (dq * problem.scale).astype(dq_ref.dtype)
+  dq_ref[b, q_slice, h, :] = (dq * problem.scale).astype(dq_ref.dtype)
 
 
 # -- pallas_call wrappers. ------------------------------------------------------------
 
 
-def _whole(array) -> pl.BlockSpec:
-  """A BlockSpec giving every program the whole (small) array: tables and lengths."""
-  return pl.BlockSpec(array.shape, lambda *_: (0,) * array.ndim)
+def _whole(shape) -> pl.BlockSpec:
+  """A BlockSpec handing every program the whole array; kernels slice what they need."""
+  return pl.BlockSpec(tuple(shape), lambda p: (0,) * len(shape))
 
 
-def _compiler_params(problem: _Problem) -> plgpu.CompilerParams:
-  # Triton compiler params also keep jax off the Mosaic GPU path.
+def _call(kernel, plan: _Plan, tables: _Tables, inputs, segments, out_shape, name: str):
+  """One flat-grid pallas_call: a program per (table row, batch, head)."""
+  problem = plan.problem
+  args = [*tables.arrays(), *inputs, *segments]
   bs = problem.block_sizes
-  return plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages)
-
-
-def _seq_block(block: int, dim: int) -> pl.BlockSpec:
-  """`[B, L, H, D]` tiled `block` rows at a time along L; the grid is (row block, b, h)."""
-  return pl.BlockSpec((None, block, None, dim), lambda i, b, h: (b, i, h, 0))
-
-
-def _seq_whole(length: int, dim: int) -> pl.BlockSpec:
-  """All of `[B, L, H, D]`'s rows of one (b, h); kernels slice the blocks they visit."""
-  return pl.BlockSpec((None, length, None, dim), lambda i, b, h: (b, 0, h, 0))
-
-
-def _segment_specs(problem: _Problem, block: int, q_whole: bool) -> list[pl.BlockSpec]:
-  lq, lk = problem.q_len_padded, problem.kv_len_padded
-  if q_whole:  # dk/dv pass: the grid walks key blocks
-    return [pl.BlockSpec((None, lq), lambda i, b, h: (b, 0)),
-            pl.BlockSpec((None, block), lambda i, b, h: (b, i))]
-  return [pl.BlockSpec((None, block), lambda i, b, h: (b, i)),
-          pl.BlockSpec((None, lk), lambda i, b, h: (b, 0))]
+  return pl.pallas_call(
+      functools.partial(kernel, plan=plan),
+      grid=(tables.walk.rows * problem.batch * problem.num_heads,),
+      in_specs=[_whole(a.shape) for a in args],
+      out_specs=[_whole(o.shape) for o in out_shape],
+      out_shape=out_shape,
+      # Triton compiler params also keep jax off the Mosaic GPU path.
+      compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
+      interpret=problem.interpret,
+      name=name,
+  )(*args)
 
 
 def _forward_call(plan: _Plan, q, k, v, lengths, segments):
-  problem, tables = plan.problem, plan.forward
-  block_q, dim, lk = tables.walk.block_q, problem.head_dim_padded, problem.kv_len_padded
-  table_arrays = tables.arrays()
-  in_specs = [*map(_whole, table_arrays), _whole(lengths), _seq_block(block_q, dim),
-              _seq_whole(lk, dim), _seq_whole(lk, dim)]
-  if problem.has_segments:
-    in_specs += _segment_specs(problem, block_q, q_whole=False)
   batch, lq, heads, _ = q.shape
-  return pl.pallas_call(
-      functools.partial(_forward_kernel, plan=plan),
-      grid=(lq // block_q, batch, heads),
-      in_specs=in_specs,
-      out_specs=[_seq_block(block_q, dim),
-                 pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((batch, heads, lq), jnp.float32)],
-      compiler_params=_compiler_params(problem),
-      interpret=problem.interpret,
-      name="flash_forward",
-  )(*table_arrays, lengths, q, k, v, *segments)
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+               jax.ShapeDtypeStruct((batch, heads, lq), jnp.float32)]
+  return _call(_forward_kernel, plan, plan.forward, (lengths, q, k, v), segments, out_shape,
+               "flash_forward")
 
 
 def _dkv_call(plan: _Plan, q, k, v, d_out, lse, delta, lengths, segments):
-  problem, tables = plan.problem, plan.dkv
-  block_k, dim, lq = tables.walk.block_k, problem.head_dim_padded, problem.q_len_padded
-  table_arrays = tables.arrays()
-  row_whole = pl.BlockSpec((None, None, lq), lambda i, b, h: (b, h, 0))
-  in_specs = [*map(_whole, table_arrays), _whole(lengths), _seq_whole(lq, dim),
-              _seq_block(block_k, dim), _seq_block(block_k, dim), _seq_whole(lq, dim),
-              row_whole, row_whole]
-  if problem.has_segments:
-    in_specs += _segment_specs(problem, block_k, q_whole=True)
-  batch, lk, heads, _ = k.shape
-  return pl.pallas_call(
-      functools.partial(_dkv_kernel, plan=plan),
-      grid=(lk // block_k, batch, heads),
-      in_specs=in_specs,
-      out_specs=[_seq_block(block_k, dim), _seq_block(block_k, dim)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=_compiler_params(problem),
-      interpret=problem.interpret,
-      name="flash_backward_dkv",
-  )(*table_arrays, lengths, q, k, v, d_out, lse, delta, *segments)
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  return _call(_dkv_kernel, plan, plan.dkv, (lengths, q, k, v, d_out, lse, delta), segments,
+               out_shape, "flash_backward_dkv")
 
 
 def _dq_call(plan: _Plan, q, k, v, d_out, lse, delta, lengths, segments):
-  problem, tables = plan.problem, plan.dq
-  block_q, dim, lk = tables.walk.block_q, problem.head_dim_padded, problem.kv_len_padded
-  table_arrays = tables.arrays()
-  row_block = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))
-  in_specs = [*map(_whole, table_arrays), _whole(lengths), _seq_block(block_q, dim),
-              _seq_whole(lk, dim), _seq_whole(lk, dim), _seq_block(block_q, dim),
-              row_block, row_block]
-  if problem.has_segments:
-    in_specs += _segment_specs(problem, block_q, q_whole=False)
-  batch, lq, heads, _ = q.shape
-  return pl.pallas_call(
-      functools.partial(_dq_kernel, plan=plan),
-      grid=(lq // block_q, batch, heads),
-      in_specs=in_specs,
-      out_specs=_seq_block(block_q, dim),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=_compiler_params(problem),
-      interpret=problem.interpret,
-      name="flash_backward_dq",
-  )(*table_arrays, lengths, q, k, v, d_out, lse, delta, *segments)
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+  return _call(_dq_kernel, plan, plan.dq, (lengths, q, k, v, d_out, lse, delta), segments,
+               out_shape, "flash_backward_dq")[0]
 
 
 # -- Padding and the differentiable function. ---------------------------------------

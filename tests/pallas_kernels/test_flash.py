@@ -51,6 +51,10 @@ def _layout(seed, shape, density=0.5, empty_rows=0):
 _LAYOUT = _layout(1, (4, 4), 0.5, empty_rows=1)             # 64 x 64, cells 16 x 16
 _HEAD_LAYOUTS = _layout(2, (3, 2, 4), 0.6)                    # per head, 64 x 64, cells 32 x 16
 _WIDE_LAYOUT = _layout(3, (2, 2), 0.7)                        # 64 x 64, cells 32 x 32
+# BigBird's global row and column plus the diagonal, 8 x 8 cells of 16: row 0
+# and column 0 are "heavy" and launch first (flash.HEAVY_ROW_FACTOR).
+_GLOBAL_LAYOUT = np.eye(8, dtype=bool)
+_GLOBAL_LAYOUT[0, :] = _GLOBAL_LAYOUT[:, 0] = True
 
 
 def _bsm(layout, block_q, block_k):
@@ -75,6 +79,8 @@ CASES = [
     Case("block_sparse_empty_rows", *_bsm(_LAYOUT, 16, 16), q_len=64, kv_len=64, kv_lengths=(64, 20)),
     Case("block_sparse_per_head", *_bsm(_HEAD_LAYOUTS, 32, 16), q_len=64, kv_len=64, heads=3),
     Case("block_sparse_ragged", *_bsm(_layout(4, (2, 4), 0.5), 32, 16), q_len=40, kv_len=57, batch=1),
+    Case("block_sparse_global_row", *_bsm(_GLOBAL_LAYOUT, 16, 16), q_len=128, kv_len=128, batch=2,
+         heads=3, head_dim=16, kv_lengths=(128, 70)),
     Case("dense_segments", DenseMask(), dict(kind="dense"), segments=True, kv_lengths=(50, 31)),
     Case("bf16_dense", DenseMask(), dict(kind="dense"), dtype="bfloat16", kv_lengths=(50, 9)),
     Case("bf16_local", LocalMask(5, 11), dict(kind="local", left=5, right=11), dtype="bfloat16",
@@ -249,6 +255,15 @@ def test_tables_walked_per_pass():
   tiles = BlockSizes(32, 16, 16, 32, 16, 16)
   plan = flash._plan(flash._Problem(1, 40, 40, 1, 32, "float32", DenseMask(), 1.0, tiles, False, True))
   assert plan.dq.count.tolist() == [[3, 3, 3, 0]]
+  assert plan.dq.walk.heavy == 0 and plan.dq.order.tolist() == [0, 1, 2, 3]
+
+
+def test_heavy_rows_launch_first():
+  mask = BlockSparseMask(_GLOBAL_LAYOUT, 16, 16)
+  tiles = SMALL_TILES.fit(mask, 128, 128)
+  plan = flash._plan(flash._Problem(1, 128, 128, 1, 32, "float32", mask, 1.0, tiles, False, True))
+  for tables in (plan.forward, plan.dkv, plan.dq):
+    assert tables.walk.heavy == 1 and tables.order.tolist() == list(range(8))
 
 
 # -- Compiled kernels on a real GPU (skipped without one; run by the lead on an H100). --
