@@ -93,7 +93,7 @@ def evaluation_task(config: RunConfig, name: str) -> RetrievalTask:
   if name == config.train_dataset:
     task = split_by_article(task, config.eval_fraction, config.split_seed)[1]
   if config.eval_questions is not None:
-    task = articles_until(task, config.eval_questions, config.seed)
+    task = articles_until(task, config.eval_questions, config.split_seed)
   return task
 
 
@@ -248,9 +248,12 @@ def _evaluate_stage(encoder_fn: Callable[[], Any], plan: Plan, config: RunConfig
   return reports
 
 
-def run(config: RunConfig, resume: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Runs (or resumes) the experiment in `config.out`; returns results.json's content."""
+def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print, *,
+        with_zero_shot: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the experiment in `config.out`; returns results.json's content.
+
+  `with_zero_shot=False` (sweeps) skips the zero-shot stage and the comparison.
+  """
   out = pathlib.Path(config.out)
   started = time.perf_counter()
   seconds: dict[str, float] = {}
@@ -273,16 +276,8 @@ def run(config: RunConfig, resume: bool = False,
     return holder["zero_shot"]
 
   t = time.perf_counter()
-  zero_shot = _evaluate_stage(zero_shot_encoder, plan, config, out, "zero_shot", log)
-  fraction_path = out / "attended_fraction.json"
-  if fraction_path.is_file():
-    fractions = json.loads(fraction_path.read_text())
-  else:  # over the evaluation candidates' real lengths (padding is never attended)
-    encoder, mask = holder.get("zero_shot") or zero_shot_encoder(), attention_mask(config)
-    fractions = {name: attended_fraction(mask, candidate_lengths(encoder, task, config),
-                                         encoder.config.num_attention_heads)
-                 for name, task in plan.eval_tasks.items()}
-    write_json(fraction_path, fractions)
+  zero_shot = (_evaluate_stage(zero_shot_encoder, plan, config, out, "zero_shot", log)
+               if with_zero_shot else {})
   seconds["zero_shot"] = time.perf_counter() - t
   holder.clear()  # free the zero-shot weights before training
 
@@ -291,7 +286,7 @@ def run(config: RunConfig, resume: bool = False,
   done_marker = train_dir / "result.json"
   if done_marker.is_file():
     train_summary = json.loads(done_marker.read_text())
-    encoder_fn = lambda: _load_trained(train_dir)  # noqa: E731
+    encoder_fn = _cached(lambda: _load_trained(train_dir))
   else:
     result = train(tconfig, resume=(train_dir / "config.json").is_file())
     train_summary = {"steps": result.steps, "skipped_steps": result.skipped_steps,
@@ -306,18 +301,34 @@ def run(config: RunConfig, resume: bool = False,
   fine_tuned = _evaluate_stage(encoder_fn, plan, config, out, "fine_tuned", log)
   seconds["fine_tuned"] = time.perf_counter() - t
 
+  fraction_path = out / "attended_fraction.json"
+  if fraction_path.is_file():
+    fractions = json.loads(fraction_path.read_text())
+  else:  # over the evaluation candidates' real lengths (padding is never attended)
+    encoder, mask = encoder_fn(), attention_mask(config)
+    fractions = {name: attended_fraction(mask, candidate_lengths(encoder, task, config),
+                                         encoder.config.num_attention_heads)
+                 for name, task in plan.eval_tasks.items()}
+    write_json(fraction_path, fractions)
+
   from jxr.eval import compare
 
-  for name in fine_tuned:
-    compare({"zero-shot": zero_shot[name], "fine-tuned": fine_tuned[name]},
-            out / "comparison" / name)
-  write_text(out / "comparison.md", comparison_markdown(zero_shot, fine_tuned))
+  if zero_shot:
+    for name in fine_tuned:
+      compare({"zero-shot": zero_shot[name], "fine-tuned": fine_tuned[name]},
+              out / "comparison" / name)
+    write_text(out / "comparison.md", comparison_markdown(zero_shot, fine_tuned))
 
   seconds["total_this_session"] = time.perf_counter() - started
   results = {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "train": train_summary,
              "attended_fraction": fractions, "seconds": seconds}
   write_json(out / "results.json", results)
   return results
+
+
+def _cached(fn: Callable[[], Any]) -> Callable[[], Any]:
+  box: list[Any] = []
+  return lambda: box[0] if box else (box.append(fn()) or box[0])
 
 
 def _load_trained(train_dir: pathlib.Path):
