@@ -140,6 +140,9 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
       + " | ".join(_fmt(multi["recall"][k]) for k in ks)
       + " |",
       "",
+      "R@k: share of a query's relevant candidates (its answer in every language) in its top k,"
+      " so at most k / #relevant.",
+      "",
       "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (pooled mAP) |",
       "| --- | --- | --- |",
       f"| {_fmt(summ['mono'])} | {_fmt(summ['cross'])} | {_fmt(summ['multi'])} |",
