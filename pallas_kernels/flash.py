@@ -8,6 +8,12 @@ Three kernels share one walk over the host block tables (`Mask.block_table`):
 - dk/dv, one program per (key block, batch, head), walking the transposed
   table (`q_index`).
 
+Each kernel runs on a flat grid and reads whole-array refs, slicing its own
+(batch, head) and blocks: table rows much heavier than the mean (BigBird's
+global rows and columns) launch first for every (batch, head), so none starts
+last and runs alone at the end; the other rows follow, row fastest, so
+programs that run together share their keys in L2.
+
 Key blocks that a row does not list are never loaded. Element masking (the
 mask's own predicate on partial tiles, padding past `kv_lengths`, segments)
 runs under a `lax.cond`, so tiles that need none pay one scalar compare.
