@@ -64,6 +64,10 @@ def _language_ids(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_relevance(task: RetrievalTask) -> None:
+  if task.num_queries == 0 or task.num_candidates == 0:
+    raise ValueError(
+        f"task: expected queries and candidates, got {task.num_queries} queries and {task.num_candidates} candidates"
+    )
   indices = np.asarray(task.rel_indices)
   if len(indices) and (indices.min() < 0 or indices.max() >= task.num_candidates):
     raise ValueError(f"task.rel_indices: expected candidate indices in [0, {task.num_candidates})")

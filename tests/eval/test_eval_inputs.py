@@ -97,3 +97,9 @@ def test_languages_must_be_declared():
   task = make_task(["a"], ["en"], ["en", "xx"], [[0]], languages=("en",))
   with pytest.raises(ValueError, match=r"task.cand_lang: languages \['xx'\] are not in task.languages"):
     jxr.eval.evaluate(task, _emb(1), _emb(2))
+
+
+def test_empty_task_is_rejected():
+  task = make_task([], [], ["en"], [], languages=("en",))
+  with pytest.raises(ValueError, match="task: expected queries and candidates, got 0 queries"):
+    jxr.eval.evaluate(task, np.zeros((0, 3)), _emb(1, 3))
