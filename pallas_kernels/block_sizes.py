@@ -41,9 +41,10 @@ class BlockSizes:
       # The blocked XLA path: tiles small enough that sparsity pays, large
       # enough that each gathered matmul amortises its overhead.
       return cls(64, 64, 64, 64, 64, 64)
-    if head_dim <= 64:
-      return cls(128, 64, 64, 64, 64, 64, num_warps=4, num_stages=3)
-    return cls(128, 64, 64, 64, 64, 64, num_warps=8, num_stages=2)
+    # Measured on an H100 (benchmarks/RESULTS.md): 4 warps / 2 stages beat
+    # 4/3 (D=64) and 8/2 (D=128) in every dense comparison at L=8k.
+    del head_dim
+    return cls(128, 64, 64, 64, 64, 64, num_warps=4, num_stages=2)
 
   @property
   def q_blocks(self) -> tuple[int, ...]:
