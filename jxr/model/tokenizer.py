@@ -6,8 +6,9 @@ Face tokenizer of multilingual-e5-small applies the same table through a
 blob of NUL-terminated replacements). We rebuild that structure from the
 bundle's map, so the normaliser chain is the reference's: `Precompiled`, then
 collapse runs of spaces, then Metaspace pre-tokenisation. The bundle has no
-multi-code-point rules (the original table composes a few base + accent
-pairs), which is the only source of (rare) differences.
+multi-code-point rules; the original table also maps canonically decomposed
+sequences (base + combining accents) to their composed form, which we add
+from Python's Unicode database.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import pathlib
 import struct
+import unicodedata
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers
@@ -59,68 +61,90 @@ def double_array(keys: list[bytes], values: list[int]) -> np.ndarray:
     raise ValueError("double_array values must fit in 31 bits")
   nodes = _trie_nodes(keys)
   size = 1024
-  units = np.zeros(size, np.uint32)
-  used = np.zeros(size, bool)  # cell taken by a node or a leaf
-  is_base = np.zeros(size, bool)
-  used[0] = True  # the root
+  units = [0] * size
+  used = bytearray(size)  # cell taken by a node or a leaf
+  is_base = bytearray(size)
+  used[0] = 1  # the root
   position = {0: 0}
   queue = [0]
+  next_base = 1
   for node_id in queue:  # breadth first; the list grows while we walk it
     node = nodes[node_id]
     labels = sorted(node["children"]) + ([0] if node["value"] is not None else [])
     if not labels:
       continue
-    if used[-256:].any():  # keep an empty block at the end so a base always fits
-      units, used, is_base = (np.concatenate([a, np.zeros(size, a.dtype)])
-                              for a in (units, used, is_base))
-      size *= 2
-    lo = (int(np.argmin(used)) // 256) * 256
-    candidates = np.arange(lo, size, dtype=np.int64)
-    free = ~is_base[candidates] & (candidates != 0)
-    for label in labels:  # XOR by a byte stays inside the candidate's block
-      free &= ~used[candidates ^ label]
-    base = int(candidates[int(np.argmax(free))])
+    # Bases only move forward, so each search starts where free room begins.
+    base = next_base
+    while True:
+      if base + 512 >= size:
+        units.extend([0] * size)
+        used.extend(bytes(size))
+        is_base.extend(bytes(size))
+        size *= 2
+      if not is_base[base] and all(not used[base ^ label] for label in labels):
+        break
+      base += 1
+    next_base = base + 1
     p = position[node_id]
     offset = p ^ base
     if offset >= _MAX_OFFSET:
       raise ValueError("double array grew too large")
-    units[p] |= np.uint32(offset << 10)
-    is_base[base] = True
+    units[p] |= offset << 10
+    is_base[base] = 1
     if node["value"] is not None:
-      units[p] |= np.uint32(_HAS_LEAF)
-      units[base] = np.uint32(_IS_LEAF | values[node["value"]])
-      used[base] = True
+      units[p] |= _HAS_LEAF
+      units[base] = _IS_LEAF | values[node["value"]]
+      used[base] = 1
     for label, child in node["children"].items():
-      units[base ^ label] = np.uint32(label)
-      used[base ^ label] = True
+      units[base ^ label] = label
+      used[base ^ label] = 1
       position[child] = base ^ label
       queue.append(child)
-  last = int(np.flatnonzero(used).max())
-  return units[:(last // 256 + 1) * 256]
+  last = used.rindex(1)
+  return np.asarray(units[:(last // 256 + 1) * 256], np.uint32)
 
 
-def precompiled_charsmap(normalization: dict[int, str]) -> bytes:
-  """SentencePiece/`tokenizers` precompiled charsmap for a code point -> text map."""
+def precompiled_charsmap(normalization: dict[int, str],
+                         sequences: dict[str, str] | None = None) -> bytes:
+  """SentencePiece/`tokenizers` precompiled charsmap for a code point -> text map
+  (plus optional multi-code-point `sequences`)."""
   blob = bytearray()
   where: dict[str, int] = {}
   keys, values = [], []
-  for cp in sorted(normalization):
-    if cp == 0:
-      continue  # NUL cannot be a trie key (the C engine also stops there)
-    target = normalization[cp]
+  rules = {chr(cp): target for cp, target in normalization.items() if cp != 0}
+  rules.update(sequences or {})  # NUL (cp 0) cannot be a trie key; the C engine stops there
+  for source in sorted(rules):
+    target = rules[source]
     if target not in where:
       where[target] = len(blob)
       blob += target.encode("utf-8") + b"\0"
-    keys.append(chr(cp).encode("utf-8"))
+    keys.append(source.encode("utf-8"))
     values.append(where[target])
   units = double_array(keys, values)
   return struct.pack("<I", units.nbytes) + units.astype("<u4").tobytes() + bytes(blob)
 
 
+def composition_rules(normalization: dict[int, str]) -> dict[str, str]:
+  """Canonical decompositions (NFD) of every code point -> that code point's mapping.
+
+  SentencePiece's NFKC table also maps decomposed sequences, e.g. "e" + U+0301
+  -> "é"; the bundle's per-code-point map lacks them, Unicode data gives them.
+  """
+  rules = {}
+  for cp in range(0x30000):
+    if 0xD800 <= cp < 0xE000:
+      continue
+    decomposed = unicodedata.normalize("NFD", chr(cp))
+    if len(decomposed) > 1:
+      rules[decomposed] = normalization.get(cp, chr(cp))
+  return rules
+
+
 def bundle_normalizer(normalization: dict[int, str]) -> normalizers.Normalizer:
-  """`Precompiled(bundle map)` then collapse space runs, as in tokenizer.json."""
+  """`Precompiled(bundle map + compositions)` then collapse space runs, as in tokenizer.json."""
+  charsmap = precompiled_charsmap(normalization, composition_rules(normalization))
   return normalizers.Sequence([
-      normalizers.Precompiled(precompiled_charsmap(normalization)),
+      normalizers.Precompiled(charsmap),
       normalizers.Replace(Regex(" {2,}"), " "),
   ])
 
