@@ -101,12 +101,12 @@ def merge_rows(y: jax.Array) -> jax.Array:
   return jnp.swapaxes(y, 0, 1).reshape(y.shape[0] * y.shape[1], *y.shape[2:])
 
 
-def _tower(batch: dict[str, jax.Array], name: str) -> dict[str, jax.Array]:
+def tower(batch: dict[str, jax.Array], name: str) -> dict[str, jax.Array]:
   return {"input_ids": batch[f"{name}_input_ids"],
           "attention_mask": batch[f"{name}_attention_mask"]}
 
 
-def _towers(batch: dict[str, jax.Array]) -> list[tuple[str, int]]:
+def towers(batch: dict[str, jax.Array]) -> list[tuple[str, int]]:
   return [(name, t) for name, t in TOWERS if f"{name}_input_ids" in batch]
 
 
@@ -158,9 +158,9 @@ def plain_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict[
   chunks = _chunk_count(batch["query_input_ids"].shape[0], options)
 
   def total(params):
-    embeddings = {name: embed_in_chunks(embed_fn, params["encoder"], _tower(batch, name), key, t,
+    embeddings = {name: embed_in_chunks(embed_fn, params["encoder"], tower(batch, name), key, t,
                                         chunks, mesh)
-                  for name, t in _towers(batch)}
+                  for name, t in towers(batch)}
     return loss_fn(embeddings, params, batch.get("negative_mask"))
 
   return jax.value_and_grad(total)(params)
@@ -177,16 +177,16 @@ def cached_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict
   loss_fn = _embedding_loss(options)
   chunks = _chunk_count(batch["query_input_ids"].shape[0], options)
   encoder_params = params["encoder"]
-  towers = _towers(batch)
+  present = towers(batch)
   embeddings = {name: jax.lax.stop_gradient(
-      embed_in_chunks(embed_fn, encoder_params, _tower(batch, name), key, t, chunks, mesh))
-                for name, t in towers}
+      embed_in_chunks(embed_fn, encoder_params, tower(batch, name), key, t, chunks, mesh))
+                for name, t in present}
   loss, (embedding_grads, params_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
       embeddings, params, batch.get("negative_mask"))
 
   grads = jax.tree.map(jnp.zeros_like, encoder_params)
-  for name, t in towers:
-    split = {k: split_rows(v, chunks, mesh) for k, v in _tower(batch, name).items()}
+  for name, t in present:
+    split = {k: split_rows(v, chunks, mesh) for k, v in tower(batch, name).items()}
     cotangents = split_rows(embedding_grads[name], chunks, mesh)
 
     def body(acc, xs, t=t):
@@ -238,7 +238,7 @@ def make_train_step(embed_fn: EmbedFn, optimizer: optax.GradientTransformation,
   def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     key = jax.random.fold_in(base_key, state.step) if options.dropout else None
     loss, grads = loss_and_grads(embed_fn, state.params, batch, key, options, mesh)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -247,7 +247,7 @@ def make_train_step(embed_fn: EmbedFn, optimizer: optax.GradientTransformation,
                            opt_state=keep(opt_state, state.opt_state),
                            step=state.step + 1,
                            skipped=state.skipped + (~finite).astype(jnp.int32))
-    tokens = sum(jnp.sum(batch[f"{name}_attention_mask"]) for name, _ in _towers(batch))
+    tokens = sum(jnp.sum(batch[f"{name}_attention_mask"]) for name, _ in towers(batch))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": ~finite, "skipped_steps": new_state.skipped, "tokens": tokens}
     if options.learn_temperature:

@@ -254,35 +254,40 @@ def train(config: TrainConfig, resume: bool = False,
   first = int(state.step)
   bar = progress(total=config.steps, initial=first, desc="train", unit="step")
 
-  def flush(eval_step: int | None = None, eval_result: dict | None = None) -> None:
-    """Writes the pending steps' rows (one device sync for all of them)."""
-    if not pending and eval_result is None:
+  ready: dict[int, dict[str, Any]] = {}  # host rows of finished steps, not yet written
+
+  def collect() -> None:
+    """Fetches the pending steps' metrics (one device sync for all of them)."""
+    if not pending:
       return
-    now = time.perf_counter()
     fetched = jax.device_get([m for _, _, m in pending])
+    now = time.perf_counter()
     seconds = max(now - last["time"], 1e-9)
     steps_per_s = len(pending) / seconds
     tokens_per_s = sum(float(m["tokens"]) for m in fetched) / seconds
-    rows = {}
     for (step, batch, _), m in zip(pending, fetched):
-      rows[step] = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
-                    "grad_norm": float(m["grad_norm"]), "kind": batch.kind,
-                    "language": batch.language, "batch_id": batch_id(batch),
-                    "skipped_steps": int(m["skipped_steps"]), "steps_per_s": steps_per_s,
-                    "tokens_per_s": tokens_per_s}
+      ready[step] = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
+                     "grad_norm": float(m["grad_norm"]), "kind": batch.kind,
+                     "language": batch.language, "batch_id": batch_id(batch),
+                     "skipped_steps": int(m["skipped_steps"]), "steps_per_s": steps_per_s,
+                     "tokens_per_s": tokens_per_s}
       if "temperature" in m:
-        rows[step]["temperature"] = float(m["temperature"])
+        ready[step]["temperature"] = float(m["temperature"])
       last["loss"] = float(m["loss"])
-    if eval_result is not None:
-      rows.setdefault(eval_step, {"step": eval_step})["eval"] = eval_result
-    for step in sorted(rows):
-      if step % config.log_every == 0 or step == config.steps or "eval" in rows[step]:
-        writer.write(rows[step])
-    if pending:
-      bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{steps_per_s:.2f}",
-                      tokens_s=f"{tokens_per_s:.0f}")
+    bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{steps_per_s:.2f}",
+                    tokens_s=f"{tokens_per_s:.0f}")
     pending.clear()
-    last["time"] = time.perf_counter()
+    last["time"] = now
+
+  def write(eval_step: int | None = None, eval_result: dict | None = None) -> None:
+    """Writes the rows due (every `log_every` steps, the last step, evaluations)."""
+    collect()
+    if eval_result is not None:
+      ready.setdefault(eval_step, {"step": eval_step})["eval"] = eval_result
+    for step in sorted(ready):
+      if step % config.log_every == 0 or step == config.steps or "eval" in ready[step]:
+        writer.write(ready[step])
+    ready.clear()
 
   try:
     for step in range(first, config.steps):
@@ -295,20 +300,20 @@ def train(config: TrainConfig, resume: bool = False,
       bar.update(1)
       evaluate = bool(eval_hook and config.eval_every and done % config.eval_every == 0)
       if evaluate:
-        flush()
+        collect()
         result = eval_hook(done, current_encoder(state))
         if result is not None and not isinstance(result, dict):
           raise ValueError(f"eval_hook: expected a dict or None, got {type(result).__name__}")
-        flush(done, result)
+        write(done, result)
         last["time"] = time.perf_counter()  # evaluation time is not training time
       elif done % config.log_every == 0 or done == config.steps:
-        flush()
+        write()
       if config.checkpoint_every and done % config.checkpoint_every == 0:
         save(state)
-    flush()
+    write()
     save(state)
   except KeyboardInterrupt:
-    flush()
+    write()
     save(state)
     checkpoints.close()
     writer.close()
