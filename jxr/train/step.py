@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jxr.train import loss as losses
-from jxr.train.mesh import BATCH_AXES, batch_sharding, replicated
+from jxr.train.mesh import batch_sharding, replicated
 
 # embed_fn(params, {"input_ids", "attention_mask"}, dropout_key | None) -> [n, d] unit vectors.
 EmbedFn = Callable[[Any, dict[str, jax.Array], jax.Array | None], jax.Array]
@@ -268,4 +268,4 @@ def jit_train_step(step: Callable, shardings: TrainState, batch_spec: dict[str, 
 
 __all__ = ["TrainState", "StepOptions", "init_state", "state_shardings", "make_train_step",
            "jit_train_step", "plain_loss_and_grads", "cached_loss_and_grads", "loss_and_grads",
-           "embed_in_chunks", "split_rows", "merge_rows", "BATCH_AXES"]
+           "embed_in_chunks", "split_rows", "merge_rows", "tower", "towers"]

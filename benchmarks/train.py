@@ -1,0 +1,167 @@
+"""Training throughput per attention kind: dense, local, block-sparse, side by side in one run.
+
+    python benchmarks/train.py [--lengths 128 512 2048] [--model tiny|e5-small] [--quick]
+
+Times the real training step of `jxr.train` (shared-encoder InfoNCE, AdamW,
+clipping, dropout on; `jit` over a one-device mesh with donated state) on
+random token ids: each step has `--passage-tokens` passage tokens (pairs =
+tokens / length) plus 32-token queries. tokens/s counts query and passage
+tokens. The encoder is built with as many positions as the longest length:
+
+  tiny      hidden 64, 2 layers, 4 heads, ffn 128 (the "tiny" test encoder's shape)
+  e5-small  hidden 384, 12 layers, 12 heads, ffn 1536 (multilingual-e5-small's shape)
+
+both with the bundle's 250,037-row vocabulary and random weights (throughput
+does not depend on the values). Attention runs through `pallas_kernels`
+(its blocked XLA path on the CPU, the Pallas kernel on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jxr.model import AttentionConfig, Encoder, load_encoder
+from jxr.model.encoder import create_model
+from jxr.train import make_mesh
+from jxr.train import mesh as meshlib
+from jxr.train import step as steplib
+from jxr.train.optim import make_optimizer
+from jxr.train.trainer import embed_fn_of
+
+SHAPES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+    "e5-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=1536),
+}
+QUERY_LENGTH = 32
+
+
+def attention_kinds(window: int, block: int, density: float) -> dict[str, AttentionConfig]:
+  return {
+      "dense": AttentionConfig("dense"),
+      f"local (window {window})": AttentionConfig("local", window=window),
+      f"block-sparse ({density:.0%}, block {block})": AttentionConfig(
+          "block_sparse", block_size=block, density=density),
+  }
+
+
+def build_encoder(shape: str, attention: AttentionConfig, max_length: int, base: Encoder) -> Encoder:
+  config = base.config.replace(**SHAPES[shape], attention=attention,
+                               max_position_embeddings=max_length + base.config.position_offset)
+  graphdef, params = nnx.split(create_model(config, seed=0), nnx.Param)
+  return Encoder(config, graphdef, params, base.tokenizer, name=f"{shape}-random")
+
+
+def random_batch(pairs: int, length: int, seed: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  def tower(rows, width):
+    return rng.integers(5, 250000, size=(rows, width)).astype(np.int32), np.ones((rows, width), np.int32)
+  q_ids, q_mask = tower(pairs, QUERY_LENGTH)
+  p_ids, p_mask = tower(pairs, length)
+  return {"query_input_ids": q_ids, "query_attention_mask": q_mask,
+          "passage_input_ids": p_ids, "passage_attention_mask": p_mask}
+
+
+def time_training(encoder: Encoder, pairs: int, length: int, steps: int) -> dict[str, float]:
+  """Median seconds per step after a compile-and-warm-up step."""
+  mesh = make_mesh("data=-1")
+  optimizer, schedule = make_optimizer(3e-5, 1000, 10, 0.01, 1.0)
+  options = steplib.StepOptions()
+  shardings_params = meshlib.param_shardings(encoder.params, mesh)
+  state = steplib.init_state(encoder.params, optimizer, options)
+  shardings = steplib.state_shardings(state, shardings_params, mesh)
+  state = jax.device_put(state, shardings)
+  batch = random_batch(pairs, length, seed=0)
+  step = steplib.jit_train_step(
+      steplib.make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh),
+      shardings, {k: 2 for k in batch}, mesh)
+  start = time.perf_counter()
+  state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  seconds = statistics.median(times)
+  tokens = pairs * (QUERY_LENGTH + length)
+  return {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "compile_s": compile_s,
+          "pairs": pairs, "loss": float(metrics["loss"])}
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+  return (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}, load average {load[0]:.1f}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048])
+  parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
+  parser.add_argument("--passage-tokens", type=int, default=8192,
+                      help="passage tokens per step (pairs = this / length, at least 2)")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
+  parser.add_argument("--window", type=int, default=128)
+  parser.add_argument("--block", type=int, default=64)
+  parser.add_argument("--density", type=float, default=0.25)
+  parser.add_argument("--quick", action="store_true", help="lengths 128 512, one timed step")
+  parser.add_argument("--json", help="also write the results here")
+  args = parser.parse_args()
+  if args.quick:
+    args.lengths, args.steps = [128, 512], 1
+  for name in ("passage_tokens", "steps", "window", "block"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')}: expected >= 1")
+
+  base = load_encoder("tiny")
+  kinds = attention_kinds(args.window, args.block, args.density)
+  print(f"# {machine()}")
+  print(f"# model {args.model} {SHAPES[args.model]}, {args.passage_tokens} passage tokens per step, "
+        f"queries {QUERY_LENGTH} tokens, median of {args.steps} steps")
+  results = []
+  for length in args.lengths:
+    pairs = max(2, args.passage_tokens // length)
+    for name, attention in kinds.items():
+      encoder = build_encoder(args.model, attention, max(args.lengths), base)
+      row = dict(length=length, attention=name, **time_training(encoder, pairs, length, args.steps))
+      results.append(row)
+      print(json.dumps(row), flush=True)
+
+  print()
+  print("| passage length | pairs/step | " + " | ".join(f"{k} tokens/s" for k in kinds) +
+        " | " + " | ".join(f"{k} / dense" for k in list(kinds)[1:]) + " |")
+  print("| --- " * (2 + 2 * len(kinds) - 1) + "|")
+  for length in args.lengths:
+    rows = {r["attention"]: r for r in results if r["length"] == length}
+    dense = rows["dense"]["tokens_per_s"]
+    cells = [f"{rows[k]['tokens_per_s']:,.0f}" for k in kinds]
+    ratios = [f"{rows[k]['tokens_per_s'] / dense:.2f}x" for k in list(kinds)[1:]]
+    print(f"| {length} | {rows['dense']['pairs']} | " + " | ".join(cells + ratios) + " |")
+  print(f"\n# after the run: {machine()}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"machine": machine(), "model": args.model, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
