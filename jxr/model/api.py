@@ -3,10 +3,11 @@
     enc = load_encoder("multilingual-e5-small", attn="local", window=64)
     emb = enc.encode(texts, kind="query")        # np.float32 [N, dim], L2-normalised
 
-`encode` tokenises everything first, sorts texts by length into buckets
-(lengths rounded up to a multiple of 16, 32 or 64 by size) so batches carry
-little padding and few distinct shapes get compiled, and shards each batch over
-the local devices when there are several.
+`encode` tokenises everything first, sorts texts by length and cuts them into
+batches padded to a length bucket (a multiple of 8, 16, 32 or 64 by size), so
+batches carry little padding and few distinct shapes get compiled; it keeps one
+batch in flight while padding the next, and shards each batch over the local
+devices when there are several.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
@@ -29,7 +29,7 @@ from jxr._progress import progress
 from jxr.model import bundle, tokenizer as tokenization, weights
 from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
                               is_e5_name)
-from jxr.model.encoder import EncoderModel, abstract_model, create_model, pool
+from jxr.model.encoder import abstract_model, create_model, pool
 
 BUNDLED = "multilingual-e5-small"
 TINY = "tiny"
@@ -98,6 +98,9 @@ class Encoder:
                 max_length: int | None = None) -> list[list[int]]:
     """Token ids with specials, truncated to `max_length`; a context is the
     second text of a pair and is the only part truncated when possible."""
+    return [e.ids for e in self._encodings(texts, kind, contexts, max_length)]
+
+  def _encodings(self, texts, kind, contexts, max_length) -> list:
     texts, contexts, max_length = self._check_texts(texts, kind, contexts, max_length)
     prefix = self.prefix(kind)
     tok = self.tokenizer
@@ -114,15 +117,17 @@ class Encoder:
     for first, second in zip(firsts, seconds):
       if second is not None and len(first) < pair_budget:
         second.truncate(pair_budget - len(first))
-        out.append(tok.post_process(first, second).ids)
+        out.append(tok.post_process(first, second))
       else:
         first.truncate(single_budget)
-        out.append(tok.post_process(first).ids)
+        out.append(tok.post_process(first))
     return out
 
   def pad_batch(self, ids: Sequence[Sequence[int]], length: int | None = None,
-                rows: int | None = None) -> dict[str, np.ndarray]:
-    """Right-padded `input_ids` / `attention_mask` (int32), optionally to fixed shape."""
+                rows: int | None = None,
+                type_ids: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """Right-padded `input_ids` / `attention_mask` (int32), optionally to a fixed
+    shape; `token_type_ids` too when `type_ids` has a non-zero (BERT pairs)."""
     length = length or max(len(x) for x in ids)
     rows = rows or len(ids)
     input_ids = np.full((rows, length), self.pad_id, np.int32)
@@ -130,14 +135,22 @@ class Encoder:
     for row, x in enumerate(ids):
       input_ids[row, :len(x)] = x
       attention_mask[row, :len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if type_ids is not None and any(any(t) for t in type_ids):
+      token_type_ids = np.zeros((rows, length), np.int32)
+      for row, t in enumerate(type_ids):
+        token_type_ids[row, :len(t)] = t
+      batch["token_type_ids"] = token_type_ids
+    return batch
 
   def tokenize(self, texts: Sequence[str], *, kind: str = "passage",
                contexts: Sequence[str | None] | None = None,
                max_length: int | None = None) -> dict[str, np.ndarray]:
     """A padded batch for `embed` (lengths rounded up to the bucket size)."""
-    ids = self.token_ids(texts, kind=kind, contexts=contexts, max_length=max_length)
-    return self.pad_batch(ids, bucket_length(max(map(len, ids)), self._max_length(max_length)))
+    encodings = self._encodings(texts, kind, contexts, max_length)
+    length = bucket_length(max(len(e.ids) for e in encodings), self._max_length(max_length))
+    return self.pad_batch([e.ids for e in encodings], length,
+                          type_ids=[e.type_ids for e in encodings])
 
   def _max_length(self, max_length: int | None) -> int:
     return min(max_length or self.default_max_length, self.config.max_length)
@@ -170,7 +183,9 @@ class Encoder:
     """L2-normalised float32 embeddings `[len(texts), dim]`, in input order."""
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    ids = self.token_ids(texts, kind=kind, contexts=contexts, max_length=max_length)
+    encodings = self._encodings(texts, kind, contexts, max_length)
+    ids = [e.ids for e in encodings]
+    type_ids = [e.type_ids for e in encodings]
     limit = self._max_length(max_length)
     out = np.empty((len(ids), self.dim), np.float32)
     plan = plan_batches([len(x) for x in ids], batch_size, limit, jax.local_device_count())
@@ -178,7 +193,8 @@ class Encoder:
     quiet = {"disable": True} if len(plan) < 4 else {}  # no bar for a handful of batches
     bar = progress(total=len(ids), desc="encode", unit="text", **quiet)
     for rows, length, padded_rows in plan:
-      batch = self.pad_batch([ids[i] for i in rows], length, padded_rows)
+      batch = self.pad_batch([ids[i] for i in rows], length, padded_rows,
+                             [type_ids[i] for i in rows])
       result = self._run_embed(batch)
       if pending is not None:
         out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
