@@ -39,8 +39,9 @@ class BlockSizes:
     del dtype  # float32 and bfloat16 share tiles; f32 runs its dots at HIGHEST precision.
     if backend == "cpu":
       # The blocked XLA path: tiles small enough that sparsity pays, large
-      # enough that each gathered matmul amortises its overhead.
-      return cls(64, 64, 64, 64, 64, 64)
+      # enough that each gathered matmul amortises its overhead (128 x 64 was
+      # fastest for a 128-wide local window at L=4k; benchmarks/attention.py).
+      return cls(128, 64, 128, 64, 128, 64)
     # Measured on an H100 (benchmarks/RESULTS.md): 4 warps / 2 stages beat
     # 4/3 (D=64) and 8/2 (D=128) in every dense comparison at L=8k.
     del head_dim
