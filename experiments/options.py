@@ -374,13 +374,18 @@ def find_existing(config: RunConfig, root: str | os.PathLike = "runs") -> pathli
   return matches[-1] if matches else None
 
 
-def choose_out(config: RunConfig, resume: bool) -> RunConfig:
-  """Fills `out` and checks it against --resume: a finished or foreign run is never clobbered."""
+def choose_out(config: RunConfig, resume: bool, check: bool = True) -> RunConfig:
+  """Fills `out` and checks it against --resume: a finished or foreign run is never clobbered.
+
+  `check=False` skips the checks (processes other than 0 of a pod, which see
+  process 0's files appear)."""
   if config.out:
     out = pathlib.Path(config.out)
   else:
     out = (find_existing(config) if resume else None) or default_out(config)
   saved = out / "config.json"
+  if not check:
+    return config.replace(out=str(out))
   if saved.exists():
     if not resume:
       raise FlagError(f"--out: {out} already holds a run; pass --resume to continue it or choose "
@@ -396,9 +401,13 @@ def choose_out(config: RunConfig, resume: bool) -> RunConfig:
   return config.replace(out=str(out))
 
 
-def parse(argv: Sequence[str] | None = None, *, preset: str | None = None) -> tuple[RunConfig, bool]:
-  """`(config with out filled, resume)`; raises FlagError on any bad value."""
+def parse(argv: Sequence[str] | None = None, *, preset: str | None = None,
+          check_out: bool = True) -> tuple[RunConfig, bool]:
+  """`(config with out filled, resume)`; raises FlagError on any bad value.
+
+  `preset` is used when no --preset flag is given (None: from the devices).
+  """
   parser = build_parser()
   args = parser.parse_args(argv)
   config = resolve(args, preset)
-  return choose_out(config, args.resume), bool(args.resume)
+  return choose_out(config, args.resume, check_out), bool(args.resume)

@@ -257,6 +257,11 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   out = pathlib.Path(config.out)
   started = time.perf_counter()
   seconds: dict[str, float] = {}
+  # Decided once, before this session writes anything: on a pod, process 0
+  # writes while the others read, and every process must take the same path.
+  train_dir = out / "train"
+  done_marker = train_dir / "result.json"
+  train_done, train_started = done_marker.is_file(), (train_dir / "config.json").is_file()
   plan = make_plan(config)
   config_json = {"run": config.to_json(), "train_question_ids": list(plan.train_question_ids),
                  "eval_question_ids": plan.eval_question_ids(),
@@ -282,13 +287,11 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   holder.clear()  # free the zero-shot weights before training
 
   t = time.perf_counter()
-  train_dir = out / "train"
-  done_marker = train_dir / "result.json"
-  if done_marker.is_file():
+  if train_done:
     train_summary = json.loads(done_marker.read_text())
     encoder_fn = _cached(lambda: _load_trained(train_dir))
   else:
-    result = train(tconfig, resume=(train_dir / "config.json").is_file())
+    result = train(tconfig, resume=train_started)
     train_summary = {"steps": result.steps, "skipped_steps": result.skipped_steps,
                      "final_loss": result.final_loss, "seconds": time.perf_counter() - t}
     write_json(done_marker, train_summary)

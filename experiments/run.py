@@ -26,26 +26,35 @@ def _multi_process() -> bool:
           or env.get("JXR_DISTRIBUTED") == "1")
 
 
+def _start_distributed() -> None:
+  import jax
+
+  from jxr.train import maybe_initialize_distributed
+
+  if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU pods (and tests)
+  maybe_initialize_distributed()
+
+
+def _is_primary() -> bool:
+  if not _multi_process():
+    return True
+  import jax
+
+  return jax.process_index() == 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = options.build_parser()
   try:
-    # Parse once without devices: a bad flag fails before jax starts.
-    args = parser.parse_args(argv)
-    preset = args.preset
-    if preset is None:
-      if _multi_process():
-        from jxr.train import maybe_initialize_distributed
-
-        maybe_initialize_distributed()  # before the first device query
-      preset = options.default_preset()
-    config, resume = options.parse(argv, preset=preset)
+    # Every value is checked before any data or model is touched. On a pod,
+    # jax.distributed starts first: the default preset queries the devices.
+    if _multi_process():
+      _start_distributed()
+    config, resume = options.parse(argv, check_out=_is_primary())
   except options.FlagError as e:
     parser.error(str(e))
-  if config.preset == "pod" or _multi_process():
-    from jxr.train import maybe_initialize_distributed
-
-    maybe_initialize_distributed()
   print(f"experiments.run: preset {config.preset}, attention {config.attn}, "
         f"run directory {config.out}", flush=True)
   try:

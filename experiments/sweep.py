@@ -3,11 +3,11 @@
 How much does cross-lingual retrieval degrade with local or block-sparse
 attention, relative to dense, as the number of training languages grows?
 
-    python -m experiments.sweep --preset cpu --out sweeps/cpu      # reduced grid, < 1 hour
-    python -m experiments.sweep --preset gpu --out sweeps/gpu --only dense-L11-s0
-    python -m experiments.sweep --preset gpu --budget sweeps/gpu/cells/dense-L11-s0
-    python -m experiments.sweep --preset gpu --out sweeps/gpu      # the full grid
-    python -m experiments.sweep --out sweeps/gpu --report-only     # rebuild report.md
+    python -m experiments.sweep --preset cpu --out runs/sweep-cpu      # reduced grid, < 1 hour
+    python -m experiments.sweep --preset gpu --out runs/sweep-gpu --only dense-L11-s0
+    python -m experiments.sweep --preset gpu --budget runs/sweep-gpu/cells/dense-L11-s0
+    python -m experiments.sweep --preset gpu --out runs/sweep-gpu      # the full grid
+    python -m experiments.sweep --out runs/sweep-gpu --report-only     # rebuild report.md
 
 Grid: attention kind x number of training languages x seed. Training
 languages are a prefix of `LANGUAGE_ORDER` (en de zh ar es hi vi ru el th tr):
@@ -211,7 +211,7 @@ def budget_text(b: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
   p.add_argument("--preset", choices=sorted(GRIDS), help="grid (default: from the devices)")
-  p.add_argument("--out", help="sweep directory (default sweeps/<preset>)")
+  p.add_argument("--out", help="sweep directory (default runs/sweep-<preset>)")
   p.add_argument("--only", help="comma-separated cell names to run (e.g. dense-L11-s0)")
   p.add_argument("--seeds", help="comma-separated seeds instead of the grid's")
   p.add_argument("--report-only", action="store_true", help="rebuild report.md from finished cells")
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = dataclasses.replace(grid, seeds=seeds)
   if args.bootstrap < 100:
     parser.error(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
-  out = pathlib.Path(args.out or f"sweeps/{preset}")
+  out = pathlib.Path(args.out or f"runs/sweep-{preset}")
   if args.budget:
     path = pathlib.Path(args.budget) / "results.json"
     if not path.is_file():
