@@ -115,6 +115,8 @@ def write_sweep_report(out: pathlib.Path, grid: Grid, num_samples: int = 2000) -
   cells = load_cells(out, grid)
   if not cells:
     return None
+  if not pipeline._primary():  # on a pod, process 0 writes
+    return out / "report.md"
   total = len(grid.cells())
   header = [f"Grid `{grid.preset}`: {len(cells)} of {total} cells finished. Training languages "
             f"are prefixes of {' '.join(LANGUAGE_ORDER)}.", ""]
@@ -156,6 +158,8 @@ def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = Non
 
 def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
   path = out / "sweep.json"
+  if not pipeline._primary():
+    return
   data = {"preset": grid.preset, "cells": [cell_name(*c) for c in grid.cells()],
           "overrides": {k: v for k, v in grid.overrides}, "language_order": LANGUAGE_ORDER}
   data = json.loads(json.dumps(data))
@@ -226,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  from experiments import run as run_module
+
+  if run_module._multi_process():
+    run_module._start_distributed()  # before the default preset queries the devices
   preset = args.preset or options.default_preset()
   grid = GRIDS[preset]
   if args.seeds:
