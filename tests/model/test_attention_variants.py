@@ -93,3 +93,15 @@ def test_dropout_needs_key_and_changes_output(tiny):
   a = np.asarray(tiny.apply(tiny.params, ids, mask, deterministic=False, rngs=jax.random.key(0)))
   b = np.asarray(tiny.apply(tiny.params, ids, mask))
   assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kwargs", [dict(attn="dense"), dict(attn="local", window=4),
+                                    dict(attn="block_sparse", block_size=16, density=0.5)])
+def test_default_gpu_kernel_matches_reference(tiny, kwargs):
+  """On a GPU the default implementation is the Pallas kernel; it must match the oracle."""
+  enc = jxr.model.load_encoder("tiny", **kwargs)
+  reference = jxr.model.load_encoder("tiny", implementation="reference", **kwargs)
+  ids, mask = _batch(length=128, real=(128, 77))
+  np.testing.assert_allclose(_hidden(enc, tiny.params, ids, mask),
+                             _hidden(reference, tiny.params, ids, mask), atol=1e-4, rtol=0)
