@@ -59,23 +59,11 @@ def _check_complete(out: pathlib.Path, datasets=("xquad-r",)):
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_every_file(lareqa_dir, tmp_path):
+def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path):
+  """Ctrl-C during training, then --resume: the finished run has every documented file."""
   out = tmp_path / "run"
-  proc = _run(["--preset", "tiny", "--attn", "local", "--window", "8", "--out", str(out)],
-              lareqa_dir, tmp_path)
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results, _ = _check_complete(out)
-  assert results["attended_fraction"]["xquad-r"] < 0.8  # a window of 8 on ~48-token passages
-  assert "zero-shot   pooled mAP" in proc.stdout and f"run directory: {out}" in proc.stdout
-  again = _run(["--preset", "tiny", "--attn", "local", "--window", "8", "--out", str(out)],
-               lareqa_dir, tmp_path)
-  assert again.returncode == 2 and "pass --resume" in again.stderr
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_to_completion(lareqa_dir, tmp_path):
-  out = tmp_path / "run"
-  args = ["--preset", "tiny", "--train-steps", "150", "--out", str(out)]
+  args = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", "150",
+          "--out", str(out)]
   proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path,
                           env=_env(lareqa_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -100,3 +88,9 @@ def test_interrupted_run_resumes_to_completion(lareqa_dir, tmp_path):
   assert results["zero_shot"]["xquad-r"] == zero_shot
   steps = [r["step"] for r in rows if "loss" in r]
   assert steps == list(range(1, 151))  # every step once, none lost or repeated
+  assert results["attended_fraction"]["xquad-r"] < 0.8  # a window of 8 on ~48-token passages
+  assert "zero-shot   pooled mAP" in resumed.stdout
+  assert f"run directory: {out}" in resumed.stdout
+  # A finished run is never overwritten without --resume.
+  again = _run(args, lareqa_dir, tmp_path)
+  assert again.returncode == 2 and "pass --resume" in again.stderr
