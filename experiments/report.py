@@ -156,7 +156,8 @@ def cell_table(cells: Sequence[Cell], dataset: str) -> list[dict[str, Any]]:
     for n in sorted(m for k, m in groups if k == kind):
       members = groups[(kind, n)]
       reports = [c.report(dataset) for c in members]
-      zero = [c.results.get("zero_shot", {}).get(dataset) for c in members]
+      # Zero-shot depends on the kind alone (a sweep evaluates it in one cell per kind).
+      zero = [c.results.get("zero_shot", {}).get(dataset) for c in cells if c.kind == kind]
       rows.append({
           "kind": kind, "num_languages": n, "seeds": sorted(c.seed for c in members),
           "mono": _mean([r["summary"]["mono"] for r in reports]),

@@ -63,6 +63,10 @@ class Grid:
   def cells(self) -> list[tuple[Kind, int, int]]:
     return [(k, n, s) for n in self.language_counts for s in self.seeds for k in self.kinds]
 
+  def zero_shot_here(self, num_languages: int, seed: int) -> bool:
+    """Zero-shot results depend only on the attention kind: one cell per kind evaluates them."""
+    return self.zero_shot and num_languages == self.language_counts[0] and seed == self.seeds[0]
+
 
 _WINDOWS, _DENSITIES = (8, 16, 32), (0.3, 0.5, 0.7)
 GRIDS: dict[str, Grid] = {
@@ -148,7 +152,7 @@ def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = Non
     start = time.perf_counter()
     log(f"[{i + 1}/{len(todo)}] {cell_dir.name}: running")
     runner(config, resume=(cell_dir / "config.json").is_file(), log=log,
-           with_zero_shot=grid.zero_shot)
+           with_zero_shot=grid.zero_shot_here(n, seed))
     if not keep_checkpoints:  # the exported model stays; optimizer state is large
       shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
     log(f"[{i + 1}/{len(todo)}] {cell_dir.name}: {time.perf_counter() - start:.0f} s")
@@ -180,24 +184,26 @@ def budget(cell_results: dict, grid: Grid, hours: float = GPU_BUDGET_HOURS) -> d
   Every cell of a grid trains the same steps on the same batch and lengths and
   evaluates the same sets, so a cell costs about what the measured one did;
   measure a dense cell (its attention visits every block, the others fewer)
-  to get an upper bound. Returns the total and, when it does not fit `hours`,
-  the number of training steps that would.
+  to get an upper bound. The zero-shot evaluation runs once per attention
+  kind. Returns the total and, when it does not fit `hours`, the number of
+  training steps that would.
   """
   seconds = cell_results.get("seconds") or {}
   train_s = float(seconds.get("train", 0.0))
-  eval_s = float(seconds.get("fine_tuned", 0.0)) + (
-      float(seconds.get("zero_shot", 0.0)) if grid.zero_shot else 0.0)
+  eval_s = float(seconds.get("fine_tuned", 0.0))
+  zero_shot_s = float(seconds.get("zero_shot", 0.0)) if grid.zero_shot else 0.0
   if train_s <= 0:
     raise ValueError("cell_results: expected seconds.train > 0 (results.json of a finished run)")
   per_cell = train_s + eval_s
   cells = len(grid.cells())
-  total_h = cells * per_cell / 3600
+  once = len(grid.kinds) * zero_shot_s
+  total_h = (cells * per_cell + once) / 3600
   steps = int(cell_results.get("train", {}).get("steps") or options.PRESETS[grid.preset]["train_steps"])
-  fit_train = hours * 3600 / cells - eval_s
+  fit_train = (hours * 3600 - once) / cells - eval_s
   steps_fit = max(0, int(steps * fit_train / train_s)) if fit_train > 0 else 0
   return {"cells": cells, "seconds_per_cell": per_cell, "train_seconds": train_s,
-          "eval_seconds": eval_s, "total_hours": total_h, "budget_hours": hours,
-          "fits": total_h <= hours, "train_steps": steps,
+          "eval_seconds": eval_s, "zero_shot_seconds": once, "total_hours": total_h,
+          "budget_hours": hours, "fits": total_h <= hours, "train_steps": steps,
           "train_steps_that_fit": steps_fit}
 
 
@@ -205,7 +211,8 @@ def budget_text(b: dict[str, Any]) -> str:
   verdict = ("fits" if b["fits"] else f"does NOT fit; {b['train_steps_that_fit']} training steps "
              f"(instead of {b['train_steps']}) would")
   return (f"{b['cells']} cells x {b['seconds_per_cell']:.0f} s (train {b['train_seconds']:.0f} s"
-          f" + evaluation {b['eval_seconds']:.0f} s) = {b['total_hours']:.2f} device-hours; the "
+          f" + evaluation {b['eval_seconds']:.0f} s) + {b['zero_shot_seconds']:.0f} s of zero-shot"
+          f" evaluations (one per attention kind) = {b['total_hours']:.2f} device-hours; the "
           f"{b['budget_hours']:.0f}-hour budget {verdict}.")
 
 
@@ -218,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", help="sweep directory (default runs/sweep-<preset>)")
   p.add_argument("--only", help="comma-separated cell names to run (e.g. dense-L11-s0)")
   p.add_argument("--seeds", help="comma-separated seeds instead of the grid's")
+  p.add_argument("--model", help="encoder for every cell instead of the preset's (a name, "
+                 "checkpoint directory or HF id, as experiments.run --model)")
   p.add_argument("--report-only", action="store_true", help="rebuild report.md from finished cells")
   p.add_argument("--budget", metavar="CELL_DIR",
                  help="print the grid's device time extrapolated from this finished cell")
@@ -244,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
       parser.error(f"--seeds: expected distinct integers >= 0, got {args.seeds!r}")
     grid = dataclasses.replace(grid, seeds=seeds)
+  if args.model:
+    try:
+      model = options._model(args.model)
+    except options.FlagError as e:
+      parser.error(str(e))
+    grid = dataclasses.replace(grid, overrides=grid.overrides + (("model", model),))
   if args.bootstrap < 100:
     parser.error(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
   out = pathlib.Path(args.out or f"runs/sweep-{preset}")

@@ -59,6 +59,8 @@ def test_sweep_resumes_and_skips_finished_cells(tmp_path):
     sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls, fail_on="local-8-L2-s0"),
                     log=lambda m: None, num_samples=200)
   assert calls == [("dense-L2-s0", False), ("local-8-L2-s0", False)]
+  assert sweep.GRIDS["gpu"].zero_shot_here(2, 0) and not sweep.GRIDS["gpu"].zero_shot_here(4, 0)
+  assert not sweep.GRIDS["gpu"].zero_shot_here(2, 1)
   assert (tmp_path / "report.md").is_file()  # the partial report of the finished cell
   calls.clear()
   path = sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls), log=lambda m: None,
@@ -75,14 +77,15 @@ def test_budget_extrapolates_from_one_cell():
   cell = {"seconds": {"zero_shot": 20.0, "train": 200.0, "fine_tuned": 20.0},
           "train": {"steps": 600}}
   b = sweep.budget(cell, grid)
-  assert b["cells"] == 84 and b["seconds_per_cell"] == 240.0
-  assert b["total_hours"] == pytest.approx(84 * 240 / 3600) and b["fits"]
+  assert b["cells"] == 84 and b["seconds_per_cell"] == 220.0
+  # Zero-shot once per kind (7), the rest in every cell.
+  assert b["total_hours"] == pytest.approx((84 * 220 + 7 * 20) / 3600) and b["fits"]
   slow = {"seconds": {"zero_shot": 20.0, "train": 600.0, "fine_tuned": 20.0},
           "train": {"steps": 600}}
   b = sweep.budget(slow, grid)
   assert not b["fits"]
-  # Steps that fit: (8 h / 84 cells - 40 s evaluation) / (1 s per step).
-  assert b["train_steps_that_fit"] == int(600 * (8 * 3600 / 84 - 40) / 600)
+  # Steps that fit: ((8 h - 7 zero-shot runs) / 84 cells - 20 s evaluation) / (1 s per step).
+  assert b["train_steps_that_fit"] == int(600 * ((8 * 3600 - 140) / 84 - 20) / 600)
   assert "does NOT fit" in sweep.budget_text(b)
   with pytest.raises(ValueError, match="seconds.train"):
     sweep.budget({"seconds": {}}, grid)
