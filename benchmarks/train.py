@@ -46,11 +46,17 @@ QUERY_LENGTH = 32
 
 
 def attention_kinds(window: int, block: int, density: float) -> dict[str, AttentionConfig]:
+  """Dense, local, and block-sparse twice: BigBird's default recipe (local + one
+  global + random blocks) and the same without the global block. A global query
+  block visits every key block, and the blocked XLA path pads each query block's
+  visits to the longest row, so on the CPU the global block costs dense-row time."""
   return {
       "dense": AttentionConfig("dense"),
       f"local (window {window})": AttentionConfig("local", window=window),
-      f"block-sparse ({density:.0%}, block {block})": AttentionConfig(
+      f"block-sparse {density:.0%} (BigBird, block {block})": AttentionConfig(
           "block_sparse", block_size=block, density=density),
+      f"block-sparse {density:.0%} (no global, block {block})": AttentionConfig(
+          "block_sparse", block_size=block, density=density, layout=(("global_", 0),)),
   }
 
 
@@ -71,33 +77,37 @@ def random_batch(pairs: int, length: int, seed: int) -> dict[str, np.ndarray]:
           "passage_input_ids": p_ids, "passage_attention_mask": p_mask}
 
 
-def time_training(encoder: Encoder, pairs: int, length: int, steps: int) -> dict[str, float]:
-  """Median seconds per step after a compile-and-warm-up step."""
+def compiled_step(encoder: Encoder, batch: dict[str, np.ndarray]):
+  """`(run, compile seconds)`: `run()` does one training step and waits for it."""
   mesh = make_mesh("data=-1")
   optimizer, schedule = make_optimizer(3e-5, 1000, 10, 0.01, 1.0)
   options = steplib.StepOptions()
-  shardings_params = meshlib.param_shardings(encoder.params, mesh)
   state = steplib.init_state(encoder.params, optimizer, options)
-  shardings = steplib.state_shardings(state, shardings_params, mesh)
-  state = jax.device_put(state, shardings)
-  batch = random_batch(pairs, length, seed=0)
+  shardings = steplib.state_shardings(state, meshlib.param_shardings(encoder.params, mesh), mesh)
+  holder = {"state": jax.device_put(state, shardings)}
   step = steplib.jit_train_step(
       steplib.make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh),
       shardings, {k: 2 for k in batch}, mesh)
+
+  def run() -> float:
+    holder["state"], metrics = step(holder["state"], batch)
+    return float(metrics["loss"])  # waits for the step
+
   start = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  times = []
+  run()
+  return run, time.perf_counter() - start
+
+
+def time_interleaved(runs: dict[str, object], steps: int) -> dict[str, float]:
+  """Median seconds per step of each kind, timed round-robin so that changes in
+  the machine's load hit every kind alike."""
+  times: dict[str, list[float]] = {name: [] for name in runs}
   for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)
-  tokens = pairs * (QUERY_LENGTH + length)
-  return {"seconds_per_step": seconds, "tokens_per_s": tokens / seconds, "compile_s": compile_s,
-          "pairs": pairs, "loss": float(metrics["loss"])}
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine() -> str:
@@ -120,7 +130,8 @@ def main() -> None:
   parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
   parser.add_argument("--passage-tokens", type=int, default=8192,
                       help="passage tokens per step (pairs = this / length, at least 2)")
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
+  parser.add_argument("--steps", type=int, default=5,
+                      help="timed steps per kind (median), interleaved across kinds")
   parser.add_argument("--window", type=int, default=128)
   parser.add_argument("--block", type=int, default=64)
   parser.add_argument("--density", type=float, default=0.25)
@@ -137,15 +148,24 @@ def main() -> None:
   kinds = attention_kinds(args.window, args.block, args.density)
   print(f"# {machine()}")
   print(f"# model {args.model} {SHAPES[args.model]}, {args.passage_tokens} passage tokens per step, "
-        f"queries {QUERY_LENGTH} tokens, median of {args.steps} steps")
+        f"queries {QUERY_LENGTH} tokens, median of {args.steps} steps timed round-robin")
   results = []
   for length in args.lengths:
     pairs = max(2, args.passage_tokens // length)
+    batch = random_batch(pairs, length, seed=0)
+    runs, compile_s = {}, {}
     for name, attention in kinds.items():
       encoder = build_encoder(args.model, attention, max(args.lengths), base)
-      row = dict(length=length, attention=name, **time_training(encoder, pairs, length, args.steps))
+      runs[name], compile_s[name] = compiled_step(encoder, batch)
+    seconds = time_interleaved(runs, args.steps)
+    for name in kinds:
+      row = {"length": length, "attention": name, "pairs": pairs,
+             "seconds_per_step": seconds[name],
+             "tokens_per_s": pairs * (QUERY_LENGTH + length) / seconds[name],
+             "compile_s": compile_s[name]}
       results.append(row)
       print(json.dumps(row), flush=True)
+    del runs
 
   print()
   print("| passage length | pairs/step | " + " | ".join(f"{k} tokens/s" for k in kinds) +

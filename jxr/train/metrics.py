@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -90,3 +92,63 @@ def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
   """The rows of a run's `metrics.jsonl`."""
   path = pathlib.Path(run_dir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class StepLog:
+  """Buffers each step's device metrics and writes the rows that are due.
+
+  Fetching metrics forces the device to catch up, so it happens only when rows
+  are written (every `log_every` steps, on evaluations and at the end): steps
+  in between are dispatched without waiting. steps/s and tokens/s are averages
+  over the steps fetched together.
+  """
+
+  def __init__(self, writer: MetricsWriter, log_every: int, last_step: int, bar=None):
+    self.writer, self.log_every, self.last_step, self.bar = writer, log_every, last_step, bar
+    self.pending: list[tuple[int, dict[str, Any], Any]] = []  # (step, batch info, device metrics)
+    self.ready: dict[int, dict[str, Any]] = {}  # host rows not yet written
+    self.last_loss = float("nan")
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Time from now on counts as training time (called after evaluations)."""
+    self._since = time.perf_counter()
+
+  def add(self, step: int, info: dict[str, Any], metrics: Any) -> None:
+    self.pending.append((step, info, metrics))
+
+  def due(self, step: int) -> bool:
+    return step % self.log_every == 0 or step == self.last_step
+
+  def collect(self) -> None:
+    """Fetches the pending steps' metrics (one device sync for all of them)."""
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, _, m in self.pending])
+    now = time.perf_counter()
+    seconds = max(now - self._since, 1e-9)
+    rates = {"steps_per_s": len(self.pending) / seconds,
+             "tokens_per_s": sum(float(m["tokens"]) for m in fetched) / seconds}
+    for (step, info, _), m in zip(self.pending, fetched):
+      row = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
+             "grad_norm": float(m["grad_norm"]), "skipped_steps": int(m["skipped_steps"]),
+             **info, **rates}
+      if "temperature" in m:
+        row["temperature"] = float(m["temperature"])
+      self.ready[step] = row
+      self.last_loss = row["loss"]
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{self.last_loss:.4f}", steps_s=f"{rates['steps_per_s']:.2f}",
+                           tokens_s=f"{rates['tokens_per_s']:.0f}")
+    self.pending.clear()
+    self._since = now
+
+  def write(self, eval_step: int | None = None, eval_result: dict | None = None) -> None:
+    """Writes the rows due, `eval_result` merged into the row of `eval_step`."""
+    self.collect()
+    if eval_result is not None:
+      self.ready.setdefault(eval_step, {"step": eval_step})["eval"] = eval_result
+    for step in sorted(self.ready):
+      if self.due(step) or "eval" in self.ready[step]:
+        self.writer.write(self.ready[step])
+    self.ready.clear()

@@ -17,7 +17,6 @@ import hashlib
 import pathlib
 import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from jxr.model import Encoder, load_encoder
 from jxr.train import mesh as meshlib
 from jxr.train.checkpoint import Checkpoints, abstract_like
 from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
-from jxr.train.metrics import MetricsWriter
+from jxr.train.metrics import MetricsWriter, StepLog
 from jxr.train.optim import make_optimizer
 from jxr.train.step import (StepOptions, TrainState, init_state, jit_train_step, make_train_step,
                             state_shardings)
@@ -248,46 +247,9 @@ def train(config: TrainConfig, resume: bool = False,
     checkpoints.save(done, state, meta)
 
   interrupts = _Interrupts()
-  pending: list[tuple[int, Any, Any]] = []  # (step, batch, device metrics) not yet written
-  last = {"time": time.perf_counter(), "loss": float("nan")}
   first = int(state.step)
   bar = progress(total=config.steps, initial=first, desc="train", unit="step")
-
-  ready: dict[int, dict[str, Any]] = {}  # host rows of finished steps, not yet written
-
-  def collect() -> None:
-    """Fetches the pending steps' metrics (one device sync for all of them)."""
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, _, m in pending])
-    now = time.perf_counter()
-    seconds = max(now - last["time"], 1e-9)
-    steps_per_s = len(pending) / seconds
-    tokens_per_s = sum(float(m["tokens"]) for m in fetched) / seconds
-    for (step, batch, _), m in zip(pending, fetched):
-      ready[step] = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
-                     "grad_norm": float(m["grad_norm"]), "kind": batch.kind,
-                     "language": batch.language, "batch_id": batch_id(batch),
-                     "skipped_steps": int(m["skipped_steps"]), "steps_per_s": steps_per_s,
-                     "tokens_per_s": tokens_per_s}
-      if "temperature" in m:
-        ready[step]["temperature"] = float(m["temperature"])
-      last["loss"] = float(m["loss"])
-    bar.set_postfix(loss=f"{last['loss']:.4f}", steps_s=f"{steps_per_s:.2f}",
-                    tokens_s=f"{tokens_per_s:.0f}")
-    pending.clear()
-    last["time"] = now
-
-  def write(eval_step: int | None = None, eval_result: dict | None = None) -> None:
-    """Writes the rows due (every `log_every` steps, the last step, evaluations)."""
-    collect()
-    if eval_result is not None:
-      ready.setdefault(eval_step, {"step": eval_step})["eval"] = eval_result
-    for step in sorted(ready):
-      if step % config.log_every == 0 or step == config.steps or "eval" in ready[step]:
-        writer.write(ready[step])
-    ready.clear()
-
+  log = StepLog(writer, config.log_every, config.steps, bar)
   try:
     for step in range(first, config.steps):
       batch = next(sampler)
@@ -295,36 +257,34 @@ def train(config: TrainConfig, resume: bool = False,
       with interrupts.deferred():
         state, metrics = train_step(state, arrays)
       done = step + 1
-      pending.append((done, batch, metrics))
       bar.update(1)
-      evaluate = bool(eval_hook and config.eval_every and done % config.eval_every == 0)
-      if evaluate:
-        collect()
+      log.add(done, {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
+              metrics)
+      if eval_hook and config.eval_every and done % config.eval_every == 0:
+        log.collect()
         result = eval_hook(done, current_encoder(state))
         if result is not None and not isinstance(result, dict):
           raise ValueError(f"eval_hook: expected a dict or None, got {type(result).__name__}")
-        write(done, result)
-        last["time"] = time.perf_counter()  # evaluation time is not training time
-      elif done % config.log_every == 0 or done == config.steps:
-        write()
+        log.write(done, result)
+        log.restart_clock()  # evaluation time is not training time
+      elif log.due(done):
+        log.write()
       if config.checkpoint_every and done % config.checkpoint_every == 0:
         save(state)
-    write()
+    log.write()
     save(state)
   except KeyboardInterrupt:
-    write()
+    log.write()  # rows of the finished steps, then their checkpoint
     save(state)
+    raise
+  finally:
     checkpoints.close()
     writer.close()
     bar.close()
-    raise
-  checkpoints.close()
-  writer.close()
-  bar.close()
 
   final = dataclasses.replace(encoder, params=host_params(state.params["encoder"]))
   export_dir = None
   if primary:
     export_dir = final.save(run_dir / "model")
   return TrainResult(encoder=final, steps=int(state.step), skipped_steps=int(state.skipped),
-                     final_loss=last["loss"], run_dir=run_dir, export_dir=export_dir)
+                     final_loss=log.last_loss, run_dir=run_dir, export_dir=export_dir)
