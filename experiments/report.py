@@ -328,9 +328,14 @@ def findings(tables: Mapping[str, Mapping[str, Any]]) -> str:
     best = max(at_largest, key=lambda r: r["delta"])
     significant = [r for r in rows if r["high"] < 0]
     better = [r for r in rows if r["low"] > 0]
-    text = (f"On {dataset} with {largest} training languages, the largest drop in pooled mAP "
-            f"from dense is {worst['kind']} ({_interval(worst)}) and the smallest change is "
-            f"{best['kind']} ({_interval(best)}). {len(significant)} of {len(rows)} "
+    if len(at_largest) == 1:
+      head = (f"On {dataset} with {largest} training languages, {worst['kind']} differs from "
+              f"dense in pooled mAP by {_interval(worst)}.")
+    else:
+      head = (f"On {dataset} with {largest} training languages, the largest drop in pooled mAP "
+              f"from dense is {worst['kind']} ({_interval(worst)}) and the smallest change is "
+              f"{best['kind']} ({_interval(best)}).")
+    text = (f"{head} {len(significant)} of {len(rows)} "
             f"(kind, language count) cells are below dense with the whole 95% interval under "
             f"zero, {len(better)} are above it.")
     if len(counts) > 1:
