@@ -255,8 +255,10 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   `with_zero_shot=False` (sweeps) skips the zero-shot stage and the comparison.
   """
   out = pathlib.Path(config.out)
+  if not resume and _primary() and (out / "config.json").is_file():
+    raise ValueError(f"config.out: {out} already holds a run; pass resume=True to continue it")
   started = time.perf_counter()
-  seconds: dict[str, float] = {}
+  seconds: dict[str, float] = {}  # of this session: stages read back from disk take ~0 s
   # Decided once, before this session writes anything: on a pod, process 0
   # writes while the others read, and every process must take the same path.
   train_dir = out / "train"
@@ -274,17 +276,10 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   config_json["train"] = tconfig.to_json()
   write_json(out / "config.json", config_json)
 
-  holder: dict[str, Any] = {}
-
-  def zero_shot_encoder():
-    holder["zero_shot"] = load_model(config)
-    return holder["zero_shot"]
-
-  t = time.perf_counter()
-  zero_shot = (_evaluate_stage(zero_shot_encoder, plan, config, out, "zero_shot", log)
+  t = time.perf_counter()  # the zero-shot encoder is freed when its stage returns
+  zero_shot = (_evaluate_stage(lambda: load_model(config), plan, config, out, "zero_shot", log)
                if with_zero_shot else {})
   seconds["zero_shot"] = time.perf_counter() - t
-  holder.clear()  # free the zero-shot weights before training
 
   t = time.perf_counter()
   if train_done:

@@ -189,7 +189,8 @@ def budget(cell_results: dict, grid: Grid, hours: float = GPU_BUDGET_HOURS) -> d
   training steps that would.
   """
   seconds = cell_results.get("seconds") or {}
-  train_s = float(seconds.get("train", 0.0))
+  # train.seconds survives a resumed cell (seconds.train then counts only the last session).
+  train_s = float((cell_results.get("train") or {}).get("seconds") or seconds.get("train", 0.0))
   eval_s = float(seconds.get("fine_tuned", 0.0))
   zero_shot_s = float(seconds.get("zero_shot", 0.0)) if grid.zero_shot else 0.0
   if train_s <= 0:
