@@ -247,7 +247,7 @@ def pairs_figure(languages: Sequence[str], grids: Mapping[str, np.ndarray], titl
   kinds = list(grids)
   n = len(languages)
   size = 0.9 + 0.42 * n
-  fig = Figure(figsize=(size * len(kinds) + 0.8, size + 0.6))
+  fig = Figure(figsize=(max(6.0, size * len(kinds) + 1.2), size + 0.9), layout="constrained")
   limit = max([float(np.nanmax(np.abs(g))) for g in grids.values() if np.isfinite(g).any()]
               + [1e-6])
   axes = fig.subplots(1, len(kinds), squeeze=False)[0]
@@ -262,7 +262,7 @@ def pairs_figure(languages: Sequence[str], grids: Mapping[str, np.ndarray], titl
       for i in range(n):
         for j in range(n):
           if np.isfinite(grids[kind][i, j]):
-            ax.text(j, i, f"{grids[kind][i, j]:+.2f}", ha="center", va="center", fontsize=6)
+            ax.text(j, i, f"{grids[kind][i, j]:+.3f}", ha="center", va="center", fontsize=6)
   axes[0].set_ylabel("query language", fontsize=8)
   fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.02)
   fig.suptitle(title, fontsize=10)
@@ -414,7 +414,7 @@ def write_report(cells: Sequence[Cell], out_dir: str | os.PathLike, *, num_sampl
       languages, grids = pair_differences(cells, name, n)
       if grids:
         path = f"pairs_{name}_{n}langs.png"
-        title = f"{name}, {n} training languages: mAP minus dense (query x candidate language)"
+        title = f"{name}, {n} training languages: mAP minus dense\n(rows: query, columns: candidate language)"
         (out / path).write_bytes(_png(pairs_figure(languages, grids, title)))
         figures[name].append(path)
   (out / "report.json").write_text(json.dumps(tables, indent=1) + "\n")
