@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = run_sweep(grid, out, only=only, keep_checkpoints=args.keep_checkpoints,
                      num_samples=args.bootstrap, log=lambda m: print(m, flush=True))
   except KeyboardInterrupt:
-    print(f"\ninterrupted: rerun the same command to resume (finished cells are skipped)",
+    print("\ninterrupted: rerun the same command to resume (finished cells are skipped)",
           file=sys.stderr)
     return 130
   except ValueError as e:
