@@ -36,7 +36,7 @@ TINY = "tiny"
 KINDS = ("query", "passage")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # holds arrays: compare by identity
 class Encoder:
   """A loaded encoder: config, parameters, tokenizer and the functions over them.
 
