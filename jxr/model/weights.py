@@ -79,8 +79,8 @@ def params_from_hf(config: EncoderConfig, tensors: dict[str, np.ndarray], abstra
                    *, source: str = "checkpoint") -> tuple[nnx.State, dict[str, np.ndarray]]:
   """Fill an abstract parameter state from HF tensors.
 
-  Returns the parameters and the checkpoint's tensors that are not part of the
-  encoder (e.g. `pooler.*`), which `save` writes back unchanged.
+  Returns the parameters and the checkpoint's `pooler.*` tensors (not used by
+  the encoder), which `save` writes back unchanged so AutoModel finds them.
   """
   by_name = {_canonical(k): v for k, v in tensors.items()}
   wanted = hf_parameter_names(config)
@@ -93,8 +93,8 @@ def params_from_hf(config: EncoderConfig, tensors: dict[str, np.ndarray], abstra
     array = np.asarray(by_name[hf])
     flat[path] = array.T if transpose else array
   params = _fill(abstract, flat, source)
-  extra = {k: np.asarray(v) for k, v in by_name.items()
-           if k not in wanted and not k.endswith("position_ids")}
+  # Keep HF's pooler (part of BertModel / XLMRobertaModel); drop task heads.
+  extra = {k: np.asarray(v) for k, v in by_name.items() if k.startswith("pooler.")}
   return params, extra
 
 
