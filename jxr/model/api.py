@@ -244,20 +244,28 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
                  num_devices: int = 1) -> list[tuple[np.ndarray, int, int]]:
   """Batches as (text indices, padded length, padded rows).
 
-  Texts are sorted by length and cut into consecutive full batches, each padded
-  to the bucket of its longest text, so padding stays small and a bucket's
-  shape is compiled once. Only the last batch is partial; its rows are padded
-  to a multiple of 8 (and of the device count) to bound the shapes it adds.
+  Texts are sorted by length and cut into consecutive batches, each padded to
+  the bucket of its longest text, so padding stays small and a shape is
+  compiled once. A batch also ends early (after at least 8 rows) where the
+  bucket would more than double, so a few long texts do not inflate a batch
+  of short ones. Rows are padded to a power of two below 8, else a multiple of
+  8 (and to a multiple of the device count) to bound the number of shapes.
   """
   lengths = np.asarray(lengths)
   order = np.argsort(lengths, kind="stable")
-  plan = []
-  for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
-    length = bucket_length(int(lengths[rows].max()), limit)
-    padded = min(batch_size, -(-len(rows) // 8) * 8)
+  buckets = np.array([bucket_length(int(n), limit) for n in lengths[order]])
+  plan, start = [], 0
+  while start < len(order):
+    stop = min(start + batch_size, len(order))
+    too_long = np.flatnonzero(buckets[start + 8:stop] > 2 * buckets[start])
+    if too_long.size:
+      stop = start + 8 + int(too_long[0])
+    rows = order[start:stop]
+    padded = 1 << (len(rows) - 1).bit_length() if len(rows) < 8 else -(-len(rows) // 8) * 8
+    padded = min(batch_size, padded)
     padded = -(-padded // num_devices) * num_devices
-    plan.append((rows, length, padded))
+    plan.append((rows, int(buckets[stop - 1]), padded))
+    start = stop
   return plan
 
 
