@@ -247,8 +247,8 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
   Texts are sorted by length and cut into consecutive batches, each padded to
   the bucket of its longest text, so padding stays small and a shape is
   compiled once. A batch also ends early (after at least 8 rows) where the
-  bucket would more than double, so a few long texts do not inflate a batch
-  of short ones. Rows are padded to a power of two below 8, else a multiple of
+  bucket would grow by more than half, so a few long texts do not inflate a
+  batch of short ones. Rows are padded to a power of two below 8, else a multiple of
   8 (and to a multiple of the device count) to bound the number of shapes.
   """
   lengths = np.asarray(lengths)
@@ -257,7 +257,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
   plan, start = [], 0
   while start < len(order):
     stop = min(start + batch_size, len(order))
-    too_long = np.flatnonzero(buckets[start + 8:stop] > 2 * buckets[start])
+    too_long = np.flatnonzero(buckets[start + 8:stop] > 1.5 * buckets[start])
     if too_long.size:
       stop = start + 8 + int(too_long[0])
     rows = order[start:stop]
