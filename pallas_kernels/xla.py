@@ -1,11 +1,13 @@
 """Blocked attention in plain jnp: visit only the key blocks the mask needs.
 
-For each query block the block table lists the key blocks to visit; we gather
-those blocks (`[B, H, nqb, visits, block_k, D]`) and run one masked softmax per
-query block over its gathered keys. Time and memory follow the number of
-visited tiles, not `Lq x Lk`, and autodiff gives the backward pass (the gather
-transposes to a scatter-add). Element masks are evaluated on the host, once per
-visited tile, from the same `Mask.tile_allowed` the Pallas kernel uses.
+For each query block the block table lists the key blocks to visit. Query
+blocks are grouped by how many blocks they visit (so one global row does not
+make every row dense); per group we gather the visited key blocks
+(`[B, H, rows, visits, block_k, D]`) and run one masked softmax per query block
+over them. Time and memory follow the number of visited tiles, not `Lq x Lk`,
+and autodiff gives the backward pass (gathers transpose to scatter-adds).
+Element masks are evaluated on the host, once per visited tile, from the same
+`Mask.tile_allowed` the Pallas kernel uses.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pallas_kernels.block_sizes import BlockSizes
 from pallas_kernels.masks import BlockTable, Mask
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# At most this many row groups (each is its own set of dots): padding waste vs op count.
+_MAX_GROUPS = 4
 
 
 def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segment_ids,
@@ -26,43 +30,111 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
 
   `kv_lengths` may be None (no padding), which keeps unpadded inputs free of masking work.
   """
-  batch, q_len, num_heads, head_dim = q.shape
-  kv_len = k.shape[1]
-  block_q, block_k = block_sizes.block_q, block_sizes.block_k
-  table = mask.block_table(q_len, kv_len, block_q, block_k, num_heads)
+  q_len, kv_len = q.shape[1], k.shape[1]
+  table = mask.block_table(q_len, kv_len, block_sizes.block_q, block_sizes.block_k, q.shape[2])
   if table.num_visits == 0:
     return jnp.zeros_like(q)
 
   # Compute in float32 (CPU matmuls in bf16 are slow and the contract wants f32 statistics).
   f32 = jnp.float32
-  q_blocks = _to_blocks(q.astype(f32) * scale, block_q)  # [B, H, nqb, bq, D]
-  k_blocks = _to_blocks(k.astype(f32), block_k)  # [B, H, nkb, bk, D]
-  v_blocks = _to_blocks(v.astype(f32), block_k)
-
-  num_q_blocks = table.num_q_blocks
+  blocks = _Blocks(q=_to_blocks(q.astype(f32) * scale, table.block_q),  # [B, H, nqb, bq, D]
+                   k=_to_blocks(k.astype(f32), table.block_k),  # [B, H, nkb, bk, D]
+                   v=_to_blocks(v.astype(f32), table.block_k),
+                   kv_len=kv_len, kv_lengths=kv_lengths,
+                   q_segments=_pad_segments(q_segment_ids, table.num_q_blocks * table.block_q),
+                   kv_segments=_pad_segments(kv_segment_ids, table.num_kv_blocks * table.block_k))
   if _visits_every_block_in_order(table):
-    # Dense: every query block sees all key blocks; a gather would only copy K per block.
-    # Treat the whole key range as one visit of width Lk_pad.
-    keys = k_blocks.reshape(batch * num_heads, -1, head_dim)
-    values = v_blocks.reshape(batch * num_heads, -1, head_dim)
-    queries = q_blocks.reshape(batch * num_heads, -1, head_dim)
-    kv_pos = np.arange(table.num_kv_blocks * block_k)[None, None, None, :]  # [1, 1, 1, Lk_pad]
-    bits = table.kv_bits[:, :, None, :].repeat(block_k, axis=-1)  # [H', nqb, 1, Lk_pad]
-    real = np.ones((1, 1, 1), bool)
+    out = _dense(mask, table, blocks)
   else:
-    visits = table.kv_index.shape[-1]
-    keys = _gather_visited(k_blocks, table).reshape(-1, visits * block_k, head_dim)
-    values = _gather_visited(v_blocks, table).reshape(-1, visits * block_k, head_dim)
-    queries = q_blocks.reshape(-1, block_q, head_dim)
-    kv_pos = table.kv_index[..., None] * block_k + np.arange(block_k)  # [H', nqb, V, bk]
-    bits = table.kv_bits[..., None]  # [H', nqb, V, 1]
-    real = np.arange(visits) < table.kv_count[..., None]  # [H', nqb, V]
+    out = _sparse(mask, table, blocks)
+  return _from_blocks(out, q_len).astype(q.dtype)
 
-  # Dots on 3-D operands (one batch dim, one contracting dim): XLA:CPU runs
-  # these several times faster than the same einsum with several batch dims.
-  scores = _batched_dot(queries, keys, contract=(2, 2))
-  scores = scores.reshape(batch, num_heads, num_q_blocks, block_q, *kv_pos.shape[-2:])
-  allowed = _allowed(mask, table, kv_pos, bits, real, kv_len, kv_lengths, q_segment_ids, kv_segment_ids)
+
+class _Blocks:
+  """The blocked inputs and what masking needs beyond the mask itself."""
+
+  def __init__(self, *, q, k, v, kv_len, kv_lengths, q_segments, kv_segments):
+    self.q, self.k, self.v = q, k, v
+    self.kv_len, self.kv_lengths = kv_len, kv_lengths
+    self.q_segments, self.kv_segments = q_segments, kv_segments
+
+
+def _dense(mask: Mask, table: BlockTable, x: _Blocks):
+  """Every query block sees all key blocks in order: no gather, one visit of width Lk_pad."""
+  batch, heads, nqb, block_q, dim = x.q.shape
+  block_k = table.block_k
+  kv_pos = np.arange(table.num_kv_blocks * block_k)[None, None, :]  # [1, 1, Lk_pad]
+  bits = table.kv_bits[0][:, None, :].repeat(block_k, axis=-1)  # [nqb, 1, Lk_pad]
+  allowed = _allowed(mask, table.any_partial, _q_positions(np.arange(nqb), block_q), kv_pos, bits,
+                     np.ones((1, 1), bool), np.arange(nqb), x)
+  out = _attend(x.q.reshape(batch * heads, -1, dim), x.k.reshape(batch * heads, -1, dim),
+                x.v.reshape(batch * heads, -1, dim), (batch, heads, nqb, block_q, 1, kv_pos.shape[-1]),
+                allowed)
+  return out
+
+
+def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
+  """Query blocks grouped by visit count; each group gathers only what it visits."""
+  batch, heads, nqb, block_q, dim = x.q.shape
+  block_k = table.block_k
+  per_head = table.kv_index.shape[0] > 1
+  width = table.kv_index.shape[-1]
+  index = table.kv_index.reshape(-1, width)  # rows are (h', qb) pairs
+  count = table.kv_count.reshape(-1)
+  bits = table.kv_bits.reshape(-1, width)
+  partial = table.kv_partial.reshape(-1, width)
+  outs, order = [], []
+  for rows, visits in _row_groups(count):
+    order.append(rows)
+    head, qb = np.divmod(rows, nqb)
+    if visits == 0:  # rows with nothing to visit output zeros
+      outs.append(jnp.zeros((batch, 1 if per_head else heads, len(rows), block_q, dim), jnp.float32))
+      continue
+    visited = index[rows, :visits]  # [R, V]
+    if per_head:
+      queries = x.q[:, head, qb][:, None]  # [B, 1, R, bq, D]
+      keys, values = (blocks[:, head[:, None], visited][:, None] for blocks in (x.k, x.v))  # [B, 1, R, V, bk, D]
+    else:
+      queries = x.q[:, :, qb]  # [B, H, R, bq, D]
+      keys, values = x.k[:, :, visited], x.v[:, :, visited]  # [B, H, R, V, bk, D]
+    kv_pos = visited[..., None] * block_k + np.arange(block_k)  # [R, V, bk]
+    real = np.arange(visits) < count[rows, None]  # [R, V]
+    allowed = _allowed(mask, bool(partial[rows, :visits].any()), _q_positions(qb, block_q), kv_pos,
+                       bits[rows, :visits, None], real, qb, x)
+    shape = (*queries.shape[:3], block_q, visits, block_k)
+    outs.append(_attend(queries.reshape(-1, block_q, dim), keys.reshape(-1, visits * block_k, dim),
+                        values.reshape(-1, visits * block_k, dim), shape, allowed))
+  # Put the groups' rows back in (h', qb) order.
+  out = jnp.concatenate(outs, axis=2)[:, :, np.argsort(np.concatenate(order))]
+  if per_head:
+    return out.reshape(batch, heads, nqb, block_q, dim)
+  return out
+
+
+def _row_groups(count: np.ndarray) -> list[tuple[np.ndarray, int]]:
+  """Rows grouped by visit count: `(rows, visits)` with `visits` the group's largest count.
+
+  Adjacent counts merge, cheapest padding first, until at most `_MAX_GROUPS` remain;
+  rows that visit nothing form a group of their own.
+  """
+  groups = [(np.flatnonzero(count == c), int(c)) for c in np.unique(count) if c]
+  while len(groups) > _MAX_GROUPS:
+    # Merging group i into i + 1 pads group i's rows up to group i + 1's count.
+    waste = [len(rows) * (groups[i + 1][1] - visits) for i, (rows, visits) in enumerate(groups[:-1])]
+    i = int(np.argmin(waste))
+    merged = (np.concatenate([groups[i][0], groups[i + 1][0]]), groups[i + 1][1])
+    groups[i:i + 2] = [merged]
+  empty = np.flatnonzero(count == 0)  # kept apart: they cost nothing
+  return groups + [(empty, 0)] if empty.size else groups
+
+
+def _attend(queries, keys, values, shape, allowed):
+  """Masked softmax attention on 3-D operands; `shape` is the 6-D view of the scores.
+
+  Dots on 3-D operands (one batch dim, one contracting dim): XLA:CPU runs these
+  several times faster than the same einsum with several batch dims.
+  """
+  scores = _batched_dot(queries, keys, contract=(2, 2)).reshape(shape)  # [B, H, R, bq, V, W]
   if allowed is not None:
     scores = jnp.where(allowed, scores, -jnp.inf)
   row_max = scores.max(axis=(-2, -1), keepdims=True)
@@ -70,16 +142,45 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   weights = jnp.exp(scores - row_max)
   total = weights.sum(axis=(-2, -1))[..., None]
-  weights = weights.reshape(queries.shape[0], queries.shape[1], -1)
-  out = _batched_dot(weights, values, contract=(2, 1))
-  out = out.reshape(batch, num_heads, num_q_blocks, block_q, head_dim)
-  out = out / jnp.where(total > 0, total, 1.0)
-  return _from_blocks(out, q_len).astype(q.dtype)
+  out = _batched_dot(weights.reshape(queries.shape[0], queries.shape[1], -1), values, contract=(2, 1))
+  out = out.reshape(*shape[:4], queries.shape[-1])
+  return out / jnp.where(total > 0, total, 1.0)
 
 
 def _batched_dot(a, b, contract: tuple[int, int]):
   """`a [N, m, k]` times `b [N, ., .]` over one contracting dim each, batched over N."""
   return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((0,), (0,))), precision=_HIGHEST)
+
+
+def _q_positions(q_blocks: np.ndarray, block_q: int) -> np.ndarray:
+  return q_blocks[:, None] * block_q + np.arange(block_q)  # [R, bq]
+
+
+def _allowed(mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, q_blocks, x: _Blocks):
+  """bool broadcastable to the scores `[B, H, R, bq, V, W]`, or None when nothing is masked.
+
+  Rows `R` are query blocks `q_blocks` (positions `q_pos [R, bq]`) visiting key
+  positions `kv_pos [R|1, V, W]` with layout bits `bits [R, V, W|1]` and
+  `real [R|1, V]` (a real visit, not table padding). What is known on the host
+  (the mask's predicate on partial tiles, table padding, keys past `kv_len`)
+  is folded into one constant.
+  """
+  static = real[:, None, :, None] & (kv_pos < x.kv_len)[:, None]  # [R, 1, V, W]
+  if any_partial:
+    static = static & mask.tile_allowed(q_pos[:, :, None, None], kv_pos[:, None], bits[:, None], xp=np)
+  allowed = None if static.all() else jnp.asarray(static)[None, None]
+  if x.kv_lengths is not None:
+    key_ok = jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None]  # [B, R|1, V, W]
+    allowed = _and(allowed, key_ok[:, None, :, None])
+  if x.q_segments is not None:
+    q_seg = x.q_segments.reshape(x.q_segments.shape[0], -1, q_pos.shape[-1])[:, q_blocks]  # [B, R, bq]
+    kv_seg = x.kv_segments[:, kv_pos]  # [B, R|1, V, W]
+    allowed = _and(allowed, q_seg[:, None, :, :, None, None] == kv_seg[:, None, :, None])
+  return allowed
+
+
+def _and(a, b):
+  return b if a is None else a & b
 
 
 def _to_blocks(x, block: int):
@@ -98,47 +199,11 @@ def _from_blocks(x, length: int):
 
 def _visits_every_block_in_order(table: BlockTable) -> bool:
   full_rows = table.kv_count == table.num_kv_blocks
-  return bool(full_rows.all()) and table.kv_index.shape[-1] == table.num_kv_blocks
+  return (bool(full_rows.all()) and table.kv_index.shape[0] == 1
+          and table.kv_index.shape[-1] == table.num_kv_blocks)
 
 
-def _gather_visited(blocks, table: BlockTable):
-  """`[B, H, nkb, bk, D]` -> `[B, H, nqb, V, bk, D]`: the key blocks each query block visits."""
-  index = table.kv_index  # [H', nqb, V]
-  if index.shape[0] == 1:
-    return jnp.take(blocks, index[0], axis=2)
-  heads = np.arange(index.shape[0])[:, None, None]
-  return blocks[:, heads, index]
-
-
-def _allowed(mask: Mask, table: BlockTable, kv_pos, bits, real, kv_len: int, kv_lengths,
-             q_segment_ids, kv_segment_ids):
-  """bool broadcastable to the scores `[B, H, nqb, bq, V, W]`, or None when nothing is masked.
-
-  `kv_pos [H'|1, nqb|1, V, W]` are the key positions of each visit, `bits` their
-  layout bits, `real [H'|1, nqb|1, V]` whether a visit is real or table padding.
-  Whatever is known on the host (the mask's own predicate on partial tiles,
-  table padding, keys past `kv_len`) is folded into one constant.
-  """
-  block_q = table.block_q
-  q_pos = (np.arange(table.num_q_blocks) * block_q)[:, None] + np.arange(block_q)  # [nqb, bq]
-  static = real[:, :, None, :, None] & (kv_pos < kv_len)[:, :, None, :, :]
-  if table.any_partial:
-    static = static & mask.tile_allowed(q_pos[None, :, :, None, None], kv_pos[:, :, None, :, :],
-                                        bits[:, :, None, :, :], xp=np)
-  allowed = None if static.all() else jnp.asarray(static)[None]  # [1, H'|1, nqb|1, bq|1, V, W]
-  if kv_lengths is not None:
-    key_ok = jnp.asarray(kv_pos)[None] < kv_lengths[:, None, None, None, None]  # [B, ., ., V, W]
-    allowed = _and(allowed, key_ok[:, :, :, None, :, :])
-  if q_segment_ids is not None:
-    q_seg = _pad_to(q_segment_ids, table.num_q_blocks * block_q).reshape(-1, table.num_q_blocks, block_q)
-    kv_seg = _pad_to(kv_segment_ids, table.num_kv_blocks * table.block_k)[:, kv_pos]  # [B, ., ., V, W]
-    allowed = _and(allowed, q_seg[:, None, :, :, None, None] == kv_seg[:, :, :, None, :, :])
-  return allowed
-
-
-def _and(a, b):
-  return b if a is None else a & b
-
-
-def _pad_to(ids, length: int):
+def _pad_segments(ids, length: int):
+  if ids is None:
+    return None
   return jnp.pad(ids, ((0, 0), (0, length - ids.shape[1])), constant_values=-1)
