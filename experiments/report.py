@@ -347,9 +347,9 @@ def findings(tables: Mapping[str, Mapping[str, Any]]) -> str:
       if trends:
         change, kind = min(trends)
         grew = sum(1 for c, _ in trends if c < 0)
+        changes = ", ".join(f"{k} {c:+.4f}" for c, k in sorted(trends, key=lambda t: t[1]))
         text += (f" From {counts[0]} to {largest} training languages the difference from dense "
-                 f"falls for {grew} of {len(trends)} sparse kinds; most for {kind} "
-                 f"({change:+.4f}).")
+                 f"falls for {grew} of {len(trends)} sparse kinds (changes: {changes}).")
     cells = [r for r in t["cells"] if r["attended_fraction"] is not None and r["kind"] != DENSE]
     deltas = {(r["kind"], r["num_languages"]): r["delta"] for r in rows}
     pairs = [(c["attended_fraction"], deltas[(c["kind"], c["num_languages"])]) for c in cells

@@ -115,7 +115,8 @@ def test_write_report_files_tables_and_findings(tmp_path):
   assert "the smallest change is block_sparse-0.50 (+0.0400" in text
   assert "2 of 6 (kind, language count) cells are below dense" in text
   assert "2 are above it" in text
-  assert "falls for 1 of 3 sparse kinds; most for local-8 (-0.1000)" in text
+  assert "falls for 1 of 3 sparse kinds (changes: block_sparse-0.50 +0.0200, local-16 +0.0000, " \
+         "local-8 -0.1000)" in text
 
 
 def test_pair_differences_average_matrix_shift():
