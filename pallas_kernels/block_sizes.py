@@ -36,7 +36,9 @@ class BlockSizes:
   @classmethod
   def default(cls, head_dim: int, dtype=None, backend: str = "gpu") -> BlockSizes:
     """Tiles that work well for `head_dim` on `backend` ("gpu", "cpu", "tpu")."""
-    del dtype  # float32 and bfloat16 share tiles; f32 runs its dots at HIGHEST precision.
+    # One set of tiles serves every head dim and both dtypes (f32 dots run at
+    # HIGHEST precision); the arguments stay so per-shape tuning can land here.
+    del head_dim, dtype
     if backend == "cpu":
       # The blocked XLA path: tiles small enough that sparsity pays, large
       # enough that each gathered matmul amortises its overhead (128 x 64 was
@@ -44,7 +46,6 @@ class BlockSizes:
       return cls(128, 64, 128, 64, 128, 64)
     # Measured on an H100 (benchmarks/RESULTS.md): 4 warps / 2 stages beat
     # 4/3 (D=64) and 8/2 (D=128) in every dense comparison at L=8k.
-    del head_dim
     return cls(128, 64, 64, 64, 64, 64, num_warps=4, num_stages=2)
 
   @property
