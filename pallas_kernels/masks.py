@@ -25,6 +25,7 @@ import abc
 import dataclasses
 import functools
 import math
+import operator
 from typing import Any
 
 import jax.numpy as jnp
@@ -191,10 +192,8 @@ class LocalMask(Mask):
   def __post_init__(self):
     for name in ("left", "right"):
       value = getattr(self, name)
-      if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
-        raise ValueError(f"LocalMask.{name}: expected an int >= 0 or None, got {value!r}")
       if value is not None:
-        object.__setattr__(self, name, int(value))
+        object.__setattr__(self, name, _check_int(value, f"LocalMask.{name} (or None)", 0))
 
   def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
     return self._allowed(q_pos, kv_pos, np)[None]
@@ -236,9 +235,9 @@ def _as_layout(layout: Any) -> np.ndarray:
   return array
 
 
-def _check_block(value: Any, name: str) -> int:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name}: expected a positive int, got {value!r}")
+def _check_int(value: Any, name: str, minimum: int) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
   return int(value)
 
 
@@ -292,9 +291,9 @@ class BlockSparseMask(_LayoutLeaf):
 
   def __init__(self, layout: Any, block_q: int, block_k: int | None = None):
     object.__setattr__(self, "layout_array", _as_layout(layout))
-    object.__setattr__(self, "block_q", _check_block(block_q, "BlockSparseMask.block_q"))
-    object.__setattr__(self, "block_k", _check_block(block_q if block_k is None else block_k,
-                                                     "BlockSparseMask.block_k"))
+    object.__setattr__(self, "block_q", _check_int(block_q, "BlockSparseMask.block_q", 1))
+    object.__setattr__(self, "block_k", _check_int(block_q if block_k is None else block_k,
+                                                   "BlockSparseMask.block_k", 1))
 
   @staticmethod
   def pattern(block: int, *, local: int = 1, global_: int = 1, random: int = 0,
@@ -356,11 +355,9 @@ class BlockSparsePattern(_LayoutLeaf):
   per_head: bool = False
 
   def __post_init__(self):
-    _check_block(self.block, "BlockSparsePattern.block")
+    _check_int(self.block, "BlockSparsePattern.block", 1)
     for name in ("local", "global_", "random", "seed"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"BlockSparsePattern.{name}: expected an int >= 0, got {value!r}")
+      _check_int(getattr(self, name), f"BlockSparsePattern.{name}", 0)
     if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
       raise ValueError(f"BlockSparseMask.pattern: density: expected a fraction in (0, 1], got {self.target_density!r}")
 
@@ -403,47 +400,56 @@ def _pattern_layout(pattern: BlockSparsePattern, nqb: int, nkb: int, heads: int)
 # -- Combinations. -----------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class AndMask(Mask):
+class _Combined(Mask):
+  """Two masks joined element-wise by `_join`; tile states by `_join_states`."""
+
   left: Mask
   right: Mask
 
+  @staticmethod
+  @abc.abstractmethod
+  def _join(a, b):
+    """Combines two boolean arrays."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def _join_states(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Combines two tile-state arrays (EMPTY < PARTIAL < FULL)."""
+
   def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
-    return self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads) & self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
+    return self._join(self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads),
+                      self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads))
 
   def layout_leaves(self):
     return self.left.layout_leaves() + self.right.layout_leaves()
 
   def _tile_states(self, tiling):
-    a, b = self.left._tile_states(tiling), self.right._tile_states(tiling)
-    # Empty if either side is, full if both are, else partial: min of the states.
-    return np.minimum(a, b)
+    return self._join_states(self.left._tile_states(tiling), self.right._tile_states(tiling))
 
   def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
     a, leaf = self.left._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
     b, leaf = self.right._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
-    return a & b, leaf
+    return self._join(a, b), leaf
 
 
 @dataclasses.dataclass(frozen=True)
-class OrMask(Mask):
+class AndMask(_Combined):
   left: Mask
   right: Mask
 
-  def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
-    return self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads) | self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
+  _join = staticmethod(operator.and_)
+  # Empty if either side is, full if both are, else partial: the min of the states.
+  _join_states = staticmethod(np.minimum)
 
-  def layout_leaves(self):
-    return self.left.layout_leaves() + self.right.layout_leaves()
 
-  def _tile_states(self, tiling):
-    # Full if either side is, empty if both are, else partial: max of the states.
-    return np.maximum(self.left._tile_states(tiling), self.right._tile_states(tiling))
+@dataclasses.dataclass(frozen=True)
+class OrMask(_Combined):
+  left: Mask
+  right: Mask
 
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
-    a, leaf = self.left._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
-    b, leaf = self.right._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
-    return a | b, leaf
+  _join = staticmethod(operator.or_)
+  # Full if either side is, empty if both are, else partial: the max of the states.
+  _join_states = staticmethod(np.maximum)
 
 
 # -- Block tables. -----------------------------------------------------------------
@@ -527,8 +533,8 @@ def _readonly(*arrays):
 def _block_table(mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int,
                  num_heads: int) -> BlockTable:
   _check_lengths(q_len, kv_len)
-  _check_block(block_q, "block_q")
-  _check_block(block_k, "block_k")
+  _check_int(block_q, "block_q", 1)
+  _check_int(block_k, "block_k", 1)
   mask.validate(q_len, kv_len, num_heads)
   tiling = _Tiling(q_len, kv_len, block_q, block_k, num_heads)
   states = mask._tile_states(tiling)
