@@ -12,6 +12,8 @@ Element masks are evaluated on the host, once per visited tile, from the same
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +39,8 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
 
   # Compute in float32 (CPU matmuls in bf16 are slow and the contract wants f32 statistics).
   f32 = jnp.float32
-  blocks = _Blocks(q=_to_blocks(q.astype(f32) * scale, table.block_q),  # [B, H, nqb, bq, D]
-                   k=_to_blocks(k.astype(f32), table.block_k),  # [B, H, nkb, bk, D]
+  blocks = _Blocks(q=_to_blocks(q.astype(f32) * scale, table.block_q),
+                   k=_to_blocks(k.astype(f32), table.block_k),
                    v=_to_blocks(v.astype(f32), table.block_k),
                    kv_len=kv_len, kv_lengths=kv_lengths,
                    q_segments=_pad_segments(q_segment_ids, table.num_q_blocks * table.block_q),
@@ -50,13 +52,17 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
   return _from_blocks(out, q_len).astype(q.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
 class _Blocks:
   """The blocked inputs and what masking needs beyond the mask itself."""
 
-  def __init__(self, *, q, k, v, kv_len, kv_lengths, q_segments, kv_segments):
-    self.q, self.k, self.v = q, k, v
-    self.kv_len, self.kv_lengths = kv_len, kv_lengths
-    self.q_segments, self.kv_segments = q_segments, kv_segments
+  q: jax.Array  # [B, H, nqb, bq, D]
+  k: jax.Array  # [B, H, nkb, bk, D]
+  v: jax.Array
+  kv_len: int
+  kv_lengths: jax.Array | None  # [B]
+  q_segments: jax.Array | None  # [B, Lq_pad]
+  kv_segments: jax.Array | None  # [B, Lk_pad]
 
 
 def _dense(mask: Mask, table: BlockTable, x: _Blocks):
