@@ -24,6 +24,11 @@ from pallas_kernels.masks import BlockTable, Mask
 _HIGHEST = jax.lax.Precision.HIGHEST
 # At most this many row groups (each is its own set of dots): padding waste vs op count.
 _MAX_GROUPS = 4
+# Score bias of a masked key. Finite, so the softmax needs no select (which would
+# split XLA's fusion); rows left with no allowed key are zeroed by `row_ok` instead.
+_MASKED = -1e30
+# At most this many distinct element-mask patterns get their own group (and a shared bias).
+_MAX_PATTERNS = 8
 
 
 def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segment_ids,
@@ -68,19 +73,21 @@ class _Blocks:
 def _dense(mask: Mask, table: BlockTable, x: _Blocks):
   """Every query block sees all key blocks in order: no gather, one visit of width Lk_pad."""
   batch, heads, nqb, block_q, dim = x.q.shape
-  block_k = table.block_k
-  kv_pos = np.arange(table.num_kv_blocks * block_k)[None, None, :]  # [1, 1, Lk_pad]
-  bits = table.kv_bits[0][:, None, :].repeat(block_k, axis=-1)  # [nqb, 1, Lk_pad]
-  allowed = _allowed(mask, table.any_partial, _q_positions(np.arange(nqb), block_q), kv_pos, bits,
-                     np.ones((1, 1), bool), np.arange(nqb), x)
-  out = _attend(x.q.reshape(batch * heads, -1, dim), x.k.reshape(batch * heads, -1, dim),
-                x.v.reshape(batch * heads, -1, dim), (batch, heads, nqb, block_q, 1, kv_pos.shape[-1]),
-                allowed)
-  return out
+  q_blocks = np.arange(nqb)
+  q_pos = _q_positions(q_blocks, block_q)
+  kv_pos = np.arange(table.num_kv_blocks * table.block_k)[None, None, :]  # [1, 1, Lk_pad]
+  bits = table.kv_bits[0][:, None, :].repeat(table.block_k, axis=-1)  # [nqb, 1, Lk_pad]
+  static = _static_allowed(mask, table.any_partial, q_pos, kv_pos, bits, np.ones((1, 1), bool), x.kv_len)
+  view = (batch, heads, nqb, block_q, kv_pos.shape[-1])
+  bias, row_ok = _masking(static, q_pos, kv_pos, q_blocks, x)
+  # Scores are [B * H, Lq_pad, Lk_pad]: one dot per head.
+  bias = None if bias is None else _merge_axes(bias, view, ((0, 1), (2, 3), (4,)))
+  return _attend(x.q.reshape(batch * heads, -1, dim), x.k.reshape(batch * heads, -1, dim),
+                 x.v.reshape(batch * heads, -1, dim), view, bias, row_ok)
 
 
 def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
-  """Query blocks grouped by visit count; each group gathers only what it visits."""
+  """Query blocks grouped by visit count and mask pattern; each group gathers only what it visits."""
   batch, heads, nqb, block_q, dim = x.q.shape
   block_k = table.block_k
   per_head = table.kv_index.shape[0] > 1
@@ -91,30 +98,45 @@ def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
   partial = table.kv_partial.reshape(-1, width)
   outs, order = [], []
   for rows, visits in _row_groups(count):
-    order.append(rows)
-    head, qb = np.divmod(rows, nqb)
     if visits == 0:  # rows with nothing to visit output zeros
+      order.append(rows)
       outs.append(jnp.zeros((batch, 1 if per_head else heads, len(rows), block_q, dim), jnp.float32))
       continue
-    visited = index[rows, :visits]  # [R, V]
-    if per_head:
-      queries = x.q[:, head, qb][:, None]  # [B, 1, R, bq, D]
-      keys, values = (blocks[:, head[:, None], visited][:, None] for blocks in (x.k, x.v))  # [B, 1, R, V, bk, D]
-    else:
-      queries = x.q[:, :, qb]  # [B, H, R, bq, D]
-      keys, values = x.k[:, :, visited], x.v[:, :, visited]  # [B, H, R, V, bk, D]
-    kv_pos = visited[..., None] * block_k + np.arange(block_k)  # [R, V, bk]
-    real = np.arange(visits) < count[rows, None]  # [R, V]
-    allowed = _allowed(mask, bool(partial[rows, :visits].any()), _q_positions(qb, block_q), kv_pos,
-                       bits[rows, :visits, None], real, qb, x)
-    shape = (*queries.shape[:3], block_q, visits, block_k)
-    outs.append(_attend(queries.reshape(-1, block_q, dim), keys.reshape(-1, visits * block_k, dim),
-                        values.reshape(-1, visits * block_k, dim), shape, allowed))
+    _, qb = np.divmod(rows, nqb)
+    kv_pos = (index[rows, :visits, None] * block_k + np.arange(block_k)).reshape(len(rows), 1, -1)  # [R, 1, W]
+    static = _static_allowed(mask, bool(partial[rows, :visits].any()), _q_positions(qb, block_q), kv_pos,
+                             bits[rows, :visits, None].repeat(block_k, -1).reshape(len(rows), 1, -1),
+                             (np.arange(visits) < count[rows, None]).repeat(block_k, -1), x.kv_len)
+    for part, part_static in _pattern_groups(static):
+      order.append(rows[part])
+      outs.append(_attend_rows(rows[part], index[rows[part], :visits], kv_pos[part], part_static, nqb,
+                               per_head, x))
   # Put the groups' rows back in (h', qb) order.
   out = jnp.concatenate(outs, axis=2)[:, :, np.argsort(np.concatenate(order))]
   if per_head:
     return out.reshape(batch, heads, nqb, block_q, dim)
   return out
+
+
+def _attend_rows(rows, visited, kv_pos, static, nqb: int, per_head: bool, x: _Blocks):
+  """Rows `rows` of the table (`(h', qb)` pairs) attend over their `visited [R, V]` key blocks.
+
+  Returns `[B, H | 1, R, bq, D]`: per-head tables give one row per (head, query block).
+  """
+  batch, heads, _, block_q, dim = x.q.shape
+  head, qb = np.divmod(rows, nqb)
+  if per_head:
+    queries = x.q[:, head, qb][:, None]  # [B, 1, R, bq, D]
+    keys, values = (blocks[:, head[:, None], visited][:, None] for blocks in (x.k, x.v))  # [B, 1, R, V, bk, D]
+  else:
+    queries = x.q[:, :, qb]  # [B, H, R, bq, D]
+    keys, values = x.k[:, :, visited], x.v[:, :, visited]  # [B, H, R, V, bk, D]
+  view = (*queries.shape[:3], block_q, kv_pos.shape[-1])
+  bias, row_ok = _masking(static, _q_positions(qb, block_q), kv_pos, qb, x)
+  # Scores are [B * H * R, bq, W]: one small dot per (batch, head, query block).
+  bias = None if bias is None else _merge_axes(bias, view, ((0, 1, 2), (3,), (4,)))
+  return _attend(queries.reshape(-1, block_q, dim), keys.reshape(-1, view[-1], dim),
+                 values.reshape(-1, view[-1], dim), view, bias, row_ok)
 
 
 def _row_groups(count: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -134,23 +156,41 @@ def _row_groups(count: np.ndarray) -> list[tuple[np.ndarray, int]]:
   return groups + [(empty, 0)] if empty.size else groups
 
 
-def _attend(queries, keys, values, shape, allowed):
-  """Masked softmax attention on 3-D operands; `shape` is the 6-D view of the scores.
+def _pattern_groups(static: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Split rows by their element mask `static [R|1, bq|1, W]`: `(part, part_static)` pairs.
 
-  Dots on 3-D operands (one batch dim, one contracting dim): XLA:CPU runs these
-  several times faster than the same einsum with several batch dims.
+  Rows that share a pattern (the interior of a local window, say) share one
+  `[1, bq, W]` bias, which XLA:CPU broadcasts inside its fused softmax for free;
+  a per-row bias must be materialised at the size of the scores. Past
+  `_MAX_PATTERNS` distinct patterns the rows stay together with a per-row bias.
   """
-  scores = _batched_dot(queries, keys, contract=(2, 2)).reshape(shape)  # [B, H, R, bq, V, W]
-  if allowed is not None:
-    scores = jnp.where(allowed, scores, -jnp.inf)
-  row_max = scores.max(axis=(-2, -1), keepdims=True)
-  # Rows with no allowed key: max is -inf; shift by 0 so exp gives exact zeros.
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  rows = np.arange(static.shape[0])
+  if static.shape[0] == 1:
+    return [(rows, static)]
+  patterns, which = np.unique(static.reshape(len(rows), -1), axis=0, return_inverse=True)
+  if len(patterns) > _MAX_PATTERNS:
+    return [(rows, static)]
+  return [(rows[which.ravel() == i], static[which.ravel() == i][:1]) for i in range(len(patterns))]
+
+
+def _attend(queries, keys, values, view, bias, row_ok):
+  """Softmax attention of `queries [N, bq, D]` over `keys, values [N, W, D]`.
+
+  `view` is the 5-D view `[B, H, R, bq, W]` of the scores; `bias` (0 or
+  `_MASKED`) is 3-D and broadcasts to the scores, `row_ok` (5-D) zeroes query
+  rows with no allowed key. Written as XLA:CPU fuses it best: 3-D operands, dots
+  with one batch dim, reductions over the last axis, no select on the scores.
+  The dot-softmax-dot chain then becomes one fusion that keeps each `[bq, W]`
+  score tile in cache, several times faster than materialising the scores.
+  """
+  scores = _batched_dot(queries, keys, contract=(2, 2))  # [N, bq, W]
+  if bias is not None:
+    scores = scores + bias
+  row_max = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
   weights = jnp.exp(scores - row_max)
-  total = weights.sum(axis=(-2, -1))[..., None]
-  out = _batched_dot(weights.reshape(queries.shape[0], queries.shape[1], -1), values, contract=(2, 1))
-  out = out.reshape(*shape[:4], queries.shape[-1])
-  return out / jnp.where(total > 0, total, 1.0)
+  out = _batched_dot(weights, values, contract=(2, 1)) / weights.sum(axis=-1, keepdims=True)
+  out = out.reshape(*view[:-1], out.shape[-1])
+  return out if row_ok is None else jnp.where(row_ok, out, 0.0)
 
 
 def _batched_dot(a, b, contract: tuple[int, int]):
@@ -162,27 +202,69 @@ def _q_positions(q_blocks: np.ndarray, block_q: int) -> np.ndarray:
   return q_blocks[:, None] * block_q + np.arange(block_q)  # [R, bq]
 
 
-def _allowed(mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, q_blocks, x: _Blocks):
-  """bool broadcastable to the scores `[B, H, R, bq, V, W]`, or None when nothing is masked.
+def _static_allowed(mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, kv_len: int) -> np.ndarray:
+  """What the host knows: `[R|1, bq|1, W]` bool for query positions `q_pos [R, bq]`.
 
-  Rows `R` are query blocks `q_blocks` (positions `q_pos [R, bq]`) visiting key
-  positions `kv_pos [R|1, V, W]` with layout bits `bits [R, V, W|1]` and
-  `real [R|1, V]` (a real visit, not table padding). What is known on the host
-  (the mask's predicate on partial tiles, table padding, keys past `kv_len`)
-  is folded into one constant.
+  The rows visit key positions `kv_pos [R|1, 1, W]` with layout bits `bits [R, 1, W]`;
+  `real [R|1, W]` is False on table padding; keys at or past `kv_len` are padding.
   """
-  static = real[:, None, :, None] & (kv_pos < x.kv_len)[:, None]  # [R, 1, V, W]
+  static = real[:, None] & (kv_pos < kv_len)
   if any_partial:
-    static = static & mask.tile_allowed(q_pos[:, :, None, None], kv_pos[:, None], bits[:, None], xp=np)
-  allowed = None if static.all() else jnp.asarray(static)[None, None]
+    static = static & mask.tile_allowed(q_pos[:, :, None], kv_pos, bits, xp=np)
+  return static
+
+
+def _masking(static, q_pos, kv_pos, q_blocks, x: _Blocks):
+  """`(bias, row_ok)` for rows of query blocks `q_blocks`, each None when it changes nothing.
+
+  `bias` broadcasts to the scores' view `[B, H, R, bq, W]` (0 allowed, `_MASKED`
+  not); `row_ok` to `[B, H, R, bq, 1]` (the query has an allowed key). The host's
+  `static [R|1, bq|1, W]` is one constant; `kv_lengths` and segment ids add terms.
+  """
+  bias = None if static.all() else _bias(static)[None, None]
+  has_key = static.any(axis=-1)  # [R|1, bq|1]
+  row_ok = None if has_key.all() else has_key[None, None, ..., None]
   if x.kv_lengths is not None:
-    key_ok = jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None]  # [B, R|1, V, W]
-    allowed = _and(allowed, key_ok[:, None, :, None])
+    key_ok = jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None]  # [B, R|1, 1, W]
+    bias = _add(bias, _bias(key_ok)[:, None])
+    # A query keeps a key iff its first statically allowed key lies inside the length.
+    first = np.where(static, kv_pos, np.iinfo(np.int32).max).min(axis=-1)  # [R|1, bq|1]
+    row_ok = _and(row_ok, (first < x.kv_lengths[:, None, None])[:, None, ..., None])
   if x.q_segments is not None:
     q_seg = x.q_segments.reshape(x.q_segments.shape[0], -1, q_pos.shape[-1])[:, q_blocks]  # [B, R, bq]
-    kv_seg = x.kv_segments[:, kv_pos]  # [B, R|1, V, W]
-    allowed = _and(allowed, q_seg[:, None, :, :, None, None] == kv_seg[:, None, :, None])
-  return allowed
+    same = q_seg[..., None] == x.kv_segments[:, kv_pos[:, 0]][:, :, None]  # [B, R, bq, W]
+    bias = _add(bias, _bias(same)[:, None])
+    allowed = same & jnp.asarray(static)
+    if x.kv_lengths is not None:
+      allowed = allowed & (jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None])
+    row_ok = allowed.any(axis=-1)[:, None, ..., None]
+  return bias, row_ok
+
+
+def _bias(allowed):
+  """0 where allowed, `_MASKED` elsewhere, float32; numpy in, numpy out."""
+  xp = np if isinstance(allowed, np.ndarray) else jnp
+  return xp.where(allowed, np.float32(0), np.float32(_MASKED))
+
+
+def _merge_axes(a, view: tuple[int, ...], groups: tuple[tuple[int, ...], ...]):
+  """Reshape `a` (broadcastable to `view`) to one axis per group of `view`'s axes.
+
+  A group along which `a` is constant stays size 1 (broadcast later, for free);
+  otherwise `a` is broadcast along the whole group first.
+  """
+  xp = np if isinstance(a, np.ndarray) else jnp
+  shape = list(a.shape)
+  for group in groups:
+    if any(shape[axis] != 1 for axis in group):
+      for axis in group:
+        shape[axis] = view[axis]
+  merged = [int(np.prod([shape[axis] for axis in group])) for group in groups]
+  return xp.broadcast_to(a, shape).reshape(merged)
+
+
+def _add(a, b):
+  return b if a is None else a + b
 
 
 def _and(a, b):

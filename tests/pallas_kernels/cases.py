@@ -82,6 +82,8 @@ CASES = [
     Case("block_sparse_global_row", *block_sparse(GLOBAL_LAYOUT, 16, 16), q_len=128, kv_len=128, batch=2,
          heads=3, head_dim=16, kv_lengths=(128, 70)),
     Case("dense_segments", DenseMask(), dict(kind="dense"), segments=True, kv_lengths=(50, 31)),
+    Case("local_segments", LocalMask(9, 4), dict(kind="local", left=9, right=4), segments=True,
+         kv_lengths=(47, 30)),
     Case("bf16_dense", DenseMask(), dict(kind="dense"), dtype="bfloat16", kv_lengths=(50, 9)),
     Case("bf16_local", LocalMask(5, 11), dict(kind="local", left=5, right=11), dtype="bfloat16",
          head_dim=64),
