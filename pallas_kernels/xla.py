@@ -177,20 +177,57 @@ def _attend(queries, keys, values, view, bias, row_ok):
   """Softmax attention of `queries [N, bq, D]` over `keys, values [N, W, D]`.
 
   `view` is the 5-D view `[B, H, R, bq, W]` of the scores; `bias` (0 or
-  `_MASKED`) is 3-D and broadcasts to the scores, `row_ok` (5-D) zeroes query
-  rows with no allowed key. Written as XLA:CPU fuses it best: 3-D operands, dots
-  with one batch dim, reductions over the last axis, no select on the scores.
-  The dot-softmax-dot chain then becomes one fusion that keeps each `[bq, W]`
-  score tile in cache, several times faster than materialising the scores.
+  `_MASKED`, or None) is 3-D and broadcasts to the scores, `row_ok` (5-D) zeroes
+  query rows with no allowed key.
   """
-  scores = _batched_dot(queries, keys, contract=(2, 2))  # [N, bq, W]
-  if bias is not None:
-    scores = scores + bias
-  row_max = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
-  weights = jnp.exp(scores - row_max)
-  out = _batched_dot(weights, values, contract=(2, 1)) / weights.sum(axis=-1, keepdims=True)
+  out = _softmax_attention(queries, keys, values, jnp.float32(0) if bias is None else bias)
   out = out.reshape(*view[:-1], out.shape[-1])
   return out if row_ok is None else jnp.where(row_ok, out, 0.0)
+
+
+# XLA:CPU (its YNNPACK fusions) is fast on this code only in certain forms, so
+# both passes are spelled out: 3-D operands with one leading batch dim, reductions
+# over the last axis, no select on the scores, and no dot that contracts the
+# first non-batch dim of its left operand.
+@jax.custom_vjp
+def _softmax_attention(queries, keys, values, bias):
+  """`softmax(q k^T + bias) v` on `[N, bq, D]`, `[N, W, D]`, `[N, W, D]`, bias broadcast to `[N, bq, W]`.
+
+  Forward, this dot-softmax-dot chain becomes one fusion that keeps each `[bq, W]`
+  score tile in cache: several times faster than materialising the scores.
+  """
+  weights = _unnormalized_weights(queries, keys, bias)
+  return _batched_dot(weights, values, contract=(2, 1)) / weights.sum(axis=-1, keepdims=True)
+
+
+def _unnormalized_weights(queries, keys, bias):
+  scores = _batched_dot(queries, keys, contract=(2, 2)) + bias
+  return jnp.exp(scores - scores.max(axis=-1, keepdims=True))
+
+
+def _softmax_attention_fwd(queries, keys, values, bias):
+  out = _softmax_attention(queries, keys, values, bias)
+  return out, (queries, keys, values, bias, out)
+
+
+def _softmax_attention_bwd(residuals, d_out):
+  queries, keys, values, bias, out = residuals
+  weights = _unnormalized_weights(queries, keys, bias)
+  weights = weights / weights.sum(axis=-1, keepdims=True)  # recomputed, not stored
+  d_weights = _batched_dot(d_out, values, contract=(2, 2))
+  d_scores = weights * (d_weights - (d_out * out).sum(axis=-1, keepdims=True))
+  d_queries = _batched_dot(d_scores, keys, contract=(2, 1))
+  # dk = ds^T q and dv = p^T do contract over queries, a form XLA:CPU runs several
+  # times slower; computing dk^T = q^T ds from a materialised q^T avoids it (the
+  # barriers stop XLA folding the transposes back into the dots).
+  queries_t, d_out_t = jax.lax.optimization_barrier((queries.swapaxes(1, 2), d_out.swapaxes(1, 2)))
+  d_keys_t = _batched_dot(queries_t, d_scores, contract=(2, 1))
+  d_values_t = _batched_dot(d_out_t, weights, contract=(2, 1))
+  d_keys_t, d_values_t = jax.lax.optimization_barrier((d_keys_t, d_values_t))
+  return d_queries, d_keys_t.swapaxes(1, 2), d_values_t.swapaxes(1, 2), None
+
+
+_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def _batched_dot(a, b, contract: tuple[int, int]):
