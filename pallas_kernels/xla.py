@@ -212,15 +212,18 @@ def _softmax_attention_fwd(queries, keys, values, bias):
 
 def _softmax_attention_bwd(residuals, d_out):
   queries, keys, values, bias, out = residuals
+  # Recomputed, not stored; the normalisation 1/l is folded into small operands
+  # so the normalised weights are never materialised.
   weights = _unnormalized_weights(queries, keys, bias)
-  weights = weights / weights.sum(axis=-1, keepdims=True)  # recomputed, not stored
+  inv_total = 1.0 / weights.sum(axis=-1, keepdims=True)  # [N, bq, 1]
   d_weights = _batched_dot(d_out, values, contract=(2, 2))
-  d_scores = weights * (d_weights - (d_out * out).sum(axis=-1, keepdims=True))
+  d_scores = weights * ((d_weights - (d_out * out).sum(axis=-1, keepdims=True)) * inv_total)
   d_queries = _batched_dot(d_scores, keys, contract=(2, 1))
   # dk = ds^T q and dv = p^T do contract over queries, a form XLA:CPU runs several
   # times slower; computing dk^T = q^T ds from a materialised q^T avoids it (the
   # barriers stop XLA folding the transposes back into the dots).
-  queries_t, d_out_t = jax.lax.optimization_barrier((queries.swapaxes(1, 2), d_out.swapaxes(1, 2)))
+  queries_t, d_out_t = jax.lax.optimization_barrier((queries.swapaxes(1, 2),
+                                                     (d_out * inv_total).swapaxes(1, 2)))
   d_keys_t = _batched_dot(queries_t, d_scores, contract=(2, 1))
   d_values_t = _batched_dot(d_out_t, weights, contract=(2, 1))
   d_keys_t, d_values_t = jax.lax.optimization_barrier((d_keys_t, d_values_t))
