@@ -2,12 +2,17 @@
 
 For each query block the block table lists the key blocks to visit. Query
 blocks are grouped by how many blocks they visit (so one global row does not
-make every row dense); per group we gather the visited key blocks
-(`[B, H, rows, visits, block_k, D]`) and run one masked softmax per query block
-over them. Time and memory follow the number of visited tiles, not `Lq x Lk`,
-and autodiff gives the backward pass (gathers transpose to scatter-adds).
-Element masks are evaluated on the host, once per visited tile, from the same
-`Mask.tile_allowed` the Pallas kernel uses.
+make every row dense) and then by their element mask; per group we gather the
+visited key blocks and run one softmax per query block over them. Time and
+memory follow the number of visited tiles, not `Lq x Lk`. Element masks are
+evaluated on the host, once per visited tile, from the same `Mask.tile_allowed`
+the Pallas kernel uses, and enter the scores as an additive bias.
+
+The softmax is written for XLA:CPU's fused kernels (`_softmax_attention`):
+spelled that way, each query block's dot-softmax-dot runs as one fusion with
+its score tile in cache, several times faster than the same maths written
+freely. The backward pass is a custom VJP in the same spirit; the gathers'
+own transposes (scatter-adds) come from autodiff.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ def _attend_rows(rows, visited, kv_pos, static, nqb: int, per_head: bool, x: _Bl
 
   Returns `[B, H | 1, R, bq, D]`: per-head tables give one row per (head, query block).
   """
-  batch, heads, _, block_q, dim = x.q.shape
+  block_q, dim = x.q.shape[3:]
   head, qb = np.divmod(rows, nqb)
   if per_head:
     queries = x.q[:, head, qb][:, None]  # [B, 1, R, bq, D]
