@@ -175,7 +175,8 @@ def _pattern_groups(static: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
   patterns, which = np.unique(static.reshape(len(rows), -1), axis=0, return_inverse=True)
   if len(patterns) > _MAX_PATTERNS:
     return [(rows, static)]
-  return [(rows[which.ravel() == i], static[which.ravel() == i][:1]) for i in range(len(patterns))]
+  which = which.ravel()
+  return [(rows[which == i], static[which == i][:1]) for i in range(len(patterns))]
 
 
 def _attend(queries, keys, values, view, bias, row_ok):
@@ -269,20 +270,20 @@ def _masking(static, q_pos, kv_pos, q_blocks, x: _Blocks):
   bias = None if static.all() else _bias(static)[None, None]
   has_key = static.any(axis=-1)  # [R|1, bq|1]
   row_ok = None if has_key.all() else has_key[None, None, ..., None]
+  key_ok = None
   if x.kv_lengths is not None:
     key_ok = jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None]  # [B, R|1, 1, W]
     bias = _add(bias, _bias(key_ok)[:, None])
-    # A query keeps a key iff its first statically allowed key lies inside the length.
-    first = np.where(static, kv_pos, np.iinfo(np.int32).max).min(axis=-1)  # [R|1, bq|1]
-    row_ok = _and(row_ok, (first < x.kv_lengths[:, None, None])[:, None, ..., None])
   if x.q_segments is not None:
     q_seg = x.q_segments.reshape(x.q_segments.shape[0], -1, q_pos.shape[-1])[:, q_blocks]  # [B, R, bq]
     same = q_seg[..., None] == x.kv_segments[:, kv_pos[:, 0]][:, :, None]  # [B, R, bq, W]
     bias = _add(bias, _bias(same)[:, None])
-    allowed = same & jnp.asarray(static)
-    if x.kv_lengths is not None:
-      allowed = allowed & (jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None])
+    allowed = _and(same & jnp.asarray(static), key_ok)
     row_ok = allowed.any(axis=-1)[:, None, ..., None]
+  elif key_ok is not None:
+    # A query keeps a key iff its first statically allowed key lies inside the length.
+    first = np.where(static, kv_pos, np.iinfo(np.int32).max).min(axis=-1)  # [R|1, bq|1]
+    row_ok = _and(row_ok, (first < x.kv_lengths[:, None, None])[:, None, ..., None])
   return bias, row_ok
 
 
