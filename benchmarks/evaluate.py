@@ -138,7 +138,8 @@ def main() -> None:
   multi, summary, bias = report["multilingual"], report["summary"], report["bias"]
   print(
       f"mAP {multi['map']:.4f}, mAP@20 {multi['map_at_20']:.4f}, Mo. {summary['mono']:.4f},"
-      f" Cr. {summary['cross']:.4f}, rank distance {bias['rank_distance']:.1f},"
+      f" Cr. {summary['cross']:.4f}, Mul. (macro) {summary['multi_macro']:.4f},"
+      f" rank distance {bias['rank_distance']:.1f} ({bias['rank_distance_normalised']:.4f} of the pool),"
       f" top-1 same language {bias['top1_same_language']:.3f}"
   )
   print(f"load average after {os.getloadavg()}", file=sys.stderr)

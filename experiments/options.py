@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jxr.data.lareqa import LANGUAGES
+from jxr.model.config import ATTENTION_KINDS, AttentionConfig
 
-ATTENTION_KINDS = ("dense", "local", "block_sparse")
 CANDIDATE_CONTEXTS = ("sentence", "paragraph")
 PRESETS_ORDER = ("cpu", "gpu", "pod", "tiny")
 BUNDLED_MODELS = ("multilingual-e5-small", "tiny")
@@ -39,10 +39,7 @@ class RunConfig:
   """Everything one run depends on; `config.json` holds it (plus the question ids)."""
   preset: str
   model: str
-  attn: str
-  window: int | None
-  block_size: int
-  density: float | None
+  attention: AttentionConfig
   train_data: str              # a LAReQA name or a JSONL file of pairs
   languages: tuple[str, ...] | None  # training languages, in order (None: all of train_data)
   eval_data: tuple[str, ...]
@@ -61,10 +58,17 @@ class RunConfig:
   eval_fraction: float         # share of XQuAD-R articles held out of training
   split_seed: int
   eval_batch_size: int
+  eval_pools: tuple[int, ...]  # nested pools of the first n of LANGUAGE_ORDER, from one encoding
+  eval_only: tuple[AttentionConfig, ...]  # re-evaluate the fine-tuned model under these masks
+  curve_every: int | None      # learning curve: evaluate a fixed subset every this many steps
+  curve_questions: int         # the learning curve's subset: whole articles until this many
   out: str
 
   def to_json(self) -> dict[str, Any]:
     data = dataclasses.asdict(self)
+    data["attention"] = self.attention.to_json()
+    data["eval_only"] = [spec.to_json() for spec in self.eval_only]
+    data["eval_pools"] = list(self.eval_pools)
     for key in ("languages", "eval_data", "eval_languages"):
       data[key] = None if data[key] is None else list(data[key])
     return data
@@ -76,6 +80,9 @@ class RunConfig:
     for key in ("languages", "eval_data", "eval_languages"):
       if values.get(key) is not None:
         values[key] = tuple(values[key])
+    values["attention"] = AttentionConfig.from_json(values["attention"])
+    values["eval_only"] = tuple(AttentionConfig.from_json(v) for v in values["eval_only"])
+    values["eval_pools"] = tuple(values["eval_pools"])
     return cls(**values)
 
   def replace(self, **changes: Any) -> RunConfig:
@@ -95,11 +102,21 @@ class RunConfig:
 
 # ------------------------------------------------------------------------ presets
 
+# The attention each kind gets when its flags are not given (see `attention_from_flags`).
+# Training languages and evaluation pools are prefixes of this order: 2 = en, de; 4 adds two
+# non-Latin scripts (zh, ar); 7 = exactly MLQA-R's languages; 11 = all of XQuAD-R.
+LANGUAGE_ORDER = ("en", "de", "zh", "ar", "es", "hi", "vi", "ru", "el", "th", "tr")
+POOL_SIZES = (2, 4, 7, 11)
+
+ATTENTION_DEFAULTS = dict(window=16, block_size=16, band=1, global_blocks=1, random=0.1,
+                          attn_seed=0)
+
 _COMMON = dict(
-    model="multilingual-e5-small", attn="dense", window=16, block_size=16, density=0.25,
+    model="multilingual-e5-small", attention=AttentionConfig.dense(),
     train_data="xquad-r", languages=None, eval_languages=None, eval_questions=None,
     mono_prob=0.5, warmup_steps=0, candidate_context="paragraph", seed=0, mesh="data=-1",
-    eval_fraction=0.5, split_seed=0, eval_batch_size=64,
+    eval_fraction=0.5, split_seed=0, eval_batch_size=64, eval_pools=POOL_SIZES, eval_only=(),
+    curve_every=None, curve_questions=30,
 )
 
 # What each preset trades away is documented in README.md ("Presets").
@@ -147,10 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
   a = p.add_argument
   a("--preset", help=f"one of {', '.join(PRESETS_ORDER)} (default: from the devices: "
     "pod with several processes or a TPU, gpu with a GPU, else cpu)")
-  a("--attn", help="dense, local or block_sparse")
-  a("--window", help="local attention: keys on each side of a query")
-  a("--block-size", help="block-sparse attention: block size in tokens")
-  a("--density", help="block-sparse attention: target fraction of active blocks, in (0, 1]")
+  d = ATTENTION_DEFAULTS
+  a("--attn", choices=ATTENTION_KINDS, help="attention kind (default dense)")
+  a("--window", help=f"local: keys on each side of a query (default {d['window']})")
+  a("--block-size", help=f"block_sparse: layout block in tokens (default {d['block_size']})")
+  a("--band", help=f"block_sparse: key blocks on each side of the diagonal (default {d['band']})")
+  a("--global-blocks", help="block_sparse: leading blocks that see and are seen by every block "
+    f"(default {d['global_blocks']})")
+  a("--random", help="block_sparse: fraction of the other blocks made active, drawn by a "
+    f"seeded hash of their position, in [0, 1] (default {d['random']})")
+  a("--density", help="block_sparse: instead of --random, the attended fraction to reach on "
+    "passages of --max-passage-length tokens (an error if band and global blocks exceed it)")
+  a("--attn-seed", help=f"block_sparse: seed of the random blocks (default {d['attn_seed']})")
   a("--model", help="multilingual-e5-small (bundled), tiny, a checkpoint directory or a HF id")
   a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file")
   a("--eval-data", help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
@@ -268,6 +293,57 @@ def _eval_data(text: str) -> tuple[str, ...]:
   return names
 
 
+_KIND_FLAGS = {"local": ("window",),
+               "block_sparse": ("block_size", "band", "global_blocks", "random", "density",
+                                "attn_seed")}
+
+
+def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> AttentionConfig:
+  """The attention spec of `--attn` and its flags (defaults: `ATTENTION_DEFAULTS`).
+
+  `--density` is solved here, once, for the random-block fraction that reaches
+  it on passages of `max_passage_length` tokens; the spec carries the fraction.
+  """
+  kind = args.attn or "dense"
+  given = [name for name in ("window", *_KIND_FLAGS["block_sparse"])
+           if getattr(args, name) is not None]
+  for name in given:
+    if name not in _KIND_FLAGS.get(kind, ()):
+      needed = next(k for k, names in _KIND_FLAGS.items() if name in names)
+      raise FlagError(f"--{name.replace('_', '-')}: only applies to --attn={needed}, "
+                      f"got --attn={kind}")
+  value = lambda name: getattr(args, name) if getattr(args, name) is not None else str(  # noqa: E731
+      ATTENTION_DEFAULTS[name])
+  if kind == "local":
+    window = _int("--window", value("window"), 1, MAX_LENGTH)
+    if window >= max_passage_length:
+      raise FlagError(f"--window: {window} keys each side covers every passage of "
+                      f"--max-passage-length {max_passage_length}: that is dense attention")
+    return AttentionConfig.local(window)
+  if kind == "block_sparse":
+    if args.density is not None and args.random is not None:
+      raise FlagError("--density: give --density or --random, not both")
+    block_size = _int("--block-size", value("block_size"), 1, MAX_LENGTH)
+    band = _int("--band", value("band"), 0, MAX_LENGTH)
+    global_blocks = _int("--global-blocks", value("global_blocks"), 0, MAX_LENGTH)
+    seed = _int("--attn-seed", value("attn_seed"), 0)
+    if args.density is None:
+      random = _float("--random", value("random"), 0.0, 1.0, open_low=False)
+    else:
+      import pallas_kernels  # only here: it imports jax
+
+      density = _float("--density", args.density, 0.0, 1.0, open_low=True)
+      try:
+        random = pallas_kernels.random_for_density(
+            density, [max_passage_length], block=block_size, local=band, global_=global_blocks,
+            seed=seed)
+      except ValueError as e:
+        raise FlagError(f"--{e} (--block-size, --band, --global-blocks)") from None
+    return AttentionConfig.block_sparse(block_size, band=band, global_blocks=global_blocks,
+                                        random=random, seed=seed)
+  return AttentionConfig.dense()
+
+
 def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   """The preset's values overridden by the given flags, all checked."""
   preset = args.preset if args.preset is not None else preset
@@ -278,21 +354,6 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   values: dict[str, Any] = dict(PRESETS[preset], preset=preset, out="")
   given = lambda name: getattr(args, name) is not None  # noqa: E731
 
-  if given("attn"):
-    if args.attn not in ATTENTION_KINDS:
-      raise FlagError(f"--attn: expected one of {', '.join(ATTENTION_KINDS)}, got {args.attn!r}")
-    values["attn"] = args.attn
-  if given("window"):
-    values["window"] = _int("--window", args.window, 1, MAX_LENGTH)
-  if given("block_size"):
-    values["block_size"] = _int("--block-size", args.block_size, 1, MAX_LENGTH)
-  if given("density"):
-    values["density"] = _float("--density", args.density, 0.0, 1.0, open_low=True)
-  for flag in ("window", "block_size", "density"):
-    if given(flag) and values["attn"] != {"window": "local"}.get(flag, "block_sparse"):
-      needed = "local" if flag == "window" else "block_sparse"
-      raise FlagError(f"--{flag.replace('_', '-')}: only applies to --attn={needed}, "
-                      f"got --attn={values['attn']}")
   if given("model"):
     values["model"] = _model(args.model)
   if given("train_data"):
@@ -347,13 +408,7 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
     values["seed"] = _int("--seed", args.seed, 0)
   if given("mesh"):
     values["mesh"] = _mesh(args.mesh)
-  if values["attn"] == "local" and values["window"] >= values["max_passage_length"]:
-    raise FlagError(f"--window: {values['window']} keys each side covers every passage of "
-                    f"--max-passage-length {values['max_passage_length']}: that is dense attention")
-  if values["attn"] != "local":
-    values["window"] = None
-  if values["attn"] != "block_sparse":
-    values["density"] = None
+  values["attention"] = attention_from_flags(args, values["max_passage_length"])
   config = RunConfig(**values)
   out = args.out if args.out is not None else ""
   if out and pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
@@ -365,12 +420,12 @@ def default_out(config: RunConfig, root: str | os.PathLike = "runs",
                 today: datetime.date | None = None) -> pathlib.Path:
   """`runs/<date>-<attn>-<hash>`; an existing run of the same config is reused by --resume."""
   today = today or datetime.datetime.now(datetime.timezone.utc).date()
-  return pathlib.Path(root) / f"{today:%Y%m%d}-{config.attn}-{config.short_hash()}"
+  return pathlib.Path(root) / f"{today:%Y%m%d}-{config.attention.kind}-{config.short_hash()}"
 
 
 def find_existing(config: RunConfig, root: str | os.PathLike = "runs") -> pathlib.Path | None:
   """The newest run directory of this config (any date), for --resume without --out."""
-  matches = sorted(pathlib.Path(root).glob(f"*-{config.attn}-{config.short_hash()}"))
+  matches = sorted(pathlib.Path(root).glob(f"*-{config.attention.kind}-{config.short_hash()}"))
   return matches[-1] if matches else None
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.options import RunConfig
+from experiments.options import LANGUAGE_ORDER, RunConfig
 from jxr.data import RetrievalTask, load_lareqa, read_pairs, split_by_article
 from jxr.data.lareqa import LANGUAGES
 from jxr.data.splits import article_groups
@@ -73,13 +73,18 @@ def articles_until(task: RetrievalTask, questions: int, seed: int) -> RetrievalT
   return split_by_article(task, low / num_articles, seed)[1]
 
 
+def training_task(config: RunConfig) -> RetrievalTask:
+  """The LAReQA task the fine-tune draws its pairs from (as jxr.train selects it)."""
+  task = load_lareqa(config.train_dataset, languages=config.languages)
+  return split_by_article(task, config.eval_fraction, config.split_seed)[0]
+
+
 def training_question_ids(config: RunConfig) -> tuple[str, ...]:
-  """Question ids the fine-tune sees (as jxr.train selects them)."""
+  """Question ids the fine-tune sees."""
   if config.train_dataset is None:
     ids = read_pairs(config.train_data).question_id
   else:
-    task = load_lareqa(config.train_dataset, languages=config.languages)
-    ids = split_by_article(task, config.eval_fraction, config.split_seed)[0].query_id
+    ids = training_task(config).query_id
   return tuple(sorted(np.unique(np.asarray(ids).astype(str)).tolist()))
 
 
@@ -116,47 +121,73 @@ def candidate_contexts(task: RetrievalTask, config: RunConfig) -> list[str] | No
   return list(task.cand_context) if config.candidate_context == "paragraph" else None
 
 
-def evaluate_encoder(encoder, task: RetrievalTask, config: RunConfig) -> dict[str, Any]:
-  """Encodes the task's queries and candidates and returns jxr.eval's report."""
-  from jxr.eval import evaluate
+def pool_languages(task: RetrievalTask, sizes: Sequence[int]) -> dict[str, tuple[str, ...]]:
+  """Nested evaluation pools: the first n languages of `LANGUAGE_ORDER` the task has, per size.
 
+  Sizes above the task's language count are dropped; the whole task is always
+  a pool, so every report has its own languages' pool too.
+  """
+  ordered = [lang for lang in LANGUAGE_ORDER if lang in task.languages]
+  ordered += [lang for lang in task.languages if lang not in ordered]
+  counts = sorted({n for n in sizes if n < len(ordered)} | {len(ordered)})
+  return {str(n): tuple(ordered[:n]) for n in counts}
+
+
+def encode_task(encoder, task: RetrievalTask, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Query and candidate embeddings of a task, as the run's lengths and context say."""
   queries = encoder.encode(list(task.query_text), kind="query", batch_size=config.eval_batch_size,
                            max_length=config.max_query_length)
   cands = encoder.encode(list(task.cand_text), kind="passage",
                          contexts=candidate_contexts(task, config),
                          batch_size=config.eval_batch_size, max_length=config.max_passage_length)
-  return evaluate(task, queries, cands)
+  return queries, cands
 
 
-def attention_mask(config: RunConfig):
-  """The pallas_kernels mask the encoder's attention uses under this config."""
-  import pallas_kernels as pk
+def evaluate_encoder(encoder, task: RetrievalTask, config: RunConfig) -> dict[str, Any]:
+  """jxr.eval's report of the task, with `pools`: the same embeddings on nested language pools."""
+  from jxr.eval import evaluate, evaluate_pools
 
-  if config.attn == "local":
-    return pk.LocalMask(config.window, config.window)
-  if config.attn == "block_sparse":
-    return pk.BlockSparseMask.pattern(config.block_size, density=config.density)
-  return pk.DenseMask()
+  queries, cands = encode_task(encoder, task, config)
+  report = evaluate(task, queries, cands)
+  report["pools"] = evaluate_pools(task, queries, cands, pool_languages(task, config.eval_pools))
+  return report
 
 
-def attended_fraction(mask, lengths: Sequence[int], num_heads: int = 1) -> float:
-  """Allowed query-key pairs over all real-token pairs, summed over sequences.
+def token_lengths(encoder, texts: Sequence[str], kind: str, max_length: int,
+                  contexts: Sequence[str] | None = None) -> list[int]:
+  """Real token counts (specials and prefixes included) as the encoder would see them."""
+  contexts = None if contexts is None else list(contexts)
+  return [len(x) for x in encoder.token_ids(list(texts), kind=kind, contexts=contexts,
+                                            max_length=max_length)]
 
-  Padding is never attended, so a sequence of `L` tokens contributes
-  `mask.density(L, L) * L**2` allowed pairs out of `L**2`.
+
+def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]:
+  """Attended fraction of query-key pairs under the run's mask, measured on real lengths.
+
+  Per evaluation dataset on its candidates (the headline number) and its
+  queries, and on the passages of (up to 2,000) training pairs.
   """
-  lengths, counts = np.unique(np.asarray(lengths, np.int64), return_counts=True)
-  if len(lengths) == 0:
-    raise ValueError("lengths: expected at least one sequence length")
-  allowed = sum(mask.density(int(n), int(n), num_heads) * n * n * c for n, c in zip(lengths, counts))
-  return float(allowed / float(np.sum(counts * lengths * lengths)))
+  import pallas_kernels
 
+  from jxr.model import attention_mask_for
 
-def candidate_lengths(encoder, task: RetrievalTask, config: RunConfig) -> list[int]:
-  ids = encoder.token_ids(list(task.cand_text), kind="passage",
-                          contexts=candidate_contexts(task, config),
-                          max_length=config.max_passage_length)
-  return [len(x) for x in ids]
+  mask, heads = attention_mask_for(config.attention), encoder.config.num_attention_heads
+  fraction = lambda lengths: pallas_kernels.attended_fraction(mask, lengths, heads)  # noqa: E731
+  cands, queries = {}, {}
+  for name, task in plan.eval_tasks.items():
+    cands[name] = fraction(token_lengths(encoder, task.cand_text, "passage",
+                                         config.max_passage_length,
+                                         candidate_contexts(task, config)))
+    queries[name] = fraction(token_lengths(encoder, task.query_text, "query",
+                                           config.max_query_length))
+  train = None
+  if config.train_dataset is not None:
+    task = training_task(config)
+    rows = np.random.default_rng(0).permutation(task.num_candidates)[:2000]
+    contexts = (task.cand_context[rows] if config.candidate_context == "paragraph" else None)
+    train = fraction(token_lengths(encoder, task.cand_text[rows], "passage",
+                                   config.max_passage_length, contexts))
+  return {"candidates": cands, "queries": queries, "train": train}
 
 
 # ---------------------------------------------------------------------- files
@@ -188,11 +219,6 @@ def _primary() -> bool:
   return jax.process_index() == 0
 
 
-def read_stage(out: pathlib.Path, stage: str, dataset: str) -> dict[str, Any] | None:
-  path = out / stage / dataset / "report.json"
-  return json.loads(path.read_text()) if path.is_file() else None
-
-
 def comparison_markdown(zero_shot: Mapping[str, Any], fine_tuned: Mapping[str, Any]) -> str:
   from jxr.eval.report import compare_markdown
 
@@ -209,41 +235,77 @@ def train_config(config: RunConfig, out: pathlib.Path):
   from jxr.train import TrainConfig
 
   return TrainConfig(
-      model=config.model, attn=config.attn, window=config.window, block_size=config.block_size,
-      density=config.density, train_data=config.train_data, languages=config.languages,
-      mono_prob=config.mono_prob, steps=config.train_steps, batch_size=config.batch_size,
-      lr=config.lr, warmup_steps=config.warmup_steps, max_query_length=config.max_query_length,
-      max_passage_length=config.max_passage_length,
+      model=config.model, attention=config.attention, train_data=config.train_data,
+      languages=config.languages, mono_prob=config.mono_prob, steps=config.train_steps,
+      batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
+      max_query_length=config.max_query_length, max_passage_length=config.max_passage_length,
       candidate_context=config.candidate_context == "paragraph", mesh=config.mesh,
       seed=config.seed, out_dir=str(out / "train"), checkpoint_every=None,
-      log_every=max(1, config.train_steps // 100), eval_fraction=config.eval_fraction,
-      split_seed=config.split_seed)
+      eval_every=config.curve_every, log_every=max(1, config.train_steps // 100),
+      eval_fraction=config.eval_fraction, split_seed=config.split_seed)
 
 
 def load_model(config: RunConfig):
   from jxr.model import load_encoder
 
-  return load_encoder(config.model, attn=config.attn, window=config.window,
-                      block_size=config.block_size, density=config.density,
+  return load_encoder(config.model, attention=config.attention,
                       max_length=max(config.max_query_length, config.max_passage_length),
                       seed=config.seed)
 
 
+def curve_task(plan: Plan, config: RunConfig) -> tuple[str, RetrievalTask]:
+  """The learning curve's fixed subset: whole articles of the first evaluation dataset."""
+  name = next(iter(plan.eval_tasks))
+  return name, articles_until(plan.eval_tasks[name], config.curve_questions, config.split_seed)
+
+
+def curve_hook(plan: Plan, config: RunConfig) -> Callable[[int, Any], dict[str, Any]]:
+  """`eval_hook` for jxr.train: Mul. on the curve subset; jxr.train logs it to metrics.jsonl."""
+  from jxr.eval import evaluate
+
+  name, task = curve_task(plan, config)
+
+  def hook(step: int, encoder) -> dict[str, Any]:
+    start = time.perf_counter()
+    report = evaluate(task, *encode_task(encoder, task, config))
+    return {"learning_curve": {"dataset": name, "step": step, **{
+        key: report["summary"][key] for key in ("multi_macro", "multi_micro")},
+        "per_query": report["per_query"], "seconds": time.perf_counter() - start}}
+  return hook
+
+
+def read_curve(train_dir: pathlib.Path) -> list[dict[str, Any]]:
+  """The learning-curve points jxr.train logged (each step once, also after a resume)."""
+  path = train_dir / "metrics.jsonl"
+  if not path.is_file():
+    return []
+  points = {}
+  for line in path.read_text().splitlines():
+    row = json.loads(line) if line.strip() else {}
+    point = (row.get("eval") or {}).get("learning_curve")
+    if point is not None:
+      points[point["step"]] = point
+  return [points[step] for step in sorted(points)]
+
+
 def _evaluate_stage(encoder_fn: Callable[[], Any], plan: Plan, config: RunConfig,
-                    out: pathlib.Path, stage: str, log: Callable[[str], None]) -> dict[str, Any]:
+                    stage_dir: pathlib.Path, label: str, log: Callable[[str], None]
+                    ) -> dict[str, Any]:
   """Reports of one stage, computing only datasets without a saved report."""
   from jxr.eval import write_report
 
   reports, encoder = {}, None
   for name, task in plan.eval_tasks.items():
-    report = read_stage(out, stage, name)
-    if report is None:
-      encoder = encoder or encoder_fn()
-      start = time.perf_counter()
-      report = evaluate_encoder(encoder, task, config)
-      write_report(report, out / stage / name)
-      log(f"{stage} {name}: {task.num_queries} queries, {task.num_candidates} candidates, "
-          f"{time.perf_counter() - start:.0f} s")
+    path = stage_dir / name / "report.json"
+    if path.is_file():
+      reports[name] = json.loads(path.read_text())
+      continue
+    encoder = encoder or encoder_fn()
+    start = time.perf_counter()
+    report = evaluate_encoder(encoder, task, config)
+    write_report(report, stage_dir / name)
+    log(f"{label} {name}: {task.num_queries} queries, {task.num_candidates} candidates, "
+        f"{time.perf_counter() - start:.0f} s")
     reports[name] = report
   return reports
 
@@ -252,13 +314,17 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         with_zero_shot: bool = True) -> dict[str, Any]:
   """Runs (or resumes) the experiment in `config.out`; returns results.json's content.
 
-  `with_zero_shot=False` (sweeps) skips the zero-shot stage and the comparison.
+  Stages, each skipped on resume when its output exists: zero-shot evaluation
+  (unless `with_zero_shot=False`: sweeps run it in one cell per attention),
+  fine-tuning (with the learning-curve hook when `config.curve_every`),
+  evaluation of the fine-tuned model, its re-evaluation under each spec of
+  `config.eval_only` (no training), the attended fractions, results.json.
   """
   out = pathlib.Path(config.out)
   if not resume and _primary() and (out / "config.json").is_file():
     raise ValueError(f"config.out: {out} already holds a run; pass resume=True to continue it")
   started = time.perf_counter()
-  seconds: dict[str, float] = {}  # of this session: stages read back from disk take ~0 s
+  seconds: dict[str, Any] = {}  # of this session: stages read back from disk take ~0 s
   # Decided once, before this session writes anything: on a pod, process 0
   # writes while the others read, and every process must take the same path.
   train_dir = out / "train"
@@ -277,7 +343,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   write_json(out / "config.json", config_json)
 
   t = time.perf_counter()  # the zero-shot encoder is freed when its stage returns
-  zero_shot = (_evaluate_stage(lambda: load_model(config), plan, config, out, "zero_shot", log)
+  zero_shot = (_evaluate_stage(lambda: load_model(config), plan, config, out / "zero_shot",
+                               "zero_shot", log)
                if with_zero_shot else {})
   seconds["zero_shot"] = time.perf_counter() - t
 
@@ -286,7 +353,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     train_summary = json.loads(done_marker.read_text())
     encoder_fn = _cached(lambda: _load_trained(train_dir))
   else:
-    result = train(tconfig, resume=train_started)
+    hook = curve_hook(plan, config) if config.curve_every else None
+    result = train(tconfig, resume=train_started, eval_hook=hook)
     train_summary = {"steps": result.steps, "skipped_steps": result.skipped_steps,
                      "final_loss": result.final_loss, "seconds": time.perf_counter() - t}
     write_json(done_marker, train_summary)
@@ -294,19 +362,25 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   if _primary() and (train_dir / "metrics.jsonl").is_file():
     shutil.copyfile(train_dir / "metrics.jsonl", out / "metrics.jsonl")
   seconds["train"] = time.perf_counter() - t
+  curve = read_curve(train_dir)
 
   t = time.perf_counter()
-  fine_tuned = _evaluate_stage(encoder_fn, plan, config, out, "fine_tuned", log)
+  fine_tuned = _evaluate_stage(encoder_fn, plan, config, out / "fine_tuned", "fine_tuned", log)
   seconds["fine_tuned"] = time.perf_counter() - t
+
+  eval_only, seconds["eval_only"] = {}, {}
+  for spec in config.eval_only:  # the fine-tuned weights under another mask: no training
+    t = time.perf_counter()
+    reports = _evaluate_stage(lambda: _load_trained(train_dir, spec), plan, config,
+                              out / "eval_only" / spec.label, f"eval_only {spec.label}", log)
+    eval_only[spec.label] = {"attention": spec.to_json(), "reports": reports}
+    seconds["eval_only"][spec.label] = time.perf_counter() - t
 
   fraction_path = out / "attended_fraction.json"
   if fraction_path.is_file():
     fractions = json.loads(fraction_path.read_text())
-  else:  # over the evaluation candidates' real lengths (padding is never attended)
-    encoder, mask = encoder_fn(), attention_mask(config)
-    fractions = {name: attended_fraction(mask, candidate_lengths(encoder, task, config),
-                                         encoder.config.num_attention_heads)
-                 for name, task in plan.eval_tasks.items()}
+  else:
+    fractions = attended_fractions(encoder_fn(), plan, config)
     write_json(fraction_path, fractions)
 
   from jxr.eval import compare
@@ -318,8 +392,11 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     write_text(out / "comparison.md", comparison_markdown(zero_shot, fine_tuned))
 
   seconds["total_this_session"] = time.perf_counter() - started
-  results = {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "train": train_summary,
-             "attended_fraction": fractions, "seconds": seconds}
+  results = {"attention": config.attention.to_json(), "zero_shot": zero_shot,
+             "fine_tuned": fine_tuned, "eval_only": eval_only, "learning_curve": curve,
+             "train": train_summary, "attended_fraction": fractions["candidates"],
+             "attended_fraction_queries": fractions["queries"],
+             "attended_fraction_train": fractions["train"], "seconds": seconds}
   write_json(out / "results.json", results)
   return results
 
@@ -329,11 +406,11 @@ def _cached(fn: Callable[[], Any]) -> Callable[[], Any]:
   return lambda: box[0] if box else (box.append(fn()) or box[0])
 
 
-def _load_trained(train_dir: pathlib.Path):
+def _load_trained(train_dir: pathlib.Path, attention=None):
+  """The exported fine-tuned model, with its own attention unless another spec is given."""
   from jxr.model import load_encoder
 
-  return load_encoder(train_dir / "model", attn=None)
-
+  return load_encoder(train_dir / "model", attention=attention)
 
 
 # ---------------------------------------------------------------------- headline
@@ -348,11 +425,11 @@ def headline(results: Mapping[str, Any], out: str | os.PathLike) -> str:
                  f" {' '.join(before['languages'])}):")
     for label, r in (("zero-shot ", before), ("fine-tuned", after)):
       s = r["summary"]
-      lines.append(f"  {label}  pooled mAP {r['multilingual']['map']:.4f}   Mo. {_f(s['mono'])}  "
-                   f"Cr. {_f(s['cross'])}  Mul. {_f(s['multi'])}   rank distance "
+      lines.append(f"  {label}  Mo. {_f(s['mono'])}  Cr. {_f(s['cross'])}  Mul. (macro) "
+                   f"{_f(s['multi_macro'])}  pooled mAP {_f(s['multi_micro'])}   rank distance "
                    f"{_f(r['bias']['rank_distance'], 1)}")
-    diff = after["multilingual"]["map"] - before["multilingual"]["map"]
-    lines.append(f"  difference  pooled mAP {diff:+.4f}")
+    diff = after["summary"]["multi_macro"] - before["summary"]["multi_macro"]
+    lines.append(f"  difference  Mul. (macro) {diff:+.4f}")
   fractions = results.get("attended_fraction") or {}
   if fractions:
     lines.append("attended fraction of query-key pairs: " + ", ".join(

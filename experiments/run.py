@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, resume = options.parse(argv, check_out=_is_primary())
   except options.FlagError as e:
     parser.error(str(e))
-  print(f"experiments.run: preset {config.preset}, attention {config.attn}, "
+  print(f"experiments.run: preset {config.preset}, attention {config.attention.label}, "
         f"run directory {config.out}", flush=True)
   try:
     results = pipeline.run(config, resume=resume, log=lambda m: print(m, flush=True))

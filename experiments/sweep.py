@@ -1,24 +1,29 @@
-"""`python -m experiments.sweep`: the research grid and its report.
+"""`python -m experiments.sweep`: the study grid, its plan and its report.
 
-How much does cross-lingual retrieval degrade with local or block-sparse
-attention, relative to dense, as the number of training languages grows?
+How far does cross-lingual retrieval degrade with block-sparse attention,
+compared with local attention at the same attended fraction (and with dense),
+as the number of languages grows, on MLQA-R?
 
-    python -m experiments.sweep --preset cpu --out runs/sweep-cpu      # reduced grid, < 1 hour
-    python -m experiments.sweep --preset gpu --out runs/sweep-gpu --only dense-L11-s0
-    python -m experiments.sweep --preset gpu --budget runs/sweep-gpu/cells/dense-L11-s0
-    python -m experiments.sweep --preset gpu --out runs/sweep-gpu      # the full grid
-    python -m experiments.sweep --out runs/sweep-gpu --report-only     # rebuild report.md
+    python -m experiments.sweep --preset study-cpu --plan     # cells, attended fractions, time
+    python -m experiments.sweep --preset study-cpu            # run it (resumable) -> runs/sweep-study-cpu
+    python -m experiments.sweep --preset gpu --only dense-L11-s0
+    python -m experiments.sweep --preset study-cpu --report-only
 
-Grid: attention kind x number of training languages x seed. Training
-languages are a prefix of `LANGUAGE_ORDER` (en de zh ar es hi vi ru el th tr):
-2 = en, de; 4 adds two non-Latin scripts (zh, ar); 7 = exactly MLQA-R's
-languages; 11 = all of XQuAD-R. Every cell trains on XQuAD-R's training
-articles and evaluates (candidates with their paragraph) on the held-out
-XQuAD-R articles and, on the GPU grid, all of MLQA-R.
+A study compares arms at matched compute. For each level (an attended
+fraction such as 0.25 or 0.5) `solve_arms` picks the local window whose
+attended fraction on the evaluation candidates is nearest the level, then the
+random-block fraction of each block-sparse layout that attends as many pairs
+as that window (the pair then differs by well under 0.02). Both language axes
+vary: training languages are prefixes of `options.LANGUAGE_ORDER` (2, 4, 7,
+11), and every report also holds nested evaluation pools of 2, 4, 7 (and 11)
+languages from the same embeddings. Controls: dense zero-shot; dense
+fine-tuned models re-evaluated under every sparse mask (capacity without
+adaptation); X-X-mono (mono_prob 1) and X-Y (mono_prob 0) beside hybrid
+batches; a learning curve on a small fixed subset.
 
-Each cell is an `experiments.run` directory under `<out>/cells/`; a cell with
-results.json is finished and skipped, an unfinished one resumes. report.md is
-rebuilt after every cell, so a partial sweep has a partial report.
+Each cell is an `experiments.run` directory under `<out>/cells/<name>`; a cell
+with results.json is finished and skipped, an unfinished one resumes, and the
+report (experiments.report) is rebuilt after every cell.
 """
 
 from __future__ import annotations
@@ -30,101 +35,285 @@ import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from experiments import options, pipeline, report
+from experiments.options import LANGUAGE_ORDER
+from jxr.model.config import AttentionConfig
 
-LANGUAGE_ORDER = ("en", "de", "zh", "ar", "es", "hi", "vi", "ru", "el", "th", "tr")
-GPU_BUDGET_HOURS = 8.0
+DENSE = AttentionConfig.dense()
+MATCH_TOLERANCE = 0.02  # largest allowed gap in attended fraction within a matched pair
+
+
+# ---------------------------------------------------------------------- the design
 
 
 @dataclasses.dataclass(frozen=True)
-class Kind:
-  attn: str
-  window: int | None = None
-  density: float | None = None
+class Layout:
+  """A block-sparse structure whose random-block fraction is solved per level."""
+  block_size: int
+  band: int
+  global_blocks: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+  """A matched-compute level: one local window and these block-sparse layouts, one fraction."""
+  target: float
+  layouts: tuple[Layout, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """What a study grid runs, before the arms are solved from the measured lengths.
+
+  `levels[0]` is the primary level: it runs on every (languages, seeds) entry
+  of `main`; the other levels run on `other_levels`. Counts are numbers of
+  training languages; each maps to the seeds it runs.
+  """
+  name: str                              # the sweep's --preset
+  preset: str                            # the experiments.run preset every cell starts from
+  overrides: tuple[tuple[str, Any], ...]
+  levels: tuple[Level, ...]
+  main: tuple[tuple[int, tuple[int, ...]], ...]
+  other_levels: tuple[tuple[int, tuple[int, ...]], ...]
+  mono_probs: tuple[float, ...] = (1.0, 0.0)  # X-X-mono, X-Y: dense + primary pair, seed 0
+  eval_only: tuple[tuple[int, tuple[int, ...]], ...] = ()  # dense cells re-evaluated sparse
+  curve_every: int | None = None  # learning curve: dense + primary pair, largest count, seed 0
+  budget_hours: float = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+  """One run of the grid."""
+  attention: AttentionConfig
+  num_languages: int
+  seed: int
+  mono_prob: float = 0.5
+  zero_shot: bool = False
+  eval_only: tuple[AttentionConfig, ...] = ()
+  curve: bool = False
 
   @property
-  def label(self) -> str:
-    return report.kind_label(self.attn, self.window, self.density)
+  def name(self) -> str:
+    mono = "" if self.mono_prob == 0.5 else f"-mono{self.mono_prob:g}"
+    return f"{self.attention.label}-L{self.num_languages}-s{self.seed}{mono}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arms:
+  """The solved arms: per level, the local window and its matched block-sparse layouts."""
+  levels: tuple[tuple[float, AttentionConfig, tuple[AttentionConfig, ...]], ...]
+
+  @property
+  def sparse(self) -> tuple[AttentionConfig, ...]:
+    return tuple(spec for _, local, layouts in self.levels for spec in (local, *layouts))
+
+  def matched(self) -> tuple[tuple[AttentionConfig, AttentionConfig, float], ...]:
+    """(block-sparse, local, level) for every layout of every level."""
+    return tuple((bs, local, target) for target, local, layouts in self.levels for bs in layouts)
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-  """A sweep: the run preset, what varies, and per-grid overrides of the preset."""
-  preset: str
-  kinds: tuple[Kind, ...]
-  language_counts: tuple[int, ...]
-  seeds: tuple[int, ...]
-  overrides: tuple[tuple[str, Any], ...] = ()
-  zero_shot: bool = True
+  """A solved study: its cells, the matched pairs and the primary contrast."""
+  study: Study
+  arms: Arms
+  cells: tuple[CellSpec, ...]
 
-  def cells(self) -> list[tuple[Kind, int, int]]:
-    return [(k, n, s) for n in self.language_counts for s in self.seeds for k in self.kinds]
+  @property
+  def preset(self) -> str:
+    """The sweep's name (`--preset`)."""
+    return self.study.name
 
-  def zero_shot_here(self, num_languages: int, seed: int) -> bool:
-    """Zero-shot results depend only on the attention kind: one cell per kind evaluates them."""
-    return self.zero_shot and num_languages == self.language_counts[0] and seed == self.seeds[0]
+  def design(self) -> report.Design:
+    _, local, layouts = self.arms.levels[0]
+    return report.Design(
+        matched=tuple((bs.label, lo.label, level) for bs, lo, level in self.arms.matched()),
+        primary=(layouts[0].label, local.label))
 
 
-_WINDOWS, _DENSITIES = (8, 16, 32), (0.3, 0.5, 0.7)
-GRIDS: dict[str, Grid] = {
-    # 7 kinds x 4 language counts x 3 seeds = 84 cells; see `budget` for the 8 H100-hour check.
-    "gpu": Grid("gpu", (Kind("dense"), *(Kind("local", window=w) for w in _WINDOWS),
-                        *(Kind("block_sparse", density=d) for d in _DENSITIES)),
-                (2, 4, 7, 11), (0, 1, 2)),
-    "pod": Grid("pod", (Kind("dense"), *(Kind("local", window=w) for w in _WINDOWS),
-                        *(Kind("block_sparse", density=d) for d in _DENSITIES)),
-                (2, 4, 7, 11), (0, 1, 2)),
-    # 3 kinds x 2 language counts x 1 seed, 4 evaluation languages x 200 held-out questions.
-    "cpu": Grid("cpu", (Kind("dense"), Kind("local", window=16), Kind("block_sparse", density=0.5)),
-                (2, 4), (0,),
-                overrides=(("eval_languages", ("en", "de", "zh", "ar")), ("eval_questions", 200)),
-                zero_shot=False),
-    # Tests: two kinds, seconds a cell.
-    "tiny": Grid("tiny", (Kind("dense"), Kind("local", window=8)), (2,), (0,), zero_shot=False),
+_CPU_LEVELS = (Level(0.25, (Layout(8, 1, 0),)),
+               Level(0.5, (Layout(8, 1, 1), Layout(8, 1, 0))))
+_GPU_LEVELS = (Level(0.25, (Layout(16, 1, 1),)),
+               Level(0.5, (Layout(16, 1, 1), Layout(16, 1, 0))))
+# The largest count first: a sweep cut short still has the primary contrast.
+_FULL_AXIS = ((11, (0, 1, 2)), (2, (0, 1, 2)), (4, (0, 1, 2)), (7, (0, 1, 2)))
+
+STUDIES: dict[str, Study] = {
+    # 2 CPU cores, at most 6 hours: 30-step warm starts, 100 questions per dataset.
+    "study-cpu": Study(
+        "study-cpu", "cpu", (("eval_data", ("mlqa-r", "xquad-r")), ("eval_languages", None),
+                ("eval_questions", 100), ("curve_questions", 30)),
+        _CPU_LEVELS, main=((11, (0, 1)), (2, (0, 1)), (4, (0,)), (7, (0,))),
+        other_levels=((11, (0, 1)),), eval_only=((11, (0, 1)),), curve_every=10),
+    # One GPU, the same design at full size: all of MLQA-R and the held-out XQuAD-R.
+    "gpu": Study("gpu", "gpu", (("eval_data", ("mlqa-r", "xquad-r")),), _GPU_LEVELS, main=_FULL_AXIS,
+                 other_levels=_FULL_AXIS, eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
+                 curve_every=100, budget_hours=8.0),
+    "pod": Study("pod", "pod", (("eval_data", ("mlqa-r", "xquad-r")),), _GPU_LEVELS, main=_FULL_AXIS,
+                 other_levels=_FULL_AXIS, eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
+                 curve_every=100, budget_hours=8.0),
+    # Tests: the random 2-layer encoder, 48-token passages (hence 4-token blocks), one level
+    # with and without global blocks, seconds a cell.
+    "tiny": Study(
+        "tiny", "tiny", (("eval_data", ("mlqa-r", "xquad-r")), ("eval_languages", None),
+                         ("eval_questions", 8), ("curve_questions", 4)),
+        (Level(0.4, (Layout(4, 1, 0), Layout(4, 1, 1))),),
+        main=((2, (0,)), (4, (0,))), other_levels=(), mono_probs=(1.0,),
+        eval_only=((4, (0,)),), curve_every=1, budget_hours=0.5),
 }
 
 
-def cell_name(kind: Kind, num_languages: int, seed: int) -> str:
-  return f"{kind.label}-L{num_languages}-s{seed}"
+# ---------------------------------------------------------------------- solving the arms
 
 
-def cell_config(grid: Grid, kind: Kind, num_languages: int, seed: int,
-                out: pathlib.Path) -> options.RunConfig:
-  if not 1 <= num_languages <= len(LANGUAGE_ORDER):
-    raise ValueError(f"num_languages: expected 1..{len(LANGUAGE_ORDER)}, got {num_languages}")
-  values = dict(options.PRESETS[grid.preset])
-  values.update(dict(grid.overrides))
-  values.update(preset=grid.preset, attn=kind.attn, seed=seed, train_data="xquad-r",
-                languages=LANGUAGE_ORDER[:num_languages],
-                window=kind.window if kind.attn == "local" else None,
-                density=kind.density if kind.attn == "block_sparse" else None,
-                out=str(out / "cells" / cell_name(kind, num_languages, seed)))
+def fraction_of(spec: AttentionConfig, lengths: Sequence[int], num_heads: int = 1) -> float:
+  """Attended fraction of `spec` over sequences of these real lengths."""
+  import pallas_kernels
+
+  from jxr.model import attention_mask_for
+
+  return pallas_kernels.attended_fraction(attention_mask_for(spec), lengths, num_heads)
+
+
+def solve_window(target: float, lengths: Sequence[int]) -> AttentionConfig:
+  """The local window whose attended fraction over `lengths` is nearest `target`.
+
+  The fraction grows with the window, so a binary search finds the crossing.
+  """
+  if not 0.0 < target < 1.0:
+    raise ValueError(f"target: expected an attended fraction in (0, 1), got {target!r}")
+  low, high = 0, max(lengths)  # fraction(low) <= target < fraction(high) == 1
+  while high - low > 1:
+    mid = (low + high) // 2
+    low, high = (mid, high) if fraction_of(AttentionConfig.local(mid), lengths) <= target else (
+        low, mid)
+  nearest = min((low, high), key=lambda w: abs(fraction_of(AttentionConfig.local(w), lengths)
+                                               - target))
+  return AttentionConfig.local(max(1, nearest))
+
+
+def solve_layout(layout: Layout, target: float, lengths: Sequence[int]) -> AttentionConfig:
+  """The block-sparse spec of `layout` whose attended fraction over `lengths` is nearest
+  `target`; a ValueError names the floor when band and global blocks alone exceed it."""
+  import pallas_kernels
+
+  random = pallas_kernels.random_for_density(
+      target, lengths, block=layout.block_size, local=layout.band, global_=layout.global_blocks)
+  return AttentionConfig.block_sparse(layout.block_size, band=layout.band,
+                                      global_blocks=layout.global_blocks,
+                                      random=round(random, 6))
+
+
+def solve_arms(levels: Sequence[Level], lengths: Sequence[int]) -> Arms:
+  """Per level, a local window and block-sparse layouts matched to the window's fraction."""
+  solved = []
+  for level in levels:
+    local = solve_window(level.target, lengths)
+    goal = fraction_of(local, lengths)
+    layouts = []
+    for layout in level.layouts:
+      spec = solve_layout(layout, goal, lengths)
+      gap = abs(fraction_of(spec, lengths) - goal)
+      if gap > MATCH_TOLERANCE:
+        raise ValueError(f"levels: {spec.label} attends {gap:.3f} more or less than {local.label}"
+                         f" ({goal:.3f}); use smaller blocks for a finer match")
+      layouts.append(spec)
+    solved.append((level.target, local, tuple(layouts)))
+  return Arms(tuple(solved))
+
+
+def study_cells(study: Study, arms: Arms) -> tuple[CellSpec, ...]:
+  """Every run of the study, in the order the sweep runs them (primary level first)."""
+  _, local, layouts = arms.levels[0]
+  primary = (DENSE, local, *layouts)
+  eval_only_at = {(n, s) for n, seeds in study.eval_only for s in seeds}
+  counts = [n for n, _ in study.main]
+  first, largest = min(counts), max(counts)
+  cells = []
+  for n, seeds in study.main:
+    for seed in seeds:
+      for spec in primary:
+        dense = spec == DENSE
+        cells.append(CellSpec(
+            spec, n, seed, zero_shot=dense and n == first and seed == min(seeds),
+            eval_only=arms.sparse if dense and (n, seed) in eval_only_at else (),
+            curve=study.curve_every is not None and n == largest and seed == 0))
+  for _, local_other, layouts_other in arms.levels[1:]:
+    for n, seeds in study.other_levels:
+      cells += [CellSpec(spec, n, seed) for seed in seeds for spec in (local_other, *layouts_other)]
+  for mono_prob in study.mono_probs:  # dense and the primary matched pair
+    cells += [CellSpec(spec, largest, 0, mono_prob=mono_prob) for spec in primary[:3]]
+  names = [c.name for c in cells]
+  if len(set(names)) != len(names):
+    raise ValueError(f"study: cells repeat: {sorted({n for n in names if names.count(n) > 1})}")
+  return tuple(cells)
+
+
+def base_config(study: Study) -> options.RunConfig:
+  """The preset with the study's overrides (what every cell shares)."""
+  values = dict(options.PRESETS[study.preset], preset=study.preset, out="")
+  values.update(dict(study.overrides))
   return options.RunConfig(**values)
+
+
+def candidate_lengths(study: Study) -> dict[str, list[int]]:
+  """Token lengths of every evaluation dataset's candidates, as the cells will encode them."""
+  config = base_config(study)
+  plan = pipeline.make_plan(config.replace(languages=LANGUAGE_ORDER[:2]))
+  encoder = pipeline.load_model(config)
+  return {name: pipeline.token_lengths(encoder, task.cand_text, "passage",
+                                       config.max_passage_length,
+                                       pipeline.candidate_contexts(task, config))
+          for name, task in plan.eval_tasks.items()}
+
+
+def make_grid(study: Study, lengths: Mapping[str, Sequence[int]]) -> Grid:
+  """Solves the study's arms on the candidates of all its evaluation datasets together."""
+  pooled = [n for values in lengths.values() for n in values]
+  arms = solve_arms(study.levels, pooled)
+  return Grid(study, arms, study_cells(study, arms))
+
+
+def cell_config(grid: Grid, cell: CellSpec, out: pathlib.Path) -> options.RunConfig:
+  if not 1 <= cell.num_languages <= len(LANGUAGE_ORDER):
+    raise ValueError(f"num_languages: expected 1..{len(LANGUAGE_ORDER)}, got {cell.num_languages}")
+  return base_config(grid.study).replace(
+      attention=cell.attention, seed=cell.seed, mono_prob=cell.mono_prob, train_data="xquad-r",
+      languages=LANGUAGE_ORDER[:cell.num_languages], eval_only=cell.eval_only,
+      curve_every=grid.study.curve_every if cell.curve else None,
+      out=str(out / "cells" / cell.name))
+
+
+# ---------------------------------------------------------------------- running
 
 
 def load_cells(out: pathlib.Path, grid: Grid) -> list[report.Cell]:
   """Finished cells of `grid` (those with results.json)."""
   cells = []
-  for kind, n, seed in grid.cells():
-    path = out / "cells" / cell_name(kind, n, seed) / "results.json"
+  for cell in grid.cells:
+    path = out / "cells" / cell.name / "results.json"
     if path.is_file():
-      cells.append(report.Cell(kind.label, n, seed, json.loads(path.read_text())))
+      cells.append(report.Cell(
+          name=cell.name, kind=cell.attention.label, attention=cell.attention.to_json(),
+          num_languages=cell.num_languages,
+          training_languages=LANGUAGE_ORDER[:cell.num_languages], seed=cell.seed,
+          mono_prob=cell.mono_prob, results=json.loads(path.read_text())))
   return cells
 
 
-def write_sweep_report(out: pathlib.Path, grid: Grid, num_samples: int = 2000) -> pathlib.Path | None:
+def write_sweep_report(out: pathlib.Path, grid: Grid, num_samples: int = 2000
+                       ) -> pathlib.Path | None:
   cells = load_cells(out, grid)
   if not cells:
     return None
   if not pipeline._primary():  # on a pod, process 0 writes
     return out / "report.md"
-  total = len(grid.cells())
-  header = [f"Grid `{grid.preset}`: {len(cells)} of {total} cells finished. Training languages "
-            f"are prefixes of {' '.join(LANGUAGE_ORDER)}.", ""]
-  return report.write_report(cells, out, num_samples=num_samples, header=header)
+  header = [f"Grid `{grid.preset}`: {len(cells)} of {len(grid.cells)} cells finished. Training "
+            f"languages and evaluation pools are prefixes of {' '.join(LANGUAGE_ORDER)}.", ""]
+  return report.write_report(cells, out, grid.design(), num_samples=num_samples, header=header)
 
 
 Runner = Callable[..., dict]
@@ -134,87 +323,128 @@ def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = Non
               keep_checkpoints: bool = False, runner: Runner = pipeline.run,
               log: Callable[[str], None] = print, num_samples: int = 2000) -> pathlib.Path | None:
   """Runs every unfinished cell (or those named in `only`), rebuilding the report after each."""
-  out.mkdir(parents=True, exist_ok=True)
-  _check_sweep_file(out, grid)
-  todo = grid.cells()
+  todo = list(grid.cells)
   if only:
-    names = {cell_name(*c) for c in todo}
+    names = {c.name for c in todo}
     unknown = sorted(set(only) - names)
     if unknown:
       raise ValueError(f"only: unknown cells {unknown}; this grid has {sorted(names)}")
-    todo = [c for c in todo if cell_name(*c) in set(only)]
-  for i, (kind, n, seed) in enumerate(todo):
-    config = cell_config(grid, kind, n, seed, out)
+    todo = [c for c in todo if c.name in set(only)]
+  _check_sweep_file(out, grid)  # after the checks: a refused command writes nothing
+  for i, cell in enumerate(todo):
+    config = cell_config(grid, cell, out)
     cell_dir = pathlib.Path(config.out)
     if (cell_dir / "results.json").is_file():
-      log(f"[{i + 1}/{len(todo)}] {cell_dir.name}: finished, skipped")
+      log(f"[{i + 1}/{len(todo)}] {cell.name}: finished, skipped")
       continue
     start = time.perf_counter()
-    log(f"[{i + 1}/{len(todo)}] {cell_dir.name}: running")
+    log(f"[{i + 1}/{len(todo)}] {cell.name}: running")
     runner(config, resume=(cell_dir / "config.json").is_file(), log=log,
-           with_zero_shot=grid.zero_shot_here(n, seed))
+           with_zero_shot=cell.zero_shot)
     if not keep_checkpoints:  # the exported model stays; optimizer state is large
       shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
-    log(f"[{i + 1}/{len(todo)}] {cell_dir.name}: {time.perf_counter() - start:.0f} s")
+    log(f"[{i + 1}/{len(todo)}] {cell.name}: {time.perf_counter() - start:.0f} s")
     write_sweep_report(out, grid, num_samples)
   return write_sweep_report(out, grid, num_samples)
 
 
+def sweep_json(grid: Grid) -> dict[str, Any]:
+  return json.loads(json.dumps({
+      "preset": grid.preset, "cells": [c.name for c in grid.cells],
+      "overrides": dict(grid.study.overrides), "language_order": LANGUAGE_ORDER,
+      "levels": [{"target": t, "local": lo.to_json(), "block_sparse": [b.to_json() for b in bs]}
+                 for t, lo, bs in grid.arms.levels]}))
+
+
 def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
-  path = out / "sweep.json"
+  """sweep.json records the solved grid; a directory holding another grid is refused."""
   if not pipeline._primary():
     return
-  data = {"preset": grid.preset, "cells": [cell_name(*c) for c in grid.cells()],
-          "overrides": {k: v for k, v in grid.overrides}, "language_order": LANGUAGE_ORDER}
-  data = json.loads(json.dumps(data))
+  path, data = out / "sweep.json", sweep_json(grid)
   if path.is_file():
     saved = json.loads(path.read_text())
-    if saved.get("preset") != grid.preset:
-      raise ValueError(f"out: {out} holds a sweep of preset {saved.get('preset')!r}, not "
-                       f"{grid.preset!r}; choose another --out")
-  path.write_text(json.dumps(data, indent=1) + "\n")
+    if saved.get("preset") != grid.preset or saved.get("cells") != data["cells"]:
+      raise ValueError(f"out: {out} holds another sweep (preset {saved.get('preset')!r}, "
+                       f"{len(saved.get('cells', []))} cells); choose another --out")
+  out.mkdir(parents=True, exist_ok=True)
+  pipeline.write_json(path, data)
 
 
-# ---------------------------------------------------------------------- GPU budget
+# ---------------------------------------------------------------------- plan and budget
 
 
-def budget(cell_results: dict, grid: Grid, hours: float = GPU_BUDGET_HOURS) -> dict[str, Any]:
-  """Extrapolates the grid's device time from one measured cell's results.json.
+def cell_seconds(cell: CellSpec, profile: Mapping[str, Any]) -> float:
+  """A cell's expected wall time from one profiled cell's results.json.
 
-  Every cell of a grid trains the same steps on the same batch and lengths and
-  evaluates the same sets, so a cell costs about what the measured one did;
-  measure a dense cell (its attention visits every block, the others fewer)
-  to get an upper bound. The zero-shot evaluation runs once per attention
-  kind. Returns the total and, when it does not fit `hours`, the number of
-  training steps that would.
+  Every cell trains the same steps on the same shapes and evaluates the same
+  sets, so it costs the profiled cell's training plus one evaluation per
+  stage it runs (fine-tuned, zero-shot, each eval-only mask) plus its learning
+  curve. Attention is a few percent of the FLOPs at these lengths, so the kind
+  barely matters; profile a dense cell for an upper bound.
   """
-  seconds = cell_results.get("seconds") or {}
+  seconds = profile.get("seconds") or {}
   # train.seconds survives a resumed cell (seconds.train then counts only the last session).
-  train_s = float((cell_results.get("train") or {}).get("seconds") or seconds.get("train", 0.0))
-  eval_s = float(seconds.get("fine_tuned", 0.0))
-  zero_shot_s = float(seconds.get("zero_shot", 0.0)) if grid.zero_shot else 0.0
-  if train_s <= 0:
-    raise ValueError("cell_results: expected seconds.train > 0 (results.json of a finished run)")
-  per_cell = train_s + eval_s
-  cells = len(grid.cells())
-  once = len(grid.kinds) * zero_shot_s
-  total_h = (cells * per_cell + once) / 3600
-  steps = int(cell_results.get("train", {}).get("steps") or options.PRESETS[grid.preset]["train_steps"])
-  fit_train = (hours * 3600 - once) / cells - eval_s
-  steps_fit = max(0, int(steps * fit_train / train_s)) if fit_train > 0 else 0
-  return {"cells": cells, "seconds_per_cell": per_cell, "train_seconds": train_s,
-          "eval_seconds": eval_s, "zero_shot_seconds": once, "total_hours": total_h,
-          "budget_hours": hours, "fits": total_h <= hours, "train_steps": steps,
-          "train_steps_that_fit": steps_fit}
+  train = float((profile.get("train") or {}).get("seconds") or seconds.get("train", 0.0))
+  evaluation = float(seconds.get("fine_tuned", 0.0))
+  if train <= 0 or evaluation <= 0:
+    raise ValueError("profile: expected a finished cell's results.json with seconds.train and "
+                     "seconds.fine_tuned > 0")
+  points = profile.get("learning_curve") or []
+  curve = sum(float(p.get("seconds", 0.0)) for p in points)
+  stages = 1 + int(cell.zero_shot) + len(cell.eval_only)
+  profiled_curve = curve if points else 0.0
+  return train - profiled_curve + stages * evaluation + (curve if cell.curve else 0.0)
 
 
-def budget_text(b: dict[str, Any]) -> str:
-  verdict = ("fits" if b["fits"] else f"does NOT fit; {b['train_steps_that_fit']} training steps "
-             f"(instead of {b['train_steps']}) would")
-  return (f"{b['cells']} cells x {b['seconds_per_cell']:.0f} s (train {b['train_seconds']:.0f} s"
-          f" + evaluation {b['eval_seconds']:.0f} s) + {b['zero_shot_seconds']:.0f} s of zero-shot"
-          f" evaluations (one per attention kind) = {b['total_hours']:.2f} device-hours; the "
-          f"{b['budget_hours']:.0f}-hour budget {verdict}.")
+def plan_rows(grid: Grid, lengths: Mapping[str, Sequence[int]],
+              profile: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+  """One row per cell: its arm, language count, seed, attended fractions and expected seconds."""
+  fractions = {spec: {name: fraction_of(spec, values) for name, values in lengths.items()}
+               for spec in {c.attention for c in grid.cells}}
+  return [{"name": c.name, "attention": c.attention.label, "num_languages": c.num_languages,
+           "seed": c.seed, "mono_prob": c.mono_prob, "eval_only": len(c.eval_only),
+           "zero_shot": c.zero_shot, "curve": c.curve, "attended_fraction": fractions[c.attention],
+           "seconds": cell_seconds(c, profile) if profile else None} for c in grid.cells]
+
+
+def plan_text(grid: Grid, rows: Sequence[Mapping[str, Any]],
+              lengths: Mapping[str, Sequence[int]], profile_dir: pathlib.Path | None) -> str:
+  datasets = list(lengths)
+  lines = [f"Grid {grid.preset}: {len(rows)} cells. Attended fraction = allowed query-key pairs "
+           "over all real-token pairs of each dataset's evaluation candidates "
+           f"({', '.join(f'{n}: {len(v)} candidates' for n, v in lengths.items())}).", "",
+           "Matched pairs (block-sparse vs local):"]
+  for bs, local, level in grid.arms.matched():
+    parts = [f"{n} {fraction_of(bs, lengths[n]):.3f} vs {fraction_of(local, lengths[n]):.3f}"
+             for n in datasets]
+    lines.append(f"  level {level:.2f}: {bs.label} vs {local.label}: {'; '.join(parts)}")
+  header = f"{'cell':<52} {'mono':>4} {'evals':>5} " + " ".join(f"{n:>8}" for n in datasets)
+  lines += ["", header + f" {'minutes':>8}"]
+  for r in rows:
+    evals = 1 + r["eval_only"] + int(r["zero_shot"])
+    minutes = "n/a" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
+    lines.append(f"{r['name']:<52} {r['mono_prob']:>4g} {evals:>5} "
+                 + " ".join(f"{r['attended_fraction'][n]:>8.3f}" for n in datasets)
+                 + f" {minutes:>8}" + ("  +curve" if r["curve"] else ""))
+  if profile_dir is None:
+    first = grid.cells[0].name
+    lines += ["", f"No profiled cell: run one (--only {first}), then --plan again for the "
+              "estimated total time."]
+  else:
+    total = sum(r["seconds"] for r in rows) / 3600
+    verdict = "fits" if total <= grid.study.budget_hours else "does NOT fit"
+    lines += ["", f"Estimated total: {total:.2f} h from the profiled cell {profile_dir} (its "
+              f"training and one evaluation, scaled per cell); the {grid.study.budget_hours:g}-hour"
+              f" budget {verdict}."]
+  return "\n".join(lines)
+
+
+def find_profile(out: pathlib.Path, grid: Grid) -> pathlib.Path | None:
+  """The first finished cell of the grid under `out` (the one the plan scales from)."""
+  for cell in grid.cells:
+    if (out / "cells" / cell.name / "results.json").is_file():
+      return out / "cells" / cell.name
+  return None
 
 
 # ---------------------------------------------------------------------- command line
@@ -222,19 +452,26 @@ def budget_text(b: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
-  p.add_argument("--preset", choices=sorted(GRIDS), help="grid (default: from the devices)")
+  p.add_argument("--preset", choices=sorted(STUDIES), help="study grid (default: study-cpu "
+                 "without an accelerator, gpu with one, pod across processes or on a TPU)")
   p.add_argument("--out", help="sweep directory (default runs/sweep-<preset>)")
   p.add_argument("--only", help="comma-separated cell names to run (e.g. dense-L11-s0)")
-  p.add_argument("--seeds", help="comma-separated seeds instead of the grid's")
   p.add_argument("--model", help="encoder for every cell instead of the preset's (a name, "
                  "checkpoint directory or HF id, as experiments.run --model)")
-  p.add_argument("--report-only", action="store_true", help="rebuild report.md from finished cells")
-  p.add_argument("--budget", metavar="CELL_DIR",
-                 help="print the grid's device time extrapolated from this finished cell")
+  p.add_argument("--plan", action="store_true", help="print the cells, their attended fractions "
+                 "and the estimated time (from --profile or the first finished cell), run nothing")
+  p.add_argument("--profile", metavar="CELL_DIR", help="finished cell to scale --plan's time from")
+  p.add_argument("--report-only", action="store_true", help="rebuild the report from finished "
+                 "cells")
   p.add_argument("--keep-checkpoints", action="store_true",
                  help="keep each cell's optimizer checkpoints (large) after it finishes")
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
   return p
+
+
+def _default_preset() -> str:
+  preset = options.default_preset()
+  return "study-cpu" if preset == "cpu" else preset
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,31 +481,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if run_module._multi_process():
     run_module._start_distributed()  # before the default preset queries the devices
-  preset = args.preset or options.default_preset()
-  grid = GRIDS[preset]
-  if args.seeds:
-    try:
-      seeds = tuple(int(s) for s in args.seeds.split(","))
-    except ValueError:
-      parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-      parser.error(f"--seeds: expected distinct integers >= 0, got {args.seeds!r}")
-    grid = dataclasses.replace(grid, seeds=seeds)
+  study = STUDIES[args.preset or _default_preset()]
   if args.model:
     try:
       model = options._model(args.model)
     except options.FlagError as e:
       parser.error(str(e))
-    grid = dataclasses.replace(grid, overrides=grid.overrides + (("model", model),))
+    study = dataclasses.replace(study, overrides=study.overrides + (("model", model),))
   if args.bootstrap < 100:
     parser.error(f"--bootstrap: expected at least 100 resamples, got {args.bootstrap}")
-  out = pathlib.Path(args.out or f"runs/sweep-{preset}")
-  if args.budget:
-    path = pathlib.Path(args.budget) / "results.json"
-    if not path.is_file():
-      parser.error(f"--budget: {path} does not exist (run one cell first, e.g. --only "
-                   f"{cell_name(grid.kinds[0], grid.language_counts[-1], grid.seeds[0])})")
-    print(budget_text(budget(json.loads(path.read_text()), grid)))
+  profile_dir = pathlib.Path(args.profile) if args.profile else None
+  if profile_dir is not None and not (profile_dir / "results.json").is_file():
+    parser.error(f"--profile: {profile_dir / 'results.json'} does not exist (a finished cell)")
+  out = pathlib.Path(args.out or f"runs/sweep-{args.preset or _default_preset()}")
+  try:
+    lengths = candidate_lengths(study)
+    grid = make_grid(study, lengths)
+  except ValueError as e:
+    parser.error(str(e))
+  if args.plan:
+    profile_dir = profile_dir or find_profile(out, grid)
+    profile = json.loads((profile_dir / "results.json").read_text()) if profile_dir else None
+    print(plan_text(grid, plan_rows(grid, lengths, profile), lengths, profile_dir))
     return 0
   if args.report_only:
     path = write_sweep_report(out, grid, args.bootstrap)

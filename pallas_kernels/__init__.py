@@ -22,12 +22,13 @@ import numpy as np
 
 from pallas_kernels.block_sizes import BlockSizes
 from pallas_kernels.masks import (AndMask, BlockSparseMask, BlockSparsePattern, BlockTable, DenseMask,
-                                  LocalMask, Mask, OrMask)
+                                  LocalMask, Mask, OrMask, attended_fraction, random_for_density)
 from pallas_kernels.reference import reference_attention
 
 __all__ = [
     "attention", "reference_attention", "Mask", "DenseMask", "LocalMask", "BlockSparseMask",
     "BlockSparsePattern", "AndMask", "OrMask", "BlockSizes", "BlockTable", "IMPLEMENTATIONS",
+    "attended_fraction", "random_for_density",
 ]
 
 IMPLEMENTATIONS = ("pallas", "xla", "splash", "reference")

@@ -16,7 +16,15 @@ Formulas (head `h`, query `i`, key `j`):
   DenseMask()                    true
   LocalMask(left, right)         (left is None or j >= i - left) and (right is None or j <= i + right)
   BlockSparseMask(layout, bq, bk) layout[h, i // bq, j // bk]
+  BlockSparseMask.pattern(b, local=w, global_=g, random=r, seed=s, per_head=p)
+                                 with qb = i // b, kb = j // b, h' = h if p else 0:
+                                 |qb - kb| <= w or qb < g or kb < g or u(s, h', qb, kb) < r
   a & b, a | b                   logical and / or
+
+`u` is a uniform in [0, 1) hashed from its four integers (`_uniforms`), so a
+pattern's block `(qb, kb)` does not depend on how long the padded sequence is.
+`attended_fraction` and `random_for_density` relate a pattern's `random` to the
+fraction of real-token pairs it attends over a set of sequence lengths.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ import abc
 import dataclasses
 import functools
 import math
+import numbers
 import operator
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -296,11 +305,15 @@ class BlockSparseMask(_LayoutLeaf):
                                                    "BlockSparseMask.block_k", 1))
 
   @staticmethod
-  def pattern(block: int, *, local: int = 1, global_: int = 1, random: int = 0,
-              density: float | None = None, seed: int = 0, per_head: bool = False) -> BlockSparsePattern:
-    """BigBird's local + global + random blocks, as a recipe for any length."""
-    return BlockSparsePattern(block=block, local=local, global_=global_, random=random,
-                              target_density=density, seed=seed, per_head=per_head)
+  def pattern(block: int, *, local: int = 1, global_: int = 1, random: float = 0.0, seed: int = 0,
+              per_head: bool = False) -> BlockSparsePattern:
+    """BigBird's local + global + random blocks, as a recipe for any length.
+
+    `random` is the fraction of the other blocks that are active; to aim at an
+    overall density over real sequence lengths, use `random_for_density`.
+    """
+    return BlockSparsePattern(block=block, local=local, global_=global_, random=random, seed=seed,
+                              per_head=per_head)
 
   @property
   def per_head(self) -> bool:
@@ -336,30 +349,38 @@ class BlockSparseMask(_LayoutLeaf):
 
 @dataclasses.dataclass(frozen=True)
 class BlockSparsePattern(_LayoutLeaf):
-  """BigBird-style layout recipe: local band + global rows/columns + seeded random blocks.
+  """BigBird-style layout recipe: local band + global rows/columns + hashed random blocks.
 
-  With `nqb x nkb` blocks of size `block`, block `(qb, kb)` is active when
-  `|qb - kb| <= local`, or `qb < global_` or `kb < global_`, or `kb` is one of
-  `random` other key blocks drawn for `qb` by a generator seeded with
-  `(seed, h, nkb)`. `target_density=d` (`density=d` in `BlockSparseMask.pattern`)
-  picks the number of random blocks per row so the active fraction is as close
-  as possible to `d`, never below the local+global part.
+  With blocks of size `block`, block `(qb, kb)` is active when `|qb - kb| <= local`,
+  or `qb < global_` or `kb < global_`, or `u(seed, h, qb, kb) < random` (`h` is
+  the head when `per_head`, else 0), where `u` is a deterministic uniform in
+  [0, 1) hashed from the four integers. No block depends on the number of
+  blocks, so a sequence sees the same blocks however far it is padded, and
+  training (padded to the longest sequence) agrees with evaluation (padded to
+  buckets): `layout(L2)[:, :n1, :n1] == layout(L1)` for `n1 = ceil(L1 / block)`.
+  `random=0` is the band and global blocks alone, `random=1` every block.
   """
 
   block: int
   local: int = 1
   global_: int = 1
-  random: int = 0
-  target_density: float | None = None
+  random: float = 0.0
   seed: int = 0
   per_head: bool = False
 
   def __post_init__(self):
     _check_int(self.block, "BlockSparsePattern.block", 1)
-    for name in ("local", "global_", "random", "seed"):
+    for name in ("local", "global_", "seed"):
       _check_int(getattr(self, name), f"BlockSparsePattern.{name}", 0)
-    if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
-      raise ValueError(f"BlockSparseMask.pattern: density: expected a fraction in (0, 1], got {self.target_density!r}")
+    random = self.random
+    if (not isinstance(random, numbers.Real) or isinstance(random, (bool, np.bool_))
+        or not 0.0 <= float(random) <= 1.0):
+      raise ValueError(f"BlockSparseMask.pattern: random: expected a fraction in [0, 1] of the blocks "
+                       f"outside the band and global blocks, got {random!r}")
+    object.__setattr__(self, "random", float(random))
+    if not isinstance(self.per_head, (bool, np.bool_)):
+      raise ValueError(f"BlockSparsePattern.per_head: expected a bool, got {self.per_head!r}")
+    object.__setattr__(self, "per_head", bool(self.per_head))
 
   @property
   def block_q(self) -> int:
@@ -373,28 +394,129 @@ class BlockSparsePattern(_LayoutLeaf):
     return _pattern_layout(self, -(-q_len // self.block), -(-kv_len // self.block),
                            num_heads if self.per_head else 1)
 
+  def _fixed(self, nqb: int, nkb: int) -> np.ndarray:
+    """bool `[nqb, nkb]`: the band and global blocks, active whatever `random` is."""
+    qb, kb = np.arange(nqb)[:, None], np.arange(nkb)[None, :]
+    return (np.abs(qb - kb) <= self.local) | (qb < self.global_) | (kb < self.global_)
+
 
 @functools.lru_cache(maxsize=256)
 def _pattern_layout(pattern: BlockSparsePattern, nqb: int, nkb: int, heads: int) -> np.ndarray:
-  qb, kb = np.arange(nqb)[:, None], np.arange(nkb)[None, :]
-  fixed = (np.abs(qb - kb) <= pattern.local) | (qb < pattern.global_) | (kb < pattern.global_)
-  free = (~fixed).sum(axis=1)  # candidate random blocks per row
-  num_random = pattern.random
-  if pattern.target_density is not None:
-    # Active blocks with r random per row: fixed + sum(min(r, free)); pick r nearest the target.
-    choices = np.arange(nkb + 1)
-    active = fixed.sum() + np.minimum(choices[:, None], free[None, :]).sum(axis=1)
-    num_random = int(choices[np.argmin(np.abs(active / (nqb * nkb) - pattern.target_density))])
-  layouts = np.repeat(fixed[None], heads, axis=0)
-  if num_random:
-    for h in range(heads):
-      rng = np.random.default_rng((pattern.seed, h, nkb))
-      for row in range(nqb):
-        candidates = np.flatnonzero(~fixed[row])
-        take = rng.permutation(candidates)[:num_random]
-        layouts[h, row, take] = True
-  layouts.setflags(write=False)
-  return layouts
+  layout = pattern._fixed(nqb, nkb)[None] | (_uniforms(pattern.seed, heads, nqb, nkb) < pattern.random)
+  layout.setflags(write=False)
+  return layout
+
+
+_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's output function (Steele et al. 2014) on uint64 arrays, wrapping mod 2**64."""
+  x = x + np.uint64(0x9E3779B97F4A7C15)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(seed: int, heads: int, nqb: int, nkb: int) -> np.ndarray:
+  """float64 `[heads, nqb, nkb]`: `u(seed, h, qb, kb)` in [0, 1), a function of those four ints only.
+
+  Chained SplitMix64, `mix(mix(mix(mix(seed) ^ h) ^ qb) ^ kb)`, top 53 bits, so
+  values are exact multiples of 2**-53 and compare the same everywhere.
+  """
+  h = np.arange(heads, dtype=np.uint64)[:, None, None]
+  qb = np.arange(nqb, dtype=np.uint64)[None, :, None]
+  kb = np.arange(nkb, dtype=np.uint64)[None, None, :]
+  x = _splitmix64(np.full((1, 1, 1), seed & _U64, np.uint64))
+  x = _splitmix64(_splitmix64(_splitmix64(x ^ h) ^ qb) ^ kb)
+  return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# -- Densities over real sequence lengths. -------------------------------------------
+
+
+def _check_sequence_lengths(lengths: Any) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct lengths and how often each occurs; ValueError unless positive ints."""
+  array = np.asarray(lengths)
+  if array.ndim != 1 or array.size == 0:
+    raise ValueError(f"lengths: expected a non-empty list of sequence lengths, got shape {array.shape}")
+  if not np.issubdtype(array.dtype, np.integer) or array.min() < 1:
+    raise ValueError(f"lengths: expected positive ints, got {array.dtype} with minimum {array.min()!r}")
+  return np.unique(array.astype(np.int64), return_counts=True)
+
+
+def attended_fraction(mask: Mask, lengths: Sequence[int], num_heads: int = 1) -> float:
+  """Allowed query-key pairs over all real-token pairs, summed over sequences of these lengths.
+
+  Padding is never attended, so a sequence of `L` tokens contributes
+  `mask.density(L, L, num_heads) * L**2` allowed pairs out of `L**2`: this is
+  the cost a mask saves on real data, not on padded shapes. One density call
+  per distinct length.
+  """
+  _check_mask(mask, "mask")
+  _check_int(num_heads, "num_heads", 1)
+  values, counts = _check_sequence_lengths(lengths)
+  squares = values.astype(np.float64) ** 2
+  allowed = sum(mask.density(int(n), int(n), num_heads) * sq * c for n, sq, c in zip(values, squares, counts))
+  return float(allowed / np.sum(counts * squares))
+
+
+def random_for_density(density: float, lengths: Sequence[int], *, block: int, local: int = 1,
+                       global_: int = 1, seed: int = 0, per_head: bool = False,
+                       num_heads: int = 1) -> float:
+  """The `random` of `BlockSparseMask.pattern` whose realised `attended_fraction` is closest to `density`.
+
+  Over `lengths`, the attended fraction is a nondecreasing step function of
+  `random` (a block turns on when its `u` falls below `random`), so this solves
+  exactly: the free blocks inside the longest length, sorted by `u`, give every
+  achievable fraction. Returns 0, 1, or a point strictly between two steps, so
+  rounding cannot flip a block; on a tie the sparser side wins.
+
+  Raises ValueError if the band and global blocks alone attend more than `density`.
+  """
+  if (not isinstance(density, numbers.Real) or isinstance(density, (bool, np.bool_))
+      or not 0.0 < float(density) <= 1.0):
+    raise ValueError(f"density: expected a fraction in (0, 1], got {density!r}")
+  density = float(density)
+  pattern = BlockSparsePattern(block=block, local=local, global_=global_, random=0.0, seed=seed,
+                               per_head=per_head)
+  _check_int(num_heads, "num_heads", 1)
+  values, counts = _check_sequence_lengths(lengths)
+  heads = num_heads if per_head else 1
+  nb = -(-int(values.max()) // block)
+  # Real pairs in block (qb, kb) summed over sequences: rows_L(qb) * rows_L(kb) * count_L,
+  # with rows_L(b) = clip(L - b * block, 0, block); one matrix product over the distinct lengths.
+  rows = np.clip(values[:, None] - np.arange(nb)[None, :] * block, 0, block).astype(np.float64)
+  pairs = (rows * counts[:, None]).T @ rows  # [nb, nb], exact integers
+  total = float(np.sum(counts * values.astype(np.float64) ** 2))
+  fixed = pattern._fixed(nb, nb)
+  floor = float(pairs[fixed].sum()) / total
+  if floor > density + 1e-9:
+    low, high = int(values.min()), int(values.max())
+    span = f"length {low}" if low == high else f"lengths {low}..{high}"
+    raise ValueError(
+        f"density: requested {density}, but the band and global blocks alone attend {floor:.3f} of the "
+        f"real-token pairs (block size {block}, band local={local}, {global_} global blocks, {span}); "
+        f"lower the floor with fewer band or global blocks, or smaller blocks")
+  free = np.broadcast_to(~fixed & (pairs > 0), (heads, nb, nb))
+  u = _uniforms(seed, heads, nb, nb)[free]
+  weight = np.broadcast_to(pairs, (heads, nb, nb))[free] / heads
+  order = np.argsort(u, kind="stable")
+  u, weight = u[order], weight[order]
+  # Steps at the distinct u values; achievable[k] is the fraction with the first k steps on.
+  steps, first = np.unique(u, return_index=True)
+  gained = np.add.reduceat(weight, first) if len(first) else np.zeros(0)
+  achievable = (floor * total + np.concatenate([[0.0], np.cumsum(gained)])) / total
+  k = int(np.searchsorted(achievable, density))  # achievable[k - 1] < density <= achievable[k]
+  if k == len(achievable) or (k > 0 and density - achievable[k - 1] <= achievable[k] - density):
+    k -= 1
+  if k == 0:
+    return 0.0
+  if k == len(steps):
+    return 1.0
+  low, high = float(steps[k - 1]), float(steps[k])
+  middle = low + (high - low) / 2
+  return middle if low < middle < high else float(np.nextafter(low, 1.0))
 
 
 # -- Combinations. -----------------------------------------------------------------

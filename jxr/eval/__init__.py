@@ -1,7 +1,8 @@
 """Evaluation as pure functions of embeddings: LAReQA mAP, language matrices, bias, reports.
 
 ```python
-report = jxr.eval.evaluate(task, query_emb, cand_emb)   # plain dict, see DESIGN.md
+report = jxr.eval.evaluate(task, query_emb, cand_emb)   # plain dict, see jxr.eval.evaluate
+pools = jxr.eval.evaluate_pools(task, query_emb, cand_emb, {"2": ("en", "de"), "4": ("en", "de", "ru", "zh")})
 jxr.eval.write_report(report, "out/")                   # json, csv, png heatmaps, summary.md
 jxr.eval.compare({"dense": r1, "local": r2}, "cmp/")     # side-by-side tables and a plot
 ```
@@ -9,7 +10,7 @@ jxr.eval.compare({"dense": r1, "local": r2}, "cmp/")     # side-by-side tables a
 Command line: `python -m jxr.eval --dataset xquad-r --query-emb q.npy --cand-emb c.npy --out DIR`.
 """
 
-from jxr.eval.evaluate import evaluate
+from jxr.eval.evaluate import evaluate, evaluate_pools
 from jxr.eval.metrics import positions, query_metrics, rank_distance
 from jxr.eval.report import compare, write_report
 from jxr.eval.scoring import RelevantRanks, l2_normalise, relevant_ranks
@@ -18,6 +19,7 @@ __all__ = [
     "RelevantRanks",
     "compare",
     "evaluate",
+    "evaluate_pools",
     "l2_normalise",
     "positions",
     "query_metrics",

@@ -105,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(
       f"{report['dataset']} ({len(report['languages'])} languages, {report['num_queries']} queries,"
       f" {report['num_candidates']} candidates): mAP {fmt(multi['map'])}, mAP@20 {fmt(multi['map_at_20'])},"
-      f" Mo. {fmt(summary['mono'])}, Cr. {fmt(summary['cross'])},"
-      f" rank distance {fmt(bias['rank_distance'], 2)} -> {out}"
+      f" Mo. {fmt(summary['mono'])}, Cr. {fmt(summary['cross'])}, Mul. (macro) {fmt(summary['multi_macro'])},"
+      f" rank distance {fmt(bias['rank_distance'], 2)} ({fmt(bias['rank_distance_normalised'])} of the pool)"
+      f" -> {out}"
   )
   return 0
 

@@ -1,18 +1,46 @@
 """`evaluate`: the LAReQA report (multilingual mAP, language bias, language matrices).
 
-The report is a plain JSON-serialisable dict laid out as in DESIGN.md
-("jxr.eval"). Metrics come from the ranks of relevant candidates only (see
+The report is a plain JSON-serialisable dict (lists, floats, `None` for an
+undefined mean):
+
+- `dataset`, `languages` (task order: the matrices' rows and columns),
+  `num_queries`, `num_candidates`;
+- `multilingual`: the pooled ranking over every candidate (LAReQA): `map`,
+  `map_at_20`, `mrr`, `ndcg_at_10`, `recall` {k: ...} and `per_language`
+  {lang: {`map`, `map_at_20`, `recall`, `num_queries`}} by query language;
+- `bias`: `rank_distance` (mean over query languages of the mean distance
+  between a query's best and worst relevant rank), `rank_distance_normalised`
+  (the same over `num_candidates`, so pools of different sizes compare),
+  `rank_distance_per_language`, `top1_same_language`;
+- `matrices`: query x candidate language cells, each ranking only the
+  candidates of its column's language: `languages`, `map`, `mrr`,
+  `recall` {"1", "10"}, `num_queries`;
+- `summary` (arXiv 2408.10536): `mono` (mean diagonal mAP), `cross` (mean
+  off-diagonal mAP), `multi_macro` (the paper's Mul.: mean over query
+  languages of pooled mAP) and `multi_micro` (pooled mAP over all queries,
+  LAReQA's mAP; differs from the macro one when languages have unequal
+  numbers of queries);
+- `per_query`, lists over query rows: `query_id`, `lang`, `article`,
+  `paragraph` (see `paragraph_keys`), `ap` (pooled), `rank_distance` and
+  `ap_by_language` (AP within each language's candidates, in `languages`
+  order, `None` without a relevant candidate there: the values the
+  `matrices.map` cells average).
+
+`evaluate_pools` gives the report of several language pools from one set of
+embeddings. Metrics come from the ranks of relevant candidates only (see
 `jxr.eval.metrics` for the rank, tie and AP conventions); scores are exact
 float32 cosines computed in query chunks by `jxr.eval.scoring`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from jxr.data.splits import select
 from jxr.data.task import RetrievalTask
 from jxr.eval import metrics
 from jxr.eval.scoring import RelevantRanks, l2_normalise, relevant_ranks
@@ -108,30 +136,46 @@ def _multilingual(
 
 
 def _bias(
-    ranks: RelevantRanks, query_lang: np.ndarray, cand_lang: np.ndarray, languages: Sequence[str]
+    ranks: RelevantRanks,
+    query_lang: np.ndarray,
+    cand_lang: np.ndarray,
+    languages: Sequence[str],
+    num_candidates: int,
 ) -> tuple[dict[str, Any], np.ndarray]:
   distance = metrics.rank_distance(ranks.pooled, ranks.valid)
   per_language = {lang: _mean(distance[query_lang == i]) for i, lang in enumerate(languages)}
   present = [v for v in per_language.values() if v is not None]
+  mean_distance = _mean(np.array(present))
   summary = {
-      "rank_distance": _mean(np.array(present)),
+      "rank_distance": mean_distance,
+      # Distances grow with the pool; over its size they compare across pools.
+      "rank_distance_normalised": None if mean_distance is None else mean_distance / num_candidates,
       "rank_distance_per_language": per_language,
       "top1_same_language": _mean(cand_lang[ranks.top1] == query_lang),
   }
   return summary, distance
 
 
-def _matrices(ranks: RelevantRanks, query_lang: np.ndarray, cand_lang: np.ndarray, languages: Sequence[str]):
-  """Query language x candidate language cells, each over its own language pool."""
+def _matrices(
+    ranks: RelevantRanks, query_lang: np.ndarray, cand_lang: np.ndarray, languages: Sequence[str]
+) -> tuple[dict[str, Any], np.ndarray]:
+  """Query language x candidate language cells, each over its own language pool.
+
+  Also returns the per-query AP within each language's candidates, float64
+  [Q, len(languages)], NaN where the query has no relevant candidate there:
+  cell (i, j) of `map` is the mean of column j over the queries of language i.
+  """
   n = len(languages)
   cells = {"map": [[None] * n for _ in range(n)], "mrr": [[None] * n for _ in range(n)]}
   recall = {str(k): [[None] * n for _ in range(n)] for k in MATRIX_RECALL_K}
   counts = [[0] * n for _ in range(n)]
+  ap_by_language = np.full((len(query_lang), n), np.nan)
   rel_lang = cand_lang[ranks.candidate]
   for col in range(n):
     in_pool = ranks.valid & (rel_lang == col)
     m = metrics.query_metrics(ranks.within_language, in_pool, k_values=MATRIX_RECALL_K)
     has_relevant = in_pool.any(axis=1)
+    ap_by_language[:, col] = np.where(has_relevant, m["ap"], np.nan)
     for row in range(n):
       rows = has_relevant & (query_lang == row)
       counts[row][col] = int(rows.sum())
@@ -139,15 +183,65 @@ def _matrices(ranks: RelevantRanks, query_lang: np.ndarray, cand_lang: np.ndarra
       cells["mrr"][row][col] = _mean(m["rr"][rows])
       for k in MATRIX_RECALL_K:
         recall[str(k)][row][col] = _mean(m["recall"][k][rows])
-  return {"languages": list(languages), **cells, "recall": recall, "num_queries": counts}
+  matrices = {"languages": list(languages), **cells, "recall": recall, "num_queries": counts}
+  return matrices, ap_by_language
 
 
-def _summary(matrices: dict[str, Any], multi_map: float | None) -> dict[str, float | None]:
+def _summary(matrices: dict[str, Any], multilingual: dict[str, Any]) -> dict[str, float | None]:
+  """Mo., Cr. and Mul. as arXiv 2408.10536 defines them, plus LAReQA's pooled mAP."""
   grid = matrices["map"]
   n = len(grid)
   mono = [grid[i][i] for i in range(n) if grid[i][i] is not None]
   cross = [grid[i][j] for i in range(n) for j in range(n) if i != j and grid[i][j] is not None]
-  return {"mono": _mean(np.array(mono)), "cross": _mean(np.array(cross)), "multi": multi_map}
+  per_language = [row["map"] for row in multilingual["per_language"].values() if row["map"] is not None]
+  return {
+      "mono": _mean(np.array(mono)),
+      "cross": _mean(np.array(cross)),
+      "multi_macro": _mean(np.array(per_language)),
+      "multi_micro": multilingual["map"],
+  }
+
+
+def paragraph_keys(task: RetrievalTask) -> list[str]:
+  """A key of each query's answer paragraph, the same for every language of its question id.
+
+  The key is `f"{article}/{k}"`, where the question's relevant candidate in the
+  first language of `task.languages` in which it has a query lies in the k-th
+  distinct `cand_context` (order of first appearance) among that language's
+  candidates of `article` (the candidate's `cand_article`). Should that query
+  have no relevant candidate of its own language, the next language is tried,
+  then the first query's first relevant candidate. The keys let a cluster
+  bootstrap resample paragraphs where a pool holds too few articles.
+  """
+  lang_order = {lang: i for i, lang in enumerate(task.languages)}
+  query_lang = np.asarray(task.query_lang).tolist()
+  cand_lang = np.asarray(task.cand_lang).tolist()
+  cand_article = np.asarray(task.cand_article).tolist()
+  cand_context = np.asarray(task.cand_context).tolist()
+  paragraph_index: dict[tuple[str, str], dict[str, int]] = {}
+  for lang, article, context in zip(cand_lang, cand_article, cand_context):
+    contexts = paragraph_index.setdefault((lang, article), {})
+    contexts.setdefault(context, len(contexts))
+
+  rows_of: dict[str, list[int]] = {}
+  for row, qid in enumerate(np.asarray(task.query_id).tolist()):
+    rows_of.setdefault(qid, []).append(row)
+  key_of: dict[str, str] = {}
+  for qid, rows in rows_of.items():
+    rows = sorted(rows, key=lambda r: lang_order.get(query_lang[r], len(lang_order)))
+    own = (c for r in rows for c in task.relevant(r).tolist() if cand_lang[c] == query_lang[r])
+    chosen = next(own, None)
+    if chosen is None:
+      chosen = int(task.relevant(rows[0])[0])
+    article = cand_article[chosen]
+    k = paragraph_index[(cand_lang[chosen], article)][cand_context[chosen]]
+    key_of[qid] = f"{article}/{k}"
+  return [key_of[qid] for qid in np.asarray(task.query_id).tolist()]
+
+
+def _nullable_rows(values: np.ndarray) -> list[list[float | None]]:
+  """A [n, m] float array as lists of floats, NaN as None (JSON has no NaN)."""
+  return [[None if math.isnan(v) else v for v in row] for row in values.tolist()]
 
 
 def evaluate(
@@ -158,7 +252,7 @@ def evaluate(
     k_values: Sequence[int] = (1, 5, 10, 20),
     chunk_size: int | None = None,
 ) -> dict[str, Any]:
-  """Evaluates embeddings on a retrieval task; returns the report dict (DESIGN.md).
+  """Evaluates embeddings on a retrieval task; returns the report dict (module docstring).
 
   Args:
     task: queries, candidates and relevance.
@@ -171,15 +265,11 @@ def evaluate(
     ValueError: embeddings of the wrong shape, with NaN/inf or zero rows;
       a task with queries without relevant candidates or unknown languages.
   """
-  if not isinstance(task, RetrievalTask):
-    raise ValueError(f"task: expected a jxr.data.RetrievalTask, got {type(task).__name__}")
+  _check_task(task)
   ks = _check_k_values(k_values)
   if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
     raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-  queries = _check_embeddings("query_emb", query_emb, task.num_queries, "task.num_queries")
-  cands = _check_embeddings("cand_emb", cand_emb, task.num_candidates, "task.num_candidates")
-  if queries.shape[1] != cands.shape[1]:
-    raise ValueError(f"cand_emb: expected dimension {queries.shape[1]} (as query_emb), got {cands.shape[1]}")
+  queries, cands = _check_pair(task, query_emb, cand_emb)
   query_lang, cand_lang = _language_ids(task)
   _check_relevance(task)
 
@@ -193,8 +283,8 @@ def evaluate(
   )
   languages = list(task.languages)
   multilingual, ap = _multilingual(ranks, query_lang, languages, ks)
-  bias, distance = _bias(ranks, query_lang, cand_lang, languages)
-  matrices = _matrices(ranks, query_lang, cand_lang, languages)
+  bias, distance = _bias(ranks, query_lang, cand_lang, languages, task.num_candidates)
+  matrices, ap_by_language = _matrices(ranks, query_lang, cand_lang, languages)
   return {
       "dataset": task.name,
       "languages": languages,
@@ -203,11 +293,96 @@ def evaluate(
       "multilingual": multilingual,
       "bias": bias,
       "matrices": matrices,
-      "summary": _summary(matrices, multilingual["map"]),
+      "summary": _summary(matrices, multilingual),
       "per_query": {
           "query_id": [str(q) for q in np.asarray(task.query_id).tolist()],
           "lang": [str(lang) for lang in np.asarray(task.query_lang).tolist()],
+          "article": [str(a) for a in np.asarray(task.query_article).tolist()],
+          "paragraph": paragraph_keys(task),
           "ap": ap.tolist(),
           "rank_distance": distance.tolist(),
+          "ap_by_language": _nullable_rows(ap_by_language),
       },
   }
+
+
+def _check_task(task: Any) -> None:
+  if not isinstance(task, RetrievalTask):
+    raise ValueError(f"task: expected a jxr.data.RetrievalTask, got {type(task).__name__}")
+
+
+def _check_pair(task: RetrievalTask, query_emb: Any, cand_emb: Any) -> tuple[np.ndarray, np.ndarray]:
+  queries = _check_embeddings("query_emb", query_emb, task.num_queries, "task.num_queries")
+  cands = _check_embeddings("cand_emb", cand_emb, task.num_candidates, "task.num_candidates")
+  if queries.shape[1] != cands.shape[1]:
+    raise ValueError(f"cand_emb: expected dimension {queries.shape[1]} (as query_emb), got {cands.shape[1]}")
+  return queries, cands
+
+
+def _pool_rows(task: RetrievalTask, languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of the given languages, language-major in the given order (as `RetrievalTask.restrict`)."""
+  query_lang, cand_lang = np.asarray(task.query_lang), np.asarray(task.cand_lang)
+  query_rows = np.concatenate([np.flatnonzero(query_lang == lang) for lang in languages])
+  cand_rows = np.concatenate([np.flatnonzero(cand_lang == lang) for lang in languages])
+  return query_rows.astype(np.int64), cand_rows.astype(np.int64)
+
+
+def _check_pools(task: RetrievalTask, pools: Any) -> dict[str, tuple[str, ...]]:
+  """Each pool's languages in `task.languages` order; ValueErrors name `pools`."""
+  if not isinstance(pools, Mapping):
+    raise ValueError(f"pools: expected a mapping of pool name to language codes, got {type(pools).__name__}")
+  query_counts = {lang: int(np.sum(np.asarray(task.query_lang) == lang)) for lang in task.languages}
+  checked = {}
+  for name, langs in pools.items():
+    if isinstance(langs, str) or not isinstance(langs, (Sequence, np.ndarray)):
+      raise ValueError(f"pools[{name!r}]: expected a sequence of language codes, got {langs!r}")
+    langs = tuple(langs)
+    if not langs:
+      raise ValueError(f"pools[{name!r}]: expected at least one language, got an empty pool")
+    unknown = [lang for lang in langs if lang not in query_counts]
+    if unknown:
+      known = list(task.languages)
+      raise ValueError(f"pools[{name!r}]: languages {unknown} are not in task.languages {known}")
+    if len(set(langs)) != len(langs):
+      raise ValueError(f"pools[{name!r}]: expected distinct language codes, got {list(langs)}")
+    empty = [lang for lang in langs if query_counts[lang] == 0]
+    if empty:
+      raise ValueError(f"pools[{name!r}]: languages {empty} have no queries in the task")
+    checked[name] = tuple(lang for lang in task.languages if lang in langs)
+  return checked
+
+
+def evaluate_pools(
+    task: RetrievalTask,
+    query_emb: np.ndarray,
+    cand_emb: np.ndarray,
+    pools: Mapping[str, Sequence[str]],
+    **evaluate_kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+  """The `evaluate` report of each named language pool, from one set of embeddings.
+
+  Pool `name` is the task restricted to the queries and candidates of
+  `pools[name]` (as `task.restrict(languages=...)`, languages in
+  `task.languages` order, relevance re-indexed); its embeddings are the
+  matching rows of `query_emb` and `cand_emb`, so nothing is re-encoded.
+
+  Args:
+    task: queries, candidates and relevance of every language.
+    query_emb: [task.num_queries, dim] query embeddings.
+    cand_emb: [task.num_candidates, dim] candidate embeddings.
+    pools: pool name -> language codes, e.g. {"2": ("en", "de"), "4": ("en", "de", "ru", "zh")}.
+    **evaluate_kwargs: passed to `evaluate` (`k_values`, `chunk_size`).
+
+  Raises:
+    ValueError: as `evaluate`; `pools` with an empty pool, a language not in
+      `task.languages` or a language without queries.
+  """
+  _check_task(task)
+  checked = _check_pools(task, pools)
+  queries, cands = _check_pair(task, query_emb, cand_emb)
+  reports = {}
+  for name, languages in checked.items():
+    query_rows, cand_rows = _pool_rows(task, languages)
+    sub = select(task, query_rows, cand_rows, languages=languages)
+    reports[name] = evaluate(sub, queries[query_rows], cands[cand_rows], **evaluate_kwargs)
+  return reports

@@ -143,13 +143,18 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
       "R@k: share of a query's relevant candidates (its answer in every language) in its top k,"
       " so at most k / #relevant.",
       "",
-      "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (pooled mAP) |",
-      "| --- | --- | --- |",
-      f"| {_fmt(summ['mono'])} | {_fmt(summ['cross'])} | {_fmt(summ['multi'])} |",
+      "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (macro) | pooled mAP (micro) |",
+      "| --- | --- | --- | --- |",
+      f"| {_fmt(summ['mono'])} | {_fmt(summ['cross'])} | {_fmt(summ.get('multi_macro'))}"
+      f" | {_fmt(summ.get('multi_micro'))} |",
+      "",
+      "Mul. (macro, arXiv 2408.10536): pooled mAP averaged over query languages;"
+      " pooled mAP (micro, LAReQA): averaged over all queries, so larger languages weigh more.",
       "",
       "## Language bias",
       "",
-      f"Rank distance (mean over languages): {_fmt(bias['rank_distance'], 2)};"
+      f"Rank distance (mean over languages): {_fmt(bias['rank_distance'], 2)}"
+      f" ({_fmt(bias.get('rank_distance_normalised'))} of the {report['num_candidates']} candidates);"
       f" top-1 candidate in the query's language: {_fmt(bias['top1_same_language'])}.",
       "",
       "## Per query language",
@@ -200,18 +205,20 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> pathl
 
 def _headline(report: Mapping[str, Any]) -> dict[str, float | None]:
   """The scalar metrics compared across reports, by display name."""
-  multi, bias = report["multilingual"], report["bias"]
+  multi, bias, summ = report["multilingual"], report["bias"], report["summary"]
   rows = {
-      "mAP (multilingual)": multi["map"],
+      "Mul. (macro)": summ.get("multi_macro"),
+      "pooled mAP (micro)": multi["map"],
       "mAP@20": multi["map_at_20"],
       "MRR": multi["mrr"],
       "nDCG@10": multi["ndcg_at_10"],
   }
   rows.update({f"R@{k}": v for k, v in multi["recall"].items()})
   rows.update({
-      "Mo. (mono mAP)": report["summary"]["mono"],
-      "Cr. (cross mAP)": report["summary"]["cross"],
+      "Mo. (mono mAP)": summ["mono"],
+      "Cr. (cross mAP)": summ["cross"],
       "rank distance": bias["rank_distance"],
+      "rank distance / pool size": bias.get("rank_distance_normalised"),
       "top-1 same language": bias["top1_same_language"],
   })
   return rows
@@ -268,19 +275,20 @@ def compare_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def compare_figure(reports: Mapping[str, Mapping[str, Any]]) -> Figure:
-  """Grouped bars of Mo./Cr./Mul. and per-language multilingual mAP, one colour per report."""
+  """Grouped bars of Mo./Cr./Mul. (macro)/pooled mAP (micro) and pooled mAP per language, per report."""
   names = list(reports)
   languages = list(dict.fromkeys(lang for r in reports.values() for lang in r["languages"]))
   fig = Figure(figsize=(4.0 + 0.55 * len(languages) * max(1, len(names)) / 2, 4.2))
   left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, max(2, len(languages) / 2)]})
   width = 0.8 / len(names)
-  keys = ("mono", "cross", "multi")
+  keys = ("mono", "cross", "multi_macro", "multi_micro")
   for i, (name, r) in enumerate(reports.items()):
-    heights = [np.nan if r["summary"][k] is None else r["summary"][k] for k in keys]
-    left.bar(np.arange(3) + i * width, heights, width, label=name)
+    heights = [np.nan if r["summary"].get(k) is None else r["summary"][k] for k in keys]
+    left.bar(np.arange(len(keys)) + i * width, heights, width, label=name)
     per_lang = [(r["multilingual"]["per_language"].get(lang) or {}).get("map") for lang in languages]
     right.bar(np.arange(len(languages)) + i * width, [np.nan if v is None else v for v in per_lang], width, label=name)
-  left.set_xticks(np.arange(3) + 0.4 - width / 2, labels=["Mo.", "Cr.", "Mul."])
+  labels = ["Mo.", "Cr.", "Mul.\n(macro)", "pooled\n(micro)"]
+  left.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, labels=labels)
   left.set_ylabel("mAP")
   left.set_ylim(0, 1)
   left.set_title("Mo. / Cr. / Mul.")

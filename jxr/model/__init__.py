@@ -1,6 +1,6 @@
 """Multilingual encoders in Flax: BERT / XLM-R with pluggable attention, offline weights.
 
-    enc = jxr.model.load_encoder("multilingual-e5-small", attn="local", window=64)
+    enc = jxr.model.load_encoder("multilingual-e5-small", attention=AttentionConfig.local(64))
     emb = enc.encode(texts, kind="query")        # np.float32 [N, dim], L2-normalised
 """
 

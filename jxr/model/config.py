@@ -24,51 +24,101 @@ E5_PREFIXES = ("query: ", "passage: ")
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-  """Which `pallas_kernels` mask the encoder's self-attention uses.
+  """The attention spec: which `pallas_kernels` mask the encoder's self-attention uses.
 
-  kind: "dense", "local" (`LocalMask(window, window)`) or "block_sparse"
-    (`BlockSparseMask.pattern(block_size, density=density, **layout)`).
-  layout: BigBird recipe keywords for `BlockSparseMask.pattern` (`local`,
-    `global_`, `random`, `seed`, `per_head`) as sorted `(key, value)` pairs.
-  implementation: forwarded to `pallas_kernels.attention` (None = by backend).
+  One frozen, hashable value that the command line builds once and every layer
+  carries unchanged (run and train configs, the sweep's arms, the saved model
+  config, the attended-fraction measurement); `jxr.model.attention_mask_for`
+  is the one function that turns it into a mask. Fields a kind does not use are
+  None, so two specs are equal exactly when they attend the same pairs.
+
+  kind: "dense", "local" or "block_sparse".
+  window: local: keys on each side of a query (`LocalMask(window, window)`).
+  block_size, band, global_blocks, random, seed: block_sparse:
+    `BlockSparseMask.pattern(block_size, local=band, global_=global_blocks,
+    random=random, seed=seed)`: the band of key blocks on each side of the
+    diagonal, the leading blocks that see and are seen by every block, and the
+    fraction of the other blocks made active by a seeded hash of their
+    coordinates (so a sequence sees the same blocks whatever it is padded to).
+  implementation: forwarded to `pallas_kernels.attention` (None: by backend);
+    not part of the spec's JSON (it changes speed, not results).
   """
   kind: str = "dense"
   window: int | None = None
-  block_size: int = 16
-  density: float | None = None
-  layout: tuple[tuple[str, Any], ...] = ()
-  implementation: str | None = None
+  block_size: int | None = None
+  band: int | None = None
+  global_blocks: int | None = None
+  random: float | None = None
+  seed: int | None = None
+  implementation: str | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     if self.kind not in ATTENTION_KINDS:
-      raise ValueError(f"attn: expected one of {ATTENTION_KINDS}, got {self.kind!r}")
+      raise ValueError(f"attention.kind: expected one of {ATTENTION_KINDS}, got {self.kind!r}")
+    fields = {"local": ("window",),
+              "block_sparse": ("block_size", "band", "global_blocks", "random", "seed")}
+    used = fields.get(self.kind, ())
+    stray = [name for name in _SPEC_FIELDS if name not in used and getattr(self, name) is not None]
+    if stray:
+      raise ValueError(f"attention: {', '.join(stray)} do not apply to kind {self.kind!r}")
     if self.kind == "local":
-      if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 0:
-        raise ValueError(f"window: attn='local' needs an int >= 0, got {self.window!r}")
+      _check_spec_int("window", self.window, 0)
     if self.kind == "block_sparse":
-      if not isinstance(self.block_size, int) or self.block_size < 1:
-        raise ValueError(f"block_size: expected an int >= 1, got {self.block_size!r}")
-      if self.density is not None and not 0.0 < float(self.density) <= 1.0:
-        raise ValueError(f"density: expected a fraction in (0, 1], got {self.density!r}")
-      allowed = {"local", "global_", "random", "seed", "per_head"}
-      unknown = {key for key, _ in self.layout} - allowed
-      if unknown:
-        raise ValueError(f"layout: unknown BlockSparseMask.pattern keys {sorted(unknown)}; "
-                         f"expected some of {sorted(allowed)}")
-
-  def to_json(self) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": self.kind}
-    if self.kind == "local":
-      out["window"] = self.window
-    if self.kind == "block_sparse":
-      out.update(block_size=self.block_size, density=self.density, layout=dict(self.layout))
-    return out
+      _check_spec_int("block_size", self.block_size, 1)
+      _check_spec_int("band", self.band, 0)
+      _check_spec_int("global_blocks", self.global_blocks, 0)
+      _check_spec_int("seed", self.seed, 0)
+      if (not isinstance(self.random, (int, float)) or isinstance(self.random, bool)
+          or not 0.0 <= float(self.random) <= 1.0):
+        raise ValueError(f"attention.random: expected a fraction in [0, 1], got {self.random!r}")
+      object.__setattr__(self, "random", float(self.random))
 
   @classmethod
-  def from_json(cls, data: dict[str, Any]) -> "AttentionConfig":
-    return cls(kind=data.get("kind", "dense"), window=data.get("window"),
-               block_size=int(data.get("block_size", 16)), density=data.get("density"),
-               layout=tuple(sorted(dict(data.get("layout") or {}).items())))
+  def dense(cls) -> AttentionConfig:
+    return cls("dense")
+
+  @classmethod
+  def local(cls, window: int) -> AttentionConfig:
+    return cls("local", window=window)
+
+  @classmethod
+  def block_sparse(cls, block_size: int = 16, *, band: int = 1, global_blocks: int = 1,
+                   random: float = 0.0, seed: int = 0) -> AttentionConfig:
+    return cls("block_sparse", block_size=block_size, band=band, global_blocks=global_blocks,
+               random=random, seed=seed)
+
+  @property
+  def label(self) -> str:
+    """A short name for tables and directories: dense, local-w16, block_sparse-b8-n1-g0-r0.113."""
+    if self.kind == "local":
+      return f"local-w{self.window}"
+    if self.kind == "block_sparse":
+      seed = f"-s{self.seed}" if self.seed else ""
+      return (f"block_sparse-b{self.block_size}-n{self.band}-g{self.global_blocks}"
+              f"-r{self.random:.3f}{seed}")
+    return "dense"
+
+  def to_json(self) -> dict[str, Any]:
+    return {"kind": self.kind, **{name: getattr(self, name) for name in _SPEC_FIELDS
+                                  if getattr(self, name) is not None}}
+
+  @classmethod
+  def from_json(cls, data: Any) -> AttentionConfig:
+    if not isinstance(data, dict):
+      raise ValueError(f"attention: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"kind", *_SPEC_FIELDS})
+    if unknown:
+      raise ValueError(f"attention: unknown keys {unknown}; expected kind and some of "
+                       f"{list(_SPEC_FIELDS)}")
+    return cls(**data)
+
+
+_SPEC_FIELDS = ("window", "block_size", "band", "global_blocks", "random", "seed")
+
+
+def _check_spec_int(name: str, value: Any, minimum: int) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    raise ValueError(f"attention.{name}: expected an int >= {minimum}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +216,7 @@ class EncoderConfig:
         pad_token_id=int(data.get("pad_token_id", 1 if model_type == "xlm-roberta" else 0)),
         hidden_act=str(data.get("hidden_act", "gelu")),
         hidden_dropout_prob=float(data.get("hidden_dropout_prob", 0.1)),
-        attention=AttentionConfig.from_json(jxr.get("attention", {})),
+        attention=AttentionConfig.from_json(jxr.get("attention", {"kind": "dense"})),
         pooling=jxr.get("pooling", "mean"),
         query_prefix=prefixes.get("query", default_prefixes[0]),
         passage_prefix=prefixes.get("passage", default_prefixes[1]),

@@ -26,13 +26,14 @@ _INIT_STD = 0.02  # BERT's initializer_range
 
 
 def attention_mask_for(attention: AttentionConfig) -> pallas_kernels.Mask:
-  """The `pallas_kernels` mask object an `AttentionConfig` stands for."""
-  if attention.kind == "dense":
-    return pallas_kernels.DenseMask()
+  """The `pallas_kernels` mask an attention spec stands for (the only place this is decided)."""
   if attention.kind == "local":
     return pallas_kernels.LocalMask(attention.window, attention.window)
-  return pallas_kernels.BlockSparseMask.pattern(
-      attention.block_size, density=attention.density, **dict(attention.layout))
+  if attention.kind == "block_sparse":
+    return pallas_kernels.BlockSparseMask.pattern(
+        attention.block_size, local=attention.band, global_=attention.global_blocks,
+        random=attention.random, seed=attention.seed)
+  return pallas_kernels.DenseMask()
 
 
 def _dense(in_features: int, out_features: int, axes: tuple, config: EncoderConfig,

@@ -8,9 +8,9 @@ import os
 import pathlib
 from typing import Any
 
+from jxr.model.config import AttentionConfig
 from jxr.train.mesh import parse_mesh_spec
 
-ATTENTION_KINDS = ("dense", "local", "block_sparse")
 DTYPES = ("float32", "bfloat16")
 LAREQA_NAMES = ("xquad-r", "mlqa-r")
 
@@ -27,10 +27,7 @@ class TrainConfig:
   those off (a checkpoint is still written at the end and on Ctrl-C).
   """
   model: str = "multilingual-e5-small"
-  attn: str = "dense"
-  window: int | None = None
-  block_size: int = 16
-  density: float | None = None
+  attention: AttentionConfig = AttentionConfig()
   train_data: str = "xquad-r"
   languages: tuple[str, ...] | None = None
   mono_prob: float = 0.5
@@ -62,6 +59,8 @@ class TrainConfig:
   def __post_init__(self):
     if isinstance(self.languages, list):
       object.__setattr__(self, "languages", tuple(self.languages))
+    if isinstance(self.attention, dict):
+      object.__setattr__(self, "attention", AttentionConfig.from_json(self.attention))
     validate(self)
 
   def replace(self, **changes: Any) -> "TrainConfig":
@@ -73,6 +72,7 @@ class TrainConfig:
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
+    out["attention"] = self.attention.to_json()
     if self.languages is not None:
       out["languages"] = list(self.languages)
     return out
@@ -141,12 +141,9 @@ def validate(config: TrainConfig) -> None:
   for name in ("model", "train_data", "out_dir", "mesh"):
     if not isinstance(getattr(config, name), str) or not getattr(config, name):
       raise ValueError(f"{name}: expected a non-empty string, got {getattr(config, name)!r}")
-  if config.attn not in ATTENTION_KINDS:
-    raise ValueError(f"attn: expected one of {ATTENTION_KINDS}, got {config.attn!r}")
-  if config.attn == "local" and (not _is_int(config.window) or config.window < 1):
-    raise ValueError(f"window: attn='local' needs an int >= 1, got {config.window!r}")
-  _int(config, "block_size", 1)
-  _number(config, "density", 0.0, 1.0, low_open=True, optional=True)
+  if not isinstance(config.attention, AttentionConfig):  # it validates its own fields
+    raise ValueError(f"attention: expected a jxr.model.AttentionConfig, got "
+                     f"{type(config.attention).__name__}")
   if config.languages is not None and (
       not isinstance(config.languages, tuple) or not config.languages
       or not all(isinstance(lang, str) and lang for lang in config.languages)):

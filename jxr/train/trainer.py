@@ -145,8 +145,7 @@ def _check_mesh_fit(config: TrainConfig, mesh) -> None:
 
 
 def _load_model(config: TrainConfig) -> Encoder:
-  encoder = load_encoder(config.model, attn=config.attn, window=config.window,
-                         block_size=config.block_size, density=config.density, dtype=config.dtype,
+  encoder = load_encoder(config.model, attention=config.attention, dtype=config.dtype,
                          max_length=max(config.max_query_length, config.max_passage_length),
                          seed=config.seed)
   for name in ("max_query_length", "max_passage_length"):

@@ -1,5 +1,6 @@
 """jxr.eval metrics against brute force, constructed cases and hand-computed toys."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -32,6 +33,16 @@ def _check_against_brute_force(task, queries, cands, scores):
   np.testing.assert_allclose(multi["ndcg_at_10"], np.mean([e["ndcg10"] for e in expected]), rtol=1e-12)
   for k in (1, 5, 10, 20):
     np.testing.assert_allclose(multi["recall"][str(k)], np.mean([e[f"r{k}"] for e in expected]), rtol=1e-12)
+  # AP within each language's candidates alone, by sorting the scores of that language only.
+  for j, lang in enumerate(task.languages):
+    cols = np.flatnonzero(task.cand_lang == lang)
+    for q in range(task.num_queries):
+      relevant = np.flatnonzero(np.isin(cols, task.relevant(q)))
+      value = per_query["ap_by_language"][q][j]
+      if len(relevant) == 0:
+        assert value is None
+      else:
+        np.testing.assert_allclose(value, brute_force(scores[q, cols], relevant)["ap"], rtol=1e-12)
   return report
 
 
@@ -103,7 +114,7 @@ def test_one_hot_question_ids_give_perfect_retrieval():
   # Four tied answers fill positions 1-4.
   assert multi["recall"] == {"1": 0.25, "5": 1.0, "10": 1.0, "20": 1.0}
   assert report["bias"]["rank_distance"] == 0.0
-  assert report["summary"] == {"mono": 1.0, "cross": 1.0, "multi": 1.0}
+  assert report["summary"] == {"mono": 1.0, "cross": 1.0, "multi_macro": 1.0, "multi_micro": 1.0}
   assert all(v == 1.0 for row in report["matrices"]["map"] for v in row)
   assert report["matrices"]["num_queries"] == [[12] * 4] * 4
 
@@ -174,7 +185,7 @@ def test_hand_computed_toy():
   np.testing.assert_allclose([s["mono"], s["cross"]], [1.0, (1 + 2 / 3) / 2])
   aps = [(1 + 2 / 3) / 2, 1.0, (1 + 2 / 4) / 2, 1.0]
   np.testing.assert_allclose(report["per_query"]["ap"], aps)
-  np.testing.assert_allclose(s["multi"], np.mean(aps))
+  np.testing.assert_allclose([s["multi_micro"], s["multi_macro"]], np.mean(aps))  # balanced: macro = micro
   per_lang = report["multilingual"]["per_language"]
   np.testing.assert_allclose([per_lang["en"]["map"], per_lang["de"]["map"]], [np.mean(aps[:2]), np.mean(aps[2:])])
   assert per_lang["en"]["num_queries"] == 2
@@ -183,6 +194,7 @@ def test_hand_computed_toy():
   assert report["per_query"]["rank_distance"] == [2, 1, 3, 1]
   assert report["bias"]["rank_distance_per_language"] == {"en": 1.5, "de": 2.0}
   assert report["bias"]["rank_distance"] == 1.75
+  assert report["bias"]["rank_distance_normalised"] == 1.75 / 5
   assert report["bias"]["top1_same_language"] == 1.0
   assert report["per_query"]["query_id"] == ["a", "b", "a", "b"]
   assert report["per_query"]["lang"] == ["en", "en", "de", "de"]
@@ -200,10 +212,14 @@ def test_empty_cells_and_report_layout():
   assert set(report["multilingual"]) == {"map", "map_at_20", "mrr", "ndcg_at_10", "recall", "per_language"}
   assert list(report["multilingual"]["recall"]) == ["1", "3"]
   assert set(report["multilingual"]["per_language"]["de"]) == {"map", "map_at_20", "recall", "num_queries"}
-  assert set(report["bias"]) == {"rank_distance", "rank_distance_per_language", "top1_same_language"}
+  assert set(report["bias"]) == {
+      "rank_distance", "rank_distance_normalised", "rank_distance_per_language", "top1_same_language"
+  }
   assert set(report["matrices"]) == {"languages", "map", "mrr", "recall", "num_queries"}
   assert set(report["matrices"]["recall"]) == {"1", "10"}
-  assert set(report["per_query"]) == {"query_id", "lang", "ap", "rank_distance"}
+  assert set(report["summary"]) == {"mono", "cross", "multi_macro", "multi_micro"}
+  assert set(report["per_query"]) == {"query_id", "lang", "article", "paragraph", "ap", "rank_distance", "ap_by_language"}
+  assert report["per_query"]["ap_by_language"][0][1] is None  # "x" has no German answer
   assert json.loads(json.dumps(report, allow_nan=False)) == report
 
 
@@ -230,3 +246,86 @@ def test_scale_of_embeddings_is_ignored():
   a = jxr.eval.evaluate(task, queries, cands)
   b = jxr.eval.evaluate(task, queries * np.array([[3.0], [0.01], [7.0], [1e3]]), cands * 50)
   assert a == b
+
+
+def _unbalanced_toy():
+  """Three English queries, one German; candidates c0, c1 (en), c2, c3 (de) are basis vectors.
+
+  A query's embedding is its score vector, so its pooled ranking is the order of that vector.
+  """
+  task = make_task(["a", "b", "c", "a"], ["en", "en", "en", "de"], ["en", "en", "de", "de"], [[0, 2], [1], [3], [0, 2]])
+  queries = np.array([[4, 3, 1, 2], [4, 2, 3, 1], [1, 2, 3, 4], [1, 4, 3, 2]], np.float64)
+  return task, queries, np.eye(4)
+
+
+def test_mul_macro_and_micro_differ_on_unbalanced_languages():
+  # Pooled ranks of the relevant candidates and AP:
+  #   q0 (a, en) [4, 3, 1, 2]: c0 1, c2 4 -> (1 + 2/4) / 2 = 0.75, distance 3
+  #   q1 (b, en) [4, 2, 3, 1]: c1 3       -> 1/3, distance 0
+  #   q2 (c, en) [1, 2, 3, 4]: c3 1       -> 1, distance 0
+  #   q3 (a, de) [1, 4, 3, 2]: c2 2, c0 4 -> (1/2 + 2/4) / 2 = 0.5, distance 2
+  task, queries, cands = _unbalanced_toy()
+  report = jxr.eval.evaluate(task, queries, cands)
+  np.testing.assert_allclose(report["per_query"]["ap"], [0.75, 1 / 3, 1.0, 0.5])
+  s = report["summary"]
+  np.testing.assert_allclose(s["multi_micro"], (0.75 + 1 / 3 + 1 + 0.5) / 4)  # 0.6458
+  np.testing.assert_allclose(s["multi_macro"], ((0.75 + 1 / 3 + 1) / 3 + 0.5) / 2)  # 0.5972
+  assert s["multi_micro"] == report["multilingual"]["map"]
+  # Within one language: q0 en c0 1st -> 1, de c2 2nd -> 1/2; q1 en c1 2nd -> 1/2; q2 de c3 1st -> 1;
+  # q3 en c0 2nd -> 1/2, de c2 1st -> 1.
+  assert report["per_query"]["ap_by_language"] == [[1.0, 0.5], [0.5, None], [None, 1.0], [0.5, 1.0]]
+  assert report["matrices"]["map"] == [[0.75, 0.75], [0.5, 1.0]]
+  np.testing.assert_allclose([s["mono"], s["cross"]], [(0.75 + 1) / 2, (0.75 + 0.5) / 2])
+  bias = report["bias"]
+  assert bias["rank_distance_per_language"] == {"en": 1.0, "de": 2.0}
+  assert bias["rank_distance"] == 1.5
+  assert bias["rank_distance_normalised"] == 1.5 / 4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ap_by_language_averages_to_the_map_matrix(seed):
+  rng = np.random.default_rng(seed)
+  task = _random_task(rng, num_queries=80, num_cands=120, languages=("en", "de", "zh", "ar"), max_relevant=4)
+  report = jxr.eval.evaluate(task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates))
+  by_language = report["per_query"]["ap_by_language"]
+  query_lang = np.array(report["per_query"]["lang"])
+  grid, counts = report["matrices"]["map"], report["matrices"]["num_queries"]
+  for i, row_lang in enumerate(task.languages):
+    for j in range(len(task.languages)):
+      values = [by_language[q][j] for q in np.flatnonzero(query_lang == row_lang) if by_language[q][j] is not None]
+      assert len(values) == counts[i][j]
+      if values:
+        np.testing.assert_allclose(np.mean(values), grid[i][j], rtol=1e-12)
+      else:
+        assert grid[i][j] is None
+  assert any(v is None for row in by_language for v in row)  # some queries lack a language
+
+
+def _paragraph_toy():
+  """Articles and paragraphs by language; rows of question "a" in German first.
+
+  candidates: 0-2 en "T1" paragraphs x, x, y; 3 en "T2" z; 4-5 de "T1de" u, v; 6 de "T2de" w.
+  """
+  task = make_task(
+      ["a", "a", "b", "c", "d"],
+      ["de", "en", "de", "en", "en"],
+      ["en", "en", "en", "en", "de", "de", "de"],
+      [[2, 5], [2, 5], [1, 4], [6], [3]],
+      languages=("en", "de"),
+  )
+  return dataclasses.replace(
+      task,
+      query_article=np.array(["T1de", "T1", "T1de", "T2", "T2"]),
+      cand_article=np.array(["T1", "T1", "T1", "T2", "T1de", "T1de", "T2de"]),
+      cand_context=np.array(["x", "x", "y", "z", "u", "v", "w"]),
+  )
+
+
+def test_paragraph_and_article_keys():
+  # a: English comes first in task.languages: its answer c2 is T1's second distinct paragraph (y).
+  # b: only German: c4 is T1de's first (u). c: no English answer: its first relevant, c6 (T2de's w).
+  task = _paragraph_toy()
+  rng = np.random.default_rng(0)
+  report = jxr.eval.evaluate(task, rng.normal(size=(5, 4)), rng.normal(size=(7, 4)))
+  assert report["per_query"]["paragraph"] == ["T1/1", "T1/1", "T1de/0", "T2de/0", "T2/0"]
+  assert report["per_query"]["article"] == ["T1de", "T1", "T1de", "T2", "T2"]

@@ -79,6 +79,10 @@ def test_summary_markdown(report, written):
   assert text.startswith("# toy: retrieval evaluation")
   assert f"{report['multilingual']['map']:.4f}" in text
   assert f"{report['summary']['cross']:.4f}" in text
+  assert "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (macro) | pooled mAP (micro) |" in text
+  summ = report["summary"]
+  assert f"| {summ['mono']:.4f} | {summ['cross']:.4f} | {summ['multi_macro']:.4f} | {summ['multi_micro']:.4f} |" in text
+  assert f"({report['bias']['rank_distance_normalised']:.4f} of the 45 candidates)" in text
   for lang in report["languages"]:
     assert f"| {lang} | 10 |" in text  # per-language row with its query count
 
@@ -103,13 +107,17 @@ def test_only_process_zero_writes(report, tmp_path, monkeypatch):
 def test_compare_tables_and_plot(report, tmp_path):
   better = copy.deepcopy(report)
   better["multilingual"]["map"] = report["multilingual"]["map"] + 0.1
+  better["summary"]["multi_macro"] = report["summary"]["multi_macro"] - 0.05
   better["multilingual"]["per_language"]["de"]["map"] = 0.75
   better["bias"]["rank_distance"] = report["bias"]["rank_distance"] - 2
   del better["multilingual"]["per_language"]["zh"]  # a report may lack a language
   out = jxr.eval.compare({"dense": report, "local": better}, tmp_path / "cmp")
   text = (out / "comparison.md").read_text()
   assert "| metric | dense | local | local - dense |" in text
-  assert f"| mAP (multilingual) | {report['multilingual']['map']:.4f} | {better['multilingual']['map']:.4f} | +0.1000 |" in text
+  micro, macro = report["multilingual"]["map"], report["summary"]["multi_macro"]
+  assert f"| pooled mAP (micro) | {micro:.4f} | {micro + 0.1:.4f} | +0.1000 |" in text
+  assert f"| Mul. (macro) | {macro:.4f} | {macro - 0.05:.4f} | -0.0500 |" in text
+  assert "| rank distance / pool size |" in text
   de_before = report["multilingual"]["per_language"]["de"]["map"]
   assert f"| de | {de_before:.4f} | 0.7500 | {0.75 - de_before:+.4f} |" in text
   assert "| zh | " in text and "| - | - |" in text

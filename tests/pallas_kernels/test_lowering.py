@@ -18,8 +18,9 @@ TRITON_CALL = "__gpu$xla.gpu.triton"
 MASKS = {
     "dense": DenseMask(),
     "local": LocalMask(100, 37),
-    "block_sparse": BlockSparseMask.pattern(128, density=0.3),
-    "local_and_per_head_block_sparse": LocalMask(256, 256) & BlockSparseMask.pattern(128, random=1, per_head=True),
+    "block_sparse": BlockSparseMask.pattern(128, random=0.3),
+    "local_and_per_head_block_sparse":
+        LocalMask(256, 256) & BlockSparseMask.pattern(128, random=0.2, per_head=True),
 }
 
 

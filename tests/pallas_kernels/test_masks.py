@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from oracle import formula_mask, random_layout
-from pallas_kernels import BlockSparseMask, DenseMask, LocalMask
-from pallas_kernels.masks import layout_block_sizes
+from pallas_kernels import BlockSparseMask, DenseMask, LocalMask, attended_fraction, random_for_density
+from pallas_kernels.masks import _uniforms, layout_block_sizes
 
 
 def _random_case(rng: np.random.Generator):
@@ -82,28 +82,129 @@ def test_local_window_partial_only_at_edges():
   assert list(table.kv_partial[0, middle, :5]) == [True, False, False, False, True]
 
 
+def _fixed(nqb, nkb, local=1, global_=1):
+  qb, kb = np.indices((nqb, nkb))
+  return (np.abs(qb - kb) <= local) | (qb < global_) | (kb < global_)
+
+
 def test_pattern_structure_and_determinism():
-  pattern = BlockSparseMask.pattern(16, local=1, global_=1, random=2, seed=3)
+  pattern = BlockSparseMask.pattern(16, local=1, global_=1, random=0.3, seed=3)
   layout = pattern.layout(320, 320)[0]  # 20 x 20 blocks
-  qb, kb = np.indices(layout.shape)
-  fixed = (np.abs(qb - kb) <= 1) | (qb < 1) | (kb < 1)
+  fixed = _fixed(20, 20)
   assert layout[fixed].all()
-  extra = (layout & ~fixed).sum(axis=1)
-  assert np.all(extra == np.minimum(2, (~fixed).sum(axis=1)))
-  np.testing.assert_array_equal(layout, BlockSparseMask.pattern(16, local=1, global_=1, random=2, seed=3).layout(320, 320)[0])
-  assert not np.array_equal(layout, BlockSparseMask.pattern(16, random=2, seed=4).layout(320, 320)[0])
-  per_head = BlockSparseMask.pattern(16, random=2, per_head=True).layout(320, 320, 4)
+  assert 0 < (layout & ~fixed).sum() < (~fixed).sum()
+  again = BlockSparseMask.pattern(16, local=1, global_=1, random=0.3, seed=3).layout(320, 320)[0]
+  np.testing.assert_array_equal(layout, again)
+  assert not np.array_equal(layout, BlockSparseMask.pattern(16, random=0.3, seed=4).layout(320, 320)[0])
+  per_head = BlockSparseMask.pattern(16, random=0.3, per_head=True).layout(320, 320, 4)
   assert per_head.shape == (4, 20, 20) and not np.array_equal(per_head[0], per_head[1])
+  assert BlockSparseMask.pattern(16, random=0.3).layout(320, 320, 4).shape == (1, 20, 20)
 
 
-@pytest.mark.parametrize("target", [0.25, 0.4, 0.6, 1.0])
-def test_pattern_density_is_nearest_achievable(target):
-  pattern = BlockSparseMask.pattern(16, density=target)
-  got = pattern.layout(1024, 1024)[0].mean()
-  assert abs(got - target) <= 1.5 / 64  # within a block per row
-  low = BlockSparseMask.pattern(16, density=0.01).layout(1024, 1024)[0]
-  fixed_only = BlockSparseMask.pattern(16).layout(1024, 1024)[0]
-  np.testing.assert_array_equal(low, fixed_only)  # never below local + global
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_pattern_layout_does_not_depend_on_padding(per_head, seed):
+  pattern = BlockSparseMask.pattern(8, local=1, global_=1, random=0.4, seed=seed, per_head=per_head)
+  lengths = [1, 7, 8, 9, 77, 96, 100, 128, 200, 333]
+  for short in lengths:
+    n1 = -(-short // 8)
+    expected = pattern.layout(short, short, 3)
+    for long in (l for l in lengths if l > short):
+      np.testing.assert_array_equal(pattern.layout(long, long, 3)[:, :n1, :n1], expected,
+                                    err_msg=f"{short} in {long}")
+  # Rectangular problems and the element mask agree with the square prefix too.
+  np.testing.assert_array_equal(pattern.layout(77, 200, 3), pattern.layout(200, 200, 3)[:, :10, :])
+  np.testing.assert_array_equal(pattern.dense(100, 100, 3), pattern.dense(128, 128, 3)[:, :100, :100])
+
+
+def test_pattern_random_zero_and_one():
+  for local, global_ in ((1, 1), (0, 0), (2, 3)):
+    fixed = BlockSparseMask.pattern(16, local=local, global_=global_, random=0).layout(500, 500)[0]
+    np.testing.assert_array_equal(fixed, _fixed(32, 32, local, global_))
+    full = BlockSparseMask.pattern(16, local=local, global_=global_, random=1, per_head=True)
+    assert full.layout(500, 500, 2).all()
+
+
+def test_pattern_random_is_the_active_fraction_of_free_blocks():
+  layout = BlockSparseMask.pattern(1, random=0.3, seed=5).layout(128, 128)[0]
+  free = ~_fixed(128, 128)
+  assert abs(layout[free].mean() - 0.3) < 0.03
+  heads = BlockSparseMask.pattern(1, random=0.3, per_head=True).layout(128, 128, 2)
+  assert all(abs(h[free].mean() - 0.3) < 0.03 for h in heads)
+
+
+def test_attended_fraction_matches_brute_force():
+  lengths = [100, 128, 128, 77, 3, 16, 100]
+  for mask, heads in ((BlockSparseMask.pattern(8, random=0.3, seed=1), 1),
+                      (BlockSparseMask.pattern(8, random=0.3, per_head=True), 3),
+                      (LocalMask(5, 9), 1), (DenseMask(), 2)):
+    allowed = sum(mask.dense(n, n, heads).mean(axis=0).sum() for n in lengths)
+    expected = allowed / sum(n * n for n in lengths)
+    assert attended_fraction(mask, lengths, heads) == pytest.approx(expected, rel=1e-12)
+  assert attended_fraction(DenseMask(), np.array([5, 9])) == 1.0
+
+
+@pytest.mark.parametrize("lengths", [[], [10, 0], [-3], [[4, 5]], [2.5]])
+def test_attended_fraction_rejects_bad_lengths(lengths):
+  with pytest.raises(ValueError, match="lengths"):
+    attended_fraction(DenseMask(), lengths)
+
+
+def _closest_achievable(density, lengths, block, num_heads=1, **kw):
+  """Brute force: every distinct layout over `lengths` comes from 0, 1 or a midpoint of sorted thresholds."""
+  fixed = BlockSparseMask.pattern(block, **kw)
+  nb, heads = -(-max(lengths) // block), num_heads if fixed.per_head else 1
+  free = np.broadcast_to(~fixed.layout(max(lengths), max(lengths), num_heads), (heads, nb, nb))
+  u = np.unique(_uniforms(fixed.seed, heads, nb, nb)[free])  # sorted
+  candidates = [0.0, 1.0, *((u[1:] + u[:-1]) / 2)]
+  return min(abs(attended_fraction(BlockSparseMask.pattern(block, random=r, **kw), lengths, num_heads) - density)
+             for r in candidates)
+
+
+@pytest.mark.parametrize("density,num_heads,kw", [
+    (0.6, 1, {}),
+    (0.72, 2, dict(per_head=True)),
+    (0.3, 1, dict(local=0, global_=0, seed=3)),
+    (1.0, 1, {}),
+])
+def test_random_for_density_is_the_closest_achievable(density, num_heads, kw):
+  lengths, block = [40, 33, 40, 9], 4
+  random = random_for_density(density, lengths, block=block, num_heads=num_heads, **kw)
+  got = attended_fraction(BlockSparseMask.pattern(block, random=random, **kw), lengths, num_heads)
+  assert abs(got - density) <= _closest_achievable(density, lengths, block, num_heads, **kw) + 1e-12
+  if density == 1.0:
+    assert random == 1.0 and got == 1.0
+
+
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("global_", [0, 1])
+def test_random_for_density_hits_targets_over_mixed_lengths(density, global_):
+  lengths = [100, 128, 128, 77]
+  block = 8 if global_ == 0 else 4  # the band and one global block of 8 alone attend 0.32
+  random = random_for_density(density, lengths, block=block, global_=global_)
+  assert 0.0 <= random <= 1.0
+  mask = BlockSparseMask.pattern(block, global_=global_, random=random)
+  assert abs(attended_fraction(mask, lengths) - density) < 0.02
+
+
+def test_random_for_density_floor_error():
+  with pytest.raises(ValueError, match=r"density: requested 0\.1.*alone attend 0\.531.*block size 16.*"
+                                       r"local=1.*1 global blocks.*length 128.*fewer band or global blocks"):
+    random_for_density(0.1, [128], block=16, local=1, global_=1)
+  # Right at the floor is fine: random 0.
+  floor = attended_fraction(BlockSparseMask.pattern(16), [128, 64])
+  assert random_for_density(floor, [128, 64], block=16) == 0.0
+
+
+@pytest.mark.parametrize("density", [0.0, -0.5, 1.5, float("nan"), True, "0.5"])
+def test_random_for_density_rejects_bad_density(density):
+  with pytest.raises(ValueError, match="density: expected a fraction in"):
+    random_for_density(density, [64], block=8)
+
+
+def test_pattern_has_no_density_argument():
+  with pytest.raises(TypeError, match="density"):
+    BlockSparseMask.pattern(16, density=0.5)  # pylint: disable=unexpected-keyword-arg
 
 
 def test_masks_are_hashable_and_comparable():
@@ -112,7 +213,9 @@ def test_masks_are_hashable_and_comparable():
   assert hash(BlockSparseMask(layout, 16)) == hash(BlockSparseMask(layout.copy(), 16))
   assert BlockSparseMask(layout, 16) != BlockSparseMask(~layout, 16)
   assert LocalMask(2, 3) & DenseMask() == LocalMask(2, 3) & DenseMask()
-  assert len({LocalMask(1, 1), LocalMask(1, 1), BlockSparseMask.pattern(16, density=0.5)}) == 2
+  assert len({LocalMask(1, 1), LocalMask(1, 1), BlockSparseMask.pattern(16, random=0.5)}) == 2
+  assert BlockSparseMask.pattern(16, random=1) == BlockSparseMask.pattern(16, random=1.0)
+  assert hash(BlockSparseMask.pattern(16, random=1)) == hash(BlockSparseMask.pattern(16, random=1.0))
   layout[0, 0] = not layout[0, 0]  # the mask keeps its own copy
   assert BlockSparseMask(layout, 16) != BlockSparseMask(~layout, 16)
 
@@ -129,7 +232,10 @@ def test_layout_block_sizes():
     (lambda: BlockSparseMask(np.ones(4, bool), 16), "BlockSparseMask.layout"),
     (lambda: BlockSparseMask(np.full((2, 2), 3), 16), "BlockSparseMask.layout"),
     (lambda: BlockSparseMask(np.ones((2, 2), bool), 0), "BlockSparseMask.block_q"),
-    (lambda: BlockSparseMask.pattern(16, density=1.5), "density"),
+    (lambda: BlockSparseMask.pattern(16, random=1.5), "BlockSparseMask.pattern: random"),
+    (lambda: BlockSparseMask.pattern(16, random=2), "BlockSparseMask.pattern: random"),
+    (lambda: BlockSparseMask.pattern(16, random=-0.1), "BlockSparseMask.pattern: random"),
+    (lambda: BlockSparseMask.pattern(16, random="0.3"), "BlockSparseMask.pattern: random"),
     (lambda: BlockSparseMask.pattern(16, local=-1), "local"),
     (lambda: LocalMask(1, 1) & np.ones((2, 2)), "right operand of &"),
     (lambda: BlockSparseMask(np.ones((2, 2), bool), 16).block_table(64, 32, 16, 16), "BlockSparseMask.layout"),
