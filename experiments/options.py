@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--preset", help=f"one of {', '.join(PRESETS_ORDER)} (default: from the devices: "
     "pod with several processes or a TPU, gpu with a GPU, else cpu)")
   d = ATTENTION_DEFAULTS
-  a("--attn", choices=ATTENTION_KINDS, help="attention kind (default dense)")
+  a("--attn", metavar="{" + ",".join(ATTENTION_KINDS) + "}", help="attention kind (default dense)")
   a("--window", help=f"local: keys on each side of a query (default {d['window']})")
   a("--block-size", help=f"block_sparse: layout block in tokens (default {d['block_size']})")
   a("--band", help=f"block_sparse: key blocks on each side of the diagonal (default {d['band']})")
@@ -305,6 +305,8 @@ def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> A
   it on passages of `max_passage_length` tokens; the spec carries the fraction.
   """
   kind = args.attn or "dense"
+  if kind not in ATTENTION_KINDS:
+    raise FlagError(f"--attn: expected one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
   given = [name for name in ("window", *_KIND_FLAGS["block_sparse"])
            if getattr(args, name) is not None]
   for name in given:

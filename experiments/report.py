@@ -17,11 +17,21 @@ bootstrap over clusters, articles (or paragraphs when a pool holds fewer than `M
 articles): queries of one article share passages and distractors, so they are not independent and
 resampling queries would make intervals too narrow. Trends (difference-in-differences along an
 axis) resample the same clusters for both contrasts.
+
+Contrast families (report.json `contrasts[*].family`), within each mono_prob group unless named:
+  vs_dense    every trained sparse arm minus dense
+  matched     block-sparse minus local of each `Design.matched` pair
+  eval_only   "<kind> (eval only)" (the dense-fine-tuned model evaluated with that mask, no
+              training) minus dense: what the mask costs without adaptation
+  adaptation  the trained arm of that kind minus its eval-only arm: what training recovers
+  mono        hybrid (mono_prob 0.5) minus the same kind trained X-X-mono (1.0) or X-Y (0.0), at
+              the largest count both have; arms off 0.5 carry a tag ("dense [X-Y]")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -122,7 +132,7 @@ class Term:
   weight: float
   difference: np.ndarray   # [Q]
   language: np.ndarray     # [Q] query language
-  cluster: np.ndarray      # [Q] cluster key (str)
+  cluster: np.ndarray      # [Q] cluster key (one type for every term of a bootstrap)
 
 
 def resample_weights(num_clusters: int, num_samples: int, seed: int) -> np.ndarray:
@@ -131,9 +141,17 @@ def resample_weights(num_clusters: int, num_samples: int, seed: int) -> np.ndarr
     raise ValueError(f"num_clusters: expected >= 1, got {num_clusters}")
   if num_samples < 1:
     raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
+  return _weights(int(num_clusters), int(num_samples), int(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _weights(num_clusters: int, num_samples: int, seed: int) -> np.ndarray:
+  # Contrasts of one dataset mostly share a cluster count: drawing once is the main saving.
   rng = np.random.default_rng(seed)
-  return rng.multinomial(num_clusters, np.full(num_clusters, 1.0 / num_clusters),
-                         size=num_samples).astype(np.float64)
+  weights = rng.multinomial(num_clusters, np.full(num_clusters, 1.0 / num_clusters),
+                            size=num_samples).astype(np.float64)
+  weights.flags.writeable = False
+  return weights
 
 
 def cell_sums(values: np.ndarray, cluster: np.ndarray, group: np.ndarray, num_clusters: int,
@@ -194,7 +212,7 @@ def combined_bootstrap(terms: Sequence[Term], *, num_samples: int = 2000, seed: 
     if not (len(t.difference) == len(t.language) == len(t.cluster)) or not len(t.difference):
       raise ValueError(f"terms: expected non-empty difference, language and cluster of one "
                        f"length, got {len(t.difference)}, {len(t.language)}, {len(t.cluster)}")
-  keys, inverse = np.unique(np.concatenate([np.asarray(t.cluster, str) for t in terms]),
+  keys, inverse = np.unique(np.concatenate([np.asarray(t.cluster) for t in terms]),
                             return_inverse=True)
   splits = np.split(inverse, np.cumsum([len(t.cluster) for t in terms])[:-1])
   weights = resample_weights(len(keys), num_samples, seed)
@@ -202,7 +220,7 @@ def combined_bootstrap(terms: Sequence[Term], *, num_samples: int = 2000, seed: 
   estimate = {m: 0.0 for m in METRICS}
   draws = {m: np.zeros(num_samples) for m in METRICS}
   for term, cluster in zip(terms, splits):
-    languages, language = np.unique(np.asarray(term.language, str), return_inverse=True)
+    languages, language = np.unique(np.asarray(term.language), return_inverse=True)
     sums, counts = cell_sums(term.difference, cluster, language, len(keys), len(languages))
     point, resampled = mul_statistics(sums, counts, full), mul_statistics(sums, counts, weights)
     for m in METRICS:
@@ -222,8 +240,7 @@ def cluster_bootstrap(difference: Sequence[float], language: Sequence[str],
 
   Pass each query's own id as `cluster` for a per-query bootstrap.
   """
-  term = Term(1.0, np.asarray(difference, np.float64), np.asarray(language, str),
-              np.asarray(cluster).astype(str))
+  term = Term(1.0, np.asarray(difference, np.float64), np.asarray(language), np.asarray(cluster))
   return combined_bootstrap([term], num_samples=num_samples, seed=seed, confidence=confidence)
 
 
@@ -244,7 +261,7 @@ def mul(ap: Sequence[float], language: Sequence[str]) -> dict[str, float | None]
   ap = np.asarray(ap, np.float64)
   if not len(ap):
     return {"mul_macro": None, "mul_micro": None}
-  languages, index = np.unique(np.asarray(language, str), return_inverse=True)
+  languages, index = np.unique(np.asarray(language), return_inverse=True)
   per = np.bincount(index, ap) / np.bincount(index)
   return {"mul_macro": float(per.mean()), "mul_micro": float(ap.mean())}
 
@@ -252,81 +269,112 @@ def mul(ap: Sequence[float], language: Sequence[str]) -> dict[str, float | None]
 # ---------------------------------------------------------------------- per-query pairing
 
 
+class Codes:
+  """Integer codes of strings (query ids, languages, articles, ...) by namespace, shared by every
+  report of a build so that codes from two reports match and set operations run on integers."""
+
+  SHIFT = 2**31  # combines two codes into one int64 key
+
+  def __init__(self):
+    self._codes: dict[tuple[str, str], int] = {}
+
+  def __call__(self, namespace: str, values: Sequence[Any]) -> np.ndarray:
+    array = np.asarray(values)
+    names, inverse = np.unique(array if array.dtype.kind == "U" else array.astype(str),
+                               return_inverse=True)
+    codes = self._codes
+    lookup = np.asarray([codes.setdefault((namespace, v), len(codes)) for v in names.tolist()],
+                        np.int64)
+    return lookup[inverse].reshape(-1) if len(values) else np.zeros(0, np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Queries:
-  """The per-query columns of one report."""
-  key: np.ndarray                 # "query_id\x1flang"
-  query_id: np.ndarray
-  lang: np.ndarray
+  """The per-query columns of one report (categorical columns as `Codes`)."""
+  key: np.ndarray                 # (query_id, lang)
+  question: np.ndarray            # query_id
+  lang: np.ndarray                # str
   article: np.ndarray | None
-  paragraph: np.ndarray | None
+  paragraph: np.ndarray | None    # (article, paragraph): paragraph ids may repeat across articles
   ap: np.ndarray
   languages: tuple[str, ...]      # candidate languages of by_language (matrices.languages)
   by_language: np.ndarray | None  # [Q, languages], NaN where undefined
 
 
-def queries_of(report: Mapping[str, Any]) -> Queries:
+def queries_of(report: Mapping[str, Any], codes: Codes) -> Queries:
   pq = report["per_query"]
-  qid = np.asarray([str(q) for q in pq["query_id"]])
-  lang = np.asarray([str(x) for x in pq["lang"]])
+  qid, lang = pq["query_id"], pq["lang"]
   ap = np.asarray(pq["ap"], np.float64)
   if not len(qid) == len(lang) == len(ap):
     raise ValueError(f"per_query: expected query_id, lang and ap of one length, got "
                      f"{len(qid)}, {len(lang)}, {len(ap)}")
-  column = lambda name: (np.asarray([str(v) for v in pq[name]])  # noqa: E731
-                         if pq.get(name) is not None and len(pq[name]) == len(qid) else None)
+  has = lambda name: pq.get(name) is not None and len(pq[name]) == len(qid)  # noqa: E731
+  question = codes("question", qid)
+  key = question * Codes.SHIFT + codes("lang", lang)
+  article = codes("article", pq["article"]) if has("article") else None
+  paragraph = (article * Codes.SHIFT + codes("paragraph", pq["paragraph"])
+               if article is not None and has("paragraph") else None)
   languages = tuple((report.get("matrices") or {}).get("languages") or ())
   by_language = None
-  if pq.get("ap_by_language") is not None and languages and len(pq["ap_by_language"]) == len(qid):
+  if has("ap_by_language") and languages:
     by_language = np.array(pq["ap_by_language"], dtype=np.float64).reshape(len(qid), -1)
     if by_language.shape[1] != len(languages):
       by_language = None
-  key = np.asarray([f"{q}\x1f{x}" for q, x in zip(qid, lang)])
-  return Queries(key, qid, lang, column("article"), column("paragraph"), ap, languages,
+  return Queries(key, question, np.asarray(lang).astype(str), article, paragraph, ap, languages,
                  by_language)
 
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
   """Per-query differences arm a minus arm b, averaged over the paired seeds."""
-  query_id: np.ndarray
-  lang: np.ndarray
-  article: np.ndarray | None
-  paragraph: np.ndarray | None
+  question: np.ndarray             # codes
+  lang: np.ndarray                 # str
+  article: np.ndarray | None       # codes
+  paragraph: np.ndarray | None     # codes
   difference: np.ndarray
   languages: tuple[str, ...]
   by_language: np.ndarray | None   # [Q, languages] seed-mean differences per candidate language
   seeds: tuple[int, ...]
 
 
-class _Cache:
-  """Parsed reports, by identity (a build parses each report once)."""
+class Parser:
+  """Parses each report once per build (by identity), with one set of `Codes`."""
 
   def __init__(self):
+    self.codes = Codes()
     self._items: dict[int, tuple[Mapping, Queries]] = {}
 
   def __call__(self, report: Mapping[str, Any]) -> Queries:
     hit = self._items.get(id(report))
     if hit is None or hit[0] is not report:
-      hit = (report, queries_of(report))
+      hit = (report, queries_of(report, self.codes))
       self._items[id(report)] = hit
     return hit[1]
 
 
+def _match(qa: Queries, qb: Queries) -> tuple[np.ndarray, np.ndarray]:
+  if len(qa.key) == len(qb.key) and np.array_equal(qa.key, qb.key):  # the usual case
+    index = np.arange(len(qa.key))
+    return index, index
+  _, ia, ib = np.intersect1d(qa.key, qb.key, return_indices=True)
+  return ia, ib
+
+
 def pair(arm: Mapping[int, Mapping[str, Any]], base: Mapping[int, Mapping[str, Any]], *,
-         parse=queries_of) -> Paired:
+         parse: Parser | None = None) -> Paired:
   """Per-query AP of `arm` minus `base` (reports by seed), seeds paired by number.
 
   Only seeds in both arms and, per seed, only (query_id, lang) pairs in both reports count; a
   query's difference is the mean of its per-seed differences.
   """
+  parse = parse or Parser()
   seeds = sorted(set(arm) & set(base))
   if not seeds:
     raise ValueError(f"seeds: no seed in both arms (arm {sorted(arm)}, baseline {sorted(base)})")
   parts = []
   for s in seeds:
     qa, qb = parse(arm[s]), parse(base[s])
-    _, ia, ib = np.intersect1d(qa.key, qb.key, return_indices=True)
+    ia, ib = _match(qa, qb)
     abl = None
     if (qa.by_language is not None and qb.by_language is not None
         and qa.languages == qb.languages):
@@ -350,13 +398,13 @@ def pair(arm: Mapping[int, Mapping[str, Any]], base: Mapping[int, Mapping[str, A
                                                        for qa, *_ in parts):
     stacked = np.concatenate([abl for *_, abl in parts])
     ok = np.isfinite(stacked)
-    sums = np.zeros((len(first), len(languages)))
-    counts = np.zeros_like(sums)
-    np.add.at(sums, inverse, np.where(ok, stacked, 0.0))
-    np.add.at(counts, inverse, ok)
+    sums = np.stack([np.bincount(inverse, np.where(ok[:, j], stacked[:, j], 0.0), len(first))
+                     for j in range(len(languages))], axis=1)
+    counts = np.stack([np.bincount(inverse, ok[:, j], len(first))
+                       for j in range(len(languages))], axis=1)
     with np.errstate(invalid="ignore"):
       by_language = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-  return Paired(meta("query_id"), meta("lang"), meta("article"), meta("paragraph"), difference,
+  return Paired(meta("question"), meta("lang"), meta("article"), meta("paragraph"), difference,
                 tuple(languages), by_language, tuple(seeds))
 
 
@@ -371,22 +419,18 @@ def cluster_unit(paired: Sequence[Paired], min_articles: int = MIN_ARTICLES) -> 
 
 
 def cluster_keys(p: Paired, unit: str) -> np.ndarray:
-  if unit == "article":
-    return p.article
-  if unit == "paragraph":  # paragraph ids may repeat across articles
-    return np.asarray([f"{a}\x1f{g}" for a, g in zip(p.article, p.paragraph)])
-  if unit == "question":
-    return p.query_id
-  raise ValueError(f"unit: expected article, paragraph or question, got {unit!r}")
+  if unit not in ("article", "paragraph", "question"):
+    raise ValueError(f"unit: expected article, paragraph or question, got {unit!r}")
+  return getattr(p, unit)
 
 
 def _sizes(paired: Sequence[Paired], unit: str) -> dict[str, Any]:
-  keys = np.concatenate([cluster_keys(p, unit) for p in paired])
-  articles = (None if any(p.article is None for p in paired)
-              else int(len(np.unique(np.concatenate([p.article for p in paired])))))
-  return {"questions": int(len(np.unique(np.concatenate([p.query_id for p in paired])))),
-          "queries": int(sum(len(p.difference) for p in paired)), "articles": articles,
-          "clusters": int(len(np.unique(keys))), "cluster_unit": unit,
+  distinct = lambda name: int(len(np.unique(np.concatenate([getattr(p, name)  # noqa: E731
+                                                            for p in paired]))))
+  return {"questions": distinct("question"),
+          "queries": int(sum(len(p.difference) for p in paired)),
+          "articles": None if any(p.article is None for p in paired) else distinct("article"),
+          "clusters": distinct(unit), "cluster_unit": unit,
           "seeds": sorted(set().union(*[p.seeds for p in paired]))}
 
 
@@ -406,7 +450,8 @@ def grid_bootstrap(p: Paired, *, num_samples: int, seed: int
     raise ValueError("paired: no ap_by_language differences to grid")
   languages = list(p.languages)
   n = len(languages)
-  row = np.asarray([languages.index(x) if x in languages else -1 for x in p.lang])
+  names, inverse = np.unique(p.lang, return_inverse=True)
+  row = np.asarray([languages.index(x) if x in languages else -1 for x in names])[inverse]
   keep = row >= 0
   unit = cluster_unit([p])
   clusters, cluster = np.unique(cluster_keys(p, unit)[keep], return_inverse=True)
@@ -557,7 +602,7 @@ class Comparison:
 
 
 def comparisons(arms: Sequence[Arm], design: Design) -> list[Comparison]:
-  """Every contrast the design asks for (see the module docstring)."""
+  """Every contrast the design asks for (the families of the module docstring)."""
   index = {(a.kind, a.eval_only, a.num_languages, a.mono_prob): a for a in arms}
   groups = sorted({(a.num_languages, a.mono_prob) for a in arms})
   out = []
@@ -599,9 +644,10 @@ def _entry(c: Comparison, dataset: str, metric: str, interval: Interval,
 
 
 def contrast_entries(comps: Sequence[Comparison], datasets: Sequence[str], *, num_samples: int,
-                     seed: int, parse=queries_of
+                     seed: int, parse: Parser | None = None
                      ) -> tuple[list[dict[str, Any]], dict[tuple, Paired]]:
   """Contrast entries (every common pool, both metrics) and the paired data behind them."""
+  parse = parse or Parser()
   entries, paired = [], {}
   for dataset in datasets:
     for c in comps:
@@ -956,7 +1002,8 @@ def findings(report: Mapping[str, Any]) -> str:
       adapt = _largest_pool(_pick(contrasts, dataset=dataset, family="adaptation", metric=metric,
                                   mono_prob=HYBRID, num_languages=focus, b=e["a"]))
       if adapt:
-        text += f", and training with the mask ({adapt[0]['a']} minus {e['a']}) adds {_ci(adapt[0])}"
+        text += (f", and training with the mask ({adapt[0]['a']} minus {e['a']}) adds "
+                 f"{_ci(adapt[0])}")
       sentences.append(text + ".")
     mono = _pick(contrasts, dataset=dataset, family="mono", metric=metric)
     mono = [m for m in mono if m["pool_languages"] == max(x["pool_languages"] for x in mono)]
@@ -990,7 +1037,7 @@ def build_report(cells: Sequence[Cell], design: Design, *, num_samples: int = 20
     raise ValueError(f"design: expected a report.Design, got {type(design).__name__}")
   if num_samples < 1:
     raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
-  parse = _Cache()
+  parse = Parser()
   arms = collect_arms(cells)
   datasets = datasets_of(cells, design)
   comps = comparisons(arms, design)
@@ -1268,18 +1315,22 @@ def trends_markdown(report: Mapping[str, Any], dataset: str) -> list[str]:
   rows = [t for t in report["trends"] if t["dataset"] == dataset]
   if not rows:
     return ["No contrast is present at two training-language counts or two pools.", ""]
-  lines = ["| a − b | axis | from → to | at | metric | contrast from → to | "
-           "change [95% CI] | excludes 0 |", "|" + " --- |" * 8]
-  for t in sorted(rows, key=lambda t: (FAMILIES.index(t["family"]), t["a"], t["b"], t["axis"],
-                                       t["num_languages"] or 0, t["to_languages"], t["metric"])):
+  key = lambda t: (t["family"], t["a"], t["b"], t["axis"], t["num_languages"],  # noqa: E731
+                   t["pool_languages"], t["from_languages"], t["to_languages"])
+  micro = {key(t): t for t in rows if t["metric"] == "mul_micro"}
+  lines = ["| a − b | axis | from → to | at | macro Mul.: contrast from → to | macro change "
+           "[95% CI] | micro change [95% CI] | excludes 0 (macro) |", "|" + " --- |" * 8]
+  macro = [t for t in rows if t["metric"] == "mul_macro"]
+  macro.sort(key=lambda t: (FAMILIES.index(t["family"]), t["a"], t["b"], t["axis"] != "training",
+                            t["num_languages"] or 0, t["to_languages"]))
+  for t in macro:
     at = (f"pool {t['pool_languages']}" if t["axis"] == "training"
           else f"{t['num_languages']} training languages")
-    lo, hi = t["ci"]
-    excludes = "yes" if lo is not None and hi is not None and (lo > 0 or hi < 0) else "no"
+    m = micro.get(key(t))
     lines.append(f"| {t['a']} − {t['b']} | {t['axis']} | {t['from_languages']} → "
-                 f"{t['to_languages']} | {at} | {METRIC_NAMES[t['metric']]} | "
-                 f"{_f(t['from_difference'])} → {_f(t['to_difference'])} | {_ci(t)} | "
-                 f"{excludes} |")
+                 f"{t['to_languages']} | {at} | {_f(t['from_difference'])} → "
+                 f"{_f(t['to_difference'])} | {_ci(t)} | {_ci(m) if m else 'n/a'} | "
+                 f"{'yes' if _excludes_zero(t) else 'no'} |")
   return lines + [""]
 
 
@@ -1345,7 +1396,8 @@ def write_report(cells: Sequence[Cell], out_dir: str | os.PathLike, design: Desi
       _atomic_write(out / name, _png(fig))
       names[dataset].append(name)
   report["figures"] = names
-  _atomic_write(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+  text = json.dumps(report, indent=1, allow_nan=False) + "\n"
+  _atomic_write(out / "report.json", text.encode())
   path = out / "report.md"
   _atomic_write(path, report_markdown(report, names, list(header) + ([""] if header else []))
                 .encode())

@@ -370,6 +370,33 @@ def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
   pipeline.write_json(path, data)
 
 
+def publish(out: pathlib.Path, grid: Grid, dest: pathlib.Path, num_samples: int = 2000
+            ) -> list[pathlib.Path]:
+  """Copies what a reader needs into `dest`: the report and its plots, and per finished cell
+  its `config.json` (enough to rerun it) and gzipped `results.json` (per-query AP included).
+
+  No checkpoints or model weights. Returns the files written.
+  """
+  import gzip
+
+  report_path = write_sweep_report(out, grid, num_samples)
+  if report_path is None:
+    raise ValueError(f"out: no finished cell under {out / 'cells'} to publish")
+  dest.mkdir(parents=True, exist_ok=True)
+  written = []
+  for source in [report_path, out / "report.json", out / "sweep.json", *sorted(out.glob("*.png"))]:
+    shutil.copyfile(source, dest / source.name)
+    written.append(dest / source.name)
+  for cell in load_cells(out, grid):
+    cell_dest = dest / "cells" / cell.name
+    cell_dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "cells" / cell.name / "config.json", cell_dest / "config.json")
+    with gzip.open(cell_dest / "results.json.gz", "wt", compresslevel=9) as f:
+      json.dump(cell.results, f)
+    written += [cell_dest / "config.json", cell_dest / "results.json.gz"]
+  return written
+
+
 # ---------------------------------------------------------------------- plan and budget
 
 
@@ -463,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--profile", metavar="CELL_DIR", help="finished cell to scale --plan's time from")
   p.add_argument("--report-only", action="store_true", help="rebuild the report from finished "
                  "cells")
+  p.add_argument("--publish", metavar="DIR", help="rebuild the report and copy it, its plots and "
+                 "each finished cell's config.json and gzipped results.json into DIR")
   p.add_argument("--keep-checkpoints", action="store_true",
                  help="keep each cell's optimizer checkpoints (large) after it finishes")
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -503,6 +532,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_dir = profile_dir or find_profile(out, grid)
     profile = json.loads((profile_dir / "results.json").read_text()) if profile_dir else None
     print(plan_text(grid, plan_rows(grid, lengths, profile), lengths, profile_dir))
+    return 0
+  if args.publish:
+    try:
+      written = publish(out, grid, pathlib.Path(args.publish), args.bootstrap)
+    except ValueError as e:
+      parser.error(str(e))
+    print(f"published {len(written)} files to {args.publish}")
     return 0
   if args.report_only:
     path = write_sweep_report(out, grid, args.bootstrap)

@@ -17,7 +17,6 @@ import numpy as np
 from experiments.report import Cell
 
 LANGUAGES = ("en", "de", "zh", "ar", "es", "hi", "vi", "ru", "el", "th", "tr")
-LANGS = LANGUAGES[:3]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,18 +159,6 @@ def curve(dataset: str, steps: Sequence[int], start: float, end: float) -> list[
            "per_query": {}} for s, v in zip(steps, values)]
 
 
-def results(ap: np.ndarray, question_ids: Sequence[str], langs: Sequence[str] = LANGS, *,
-            fraction: float = 1.0, dataset: str = "xquad-r", matrix_shift: float = 0.0) -> dict:
-  """results.json of one run whose per-query AP is `ap` [questions, languages] (one article per
-  five questions)."""
-  ap = np.asarray(ap, np.float64)
-  w = World(dataset, tuple(question_ids), tuple(f"a{i // 5}" for i in range(len(question_ids))),
-            tuple("p0" for _ in question_ids), tuple(langs), (len(langs),))
-  abl = np.repeat(ap[:, :, None], len(langs), axis=2) + matrix_shift
-  return {"fine_tuned": {dataset: report(w, ap, by_language=abl)}, "zero_shot": {},
-          "attended_fraction": {dataset: fraction}}
-
-
 Effect = Callable[[int], Shift]  # training-language count -> shift of AP (scalar, array, by pool)
 
 
@@ -199,8 +186,8 @@ def study(worlds: Sequence[World], effects: Mapping[str, Effect], *, counts: Seq
           continue
         rng = np.random.default_rng(zlib.crc32(repr((kind, n, s, p)).encode()))
 
-        def make(shift, w=None, rng=rng):
-          ap = bases[w.dataset] + rng.normal(0.0, noise, size=w.shape) if noise else bases[w.dataset]
+        def make(shift, w, rng=rng):
+          ap = bases[w.dataset] + (rng.normal(0.0, noise, size=w.shape) if noise else 0.0)
           return report(w, ap, pool_shift=shift)
 
         reports = {w.dataset: make(effect(n), w) for w in worlds}

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import pallas_kernels
 from experiments import options
 from experiments.options import FlagError
 
@@ -24,6 +25,13 @@ BAD = [
     (["--attn", "block_sparse", "--density", "0"], r"--density: expected a number in \(0.0, 1.0\]"),
     (["--attn", "block_sparse", "--density", "1.5"], "--density: expected a number"),
     (["--attn", "local", "--density", "0.5"], "--density: only applies to --attn=block_sparse"),
+    (["--attn", "local", "--band", "1"], "--band: only applies to --attn=block_sparse"),
+    (["--attn", "block_sparse", "--density", "0.1"],
+     r"--density: requested 0.1, but the band and global blocks alone attend 1.000"),
+    (["--attn", "block_sparse", "--random", "0.2", "--density", "0.5"],
+     "--density: give --density or --random, not both"),
+    (["--attn", "block_sparse", "--random", "2"], r"--random: expected a number in \[0.0, 1.0\]"),
+    (["--attn", "block_sparse", "--global-blocks", "-1"], "--global-blocks: expected an integer"),
     (["--model", "no/such/dir/x"], "--model: expected one of"),
     (["--train-data", "squad"], "--train-data: expected one of"),
     (["--train-data", "missing.jsonl"], "--train-data: pairs file missing.jsonl does not exist"),
@@ -73,17 +81,22 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
 
 def test_resolved_config_and_default_out(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  config, resume = options.parse(["--preset", "cpu", "--attn", "block_sparse", "--density", "0.4",
+  sparse = ["--attn", "block_sparse", "--block-size", "8", "--global-blocks", "0"]
+  config, resume = options.parse(["--preset", "cpu", *sparse, "--density", "0.4",
                                   "--train-data", "xquad-r:en,de,zh", "--eval-data",
                                   "xquad-r,mlqa-r"])
   assert not resume
-  assert config.languages == ("en", "de", "zh") and config.density == 0.4
-  assert config.window is None and config.eval_data == ("xquad-r", "mlqa-r")
+  spec = config.attention
+  assert (spec.kind, spec.block_size, spec.band, spec.global_blocks) == ("block_sparse", 8, 1, 0)
+  # --density is solved once, on passages of --max-passage-length tokens.
+  mask = pallas_kernels.BlockSparseMask.pattern(8, local=1, global_=0, random=spec.random)
+  assert abs(pallas_kernels.attended_fraction(mask, [128]) - 0.4) < 0.02
+  assert config.languages == ("en", "de", "zh") and config.eval_data == ("xquad-r", "mlqa-r")
   name = pathlib.Path(config.out).name
   assert pathlib.Path(config.out).parent == pathlib.Path("runs")
   assert name.endswith(f"-block_sparse-{config.short_hash()}") and len(name.split("-")[0]) == 8
   # The hash follows the settings, not the output directory or preset name.
-  other, _ = options.parse(["--preset", "cpu", "--attn", "block_sparse", "--density", "0.5",
+  other, _ = options.parse(["--preset", "cpu", *sparse, "--density", "0.5",
                             "--train-data", "xquad-r:en,de,zh", "--eval-data", "xquad-r,mlqa-r"])
   assert other.short_hash() != config.short_hash()
   assert options.RunConfig.from_json(config.to_json()) == config

@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path):
   steps = [r["step"] for r in rows if "loss" in r]
   assert steps == list(range(1, 151))  # every step once, none lost or repeated
   assert results["attended_fraction"]["xquad-r"] < 0.8  # a window of 8 on ~48-token passages
-  assert "zero-shot   pooled mAP" in resumed.stdout
+  assert "zero-shot   Mo." in resumed.stdout and "Mul. (macro)" in resumed.stdout
   assert f"run directory: {out}" in resumed.stdout
   # A finished run is never overwritten without --resume.
   again = _run(args, lareqa_dir, tmp_path)

@@ -1,91 +1,154 @@
-"""The sweep: grid, cell configs, resumability (a fake runner) and the GPU budget."""
+"""The study grid: matched-compute arms, cells, cell configs, the plan's estimate, resuming."""
 
+import dataclasses
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from experiments import sweep
-from tests.experiments.fabricate import results
+import pallas_kernels
+from experiments import options, sweep
+from jxr.model import AttentionConfig, attention_mask_for
+
+# A length mix like the CPU study's candidates: most passages cut at 128 tokens.
+LENGTHS = {"mlqa-r": [128] * 60 + list(range(43, 128, 5)), "xquad-r": [128] * 40 + [108, 120]}
+POOLED = [n for values in LENGTHS.values() for n in values]
 
 
-def test_grids_match_the_study():
-  gpu = sweep.GRIDS["gpu"]
-  assert [k.label for k in gpu.kinds] == ["dense", "local-8", "local-16", "local-32",
-                                          "block_sparse-0.30", "block_sparse-0.50",
-                                          "block_sparse-0.70"]
-  assert gpu.language_counts == (2, 4, 7, 11) and len(gpu.cells()) == 7 * 4 * 3
-  cpu = sweep.GRIDS["cpu"]
-  assert len(cpu.cells()) == 6 and cpu.language_counts == (2, 4) and cpu.seeds == (0,)
+def _fraction(spec, lengths=POOLED):
+  return pallas_kernels.attended_fraction(attention_mask_for(spec), lengths)
+
+
+def test_solve_window_is_the_nearest_window():
+  for target in (0.25, 0.5):
+    spec = sweep.solve_window(target, POOLED)
+    errors = {w: abs(_fraction(AttentionConfig.local(w)) - target) for w in range(1, 128)}
+    assert errors[spec.window] == min(errors.values())
+
+
+def test_matched_pairs_attend_the_same_fraction():
+  arms = sweep.solve_arms(sweep.STUDIES["study-cpu"].levels, POOLED)
+  assert [level for level, _, _ in arms.levels] == [0.25, 0.5]
+  for bs, local, level in arms.matched():
+    assert bs.kind == "block_sparse" and local.kind == "local"
+    assert abs(_fraction(local) - level) < 0.03
+    assert abs(_fraction(bs) - _fraction(local)) < sweep.MATCH_TOLERANCE
+  # With and without global blocks at the second level.
+  assert sorted(bs.global_blocks for bs, _, level in arms.matched() if level == 0.5) == [0, 1]
+
+
+def test_a_level_below_the_layouts_floor_is_refused():
+  # 16-token blocks with a band and a global block attend about half of a 128-token passage.
+  study = sweep.Level(0.25, (sweep.Layout(16, 1, 1),))
+  with pytest.raises(ValueError, match=r"density: requested 0\.2\d*, but the band and global"):
+    sweep.solve_arms([study], [128] * 10)
+
+
+def test_study_cells():
+  grid = sweep.make_grid(sweep.STUDIES["study-cpu"], LENGTHS)
+  names = [c.name for c in grid.cells]
+  assert len(names) == len(set(names)) == 30
+  _, local, (bs,) = grid.arms.levels[0]
+  assert names[:3] == ["dense-L11-s0", f"{local.label}-L11-s0", f"{bs.label}-L11-s0"]
+  for n, seeds in ((2, 2), (4, 1), (7, 1), (11, 2)):  # the primary level on both seeds' counts
+    assert sum(1 for c in grid.cells if c.attention == bs and c.num_languages == n
+               and c.mono_prob == 0.5) == seeds
+  zero_shot = [c.name for c in grid.cells if c.zero_shot]
+  assert zero_shot == ["dense-L2-s0"]
+  eval_only = {c.name: c.eval_only for c in grid.cells if c.eval_only}
+  assert set(eval_only) == {"dense-L11-s0", "dense-L11-s1"}
+  assert all(set(specs) == set(grid.arms.sparse) and len(specs) == 5 for specs in eval_only.values())
+  assert {c.name for c in grid.cells if c.curve} == {"dense-L11-s0", f"{local.label}-L11-s0",
+                                                       f"{bs.label}-L11-s0"}
+  assert {c.mono_prob for c in grid.cells} == {0.0, 0.5, 1.0}
+  assert grid.design().primary == (bs.label, local.label)
   # 7 training languages are exactly MLQA-R's.
-  assert sorted(sweep.LANGUAGE_ORDER[:7]) == ["ar", "de", "en", "es", "hi", "vi", "zh"]
+  assert sorted(options.LANGUAGE_ORDER[:7]) == ["ar", "de", "en", "es", "hi", "vi", "zh"]
 
 
-def test_cell_config(tmp_path):
-  grid = sweep.GRIDS["cpu"]
-  config = sweep.cell_config(grid, sweep.Kind("local", window=16), 4, 0, tmp_path)
-  assert config.languages == ("en", "de", "zh", "ar") and config.window == 16
-  assert config.density is None and config.block_size == 16
-  assert config.eval_languages == ("en", "de", "zh", "ar") and config.eval_questions == 200
-  assert config.candidate_context == "paragraph" and config.train_data == "xquad-r"
-  assert config.out == str(tmp_path / "cells" / "local-16-L4-s0")
-  bs = sweep.cell_config(sweep.GRIDS["gpu"], sweep.Kind("block_sparse", density=0.5), 11, 2,
-                         tmp_path)
-  assert bs.density == 0.5 and bs.window is None and len(bs.languages) == 11
-  assert bs.eval_data == ("xquad-r", "mlqa-r") and bs.eval_languages is None
+def test_cell_config_carries_the_spec_whole(tmp_path):
+  grid = sweep.make_grid(sweep.STUDIES["study-cpu"], LENGTHS)
+  dense = grid.cells[0]
+  config = sweep.cell_config(grid, dense, tmp_path)
+  assert config.attention == AttentionConfig.dense() and config.seed == 0
+  assert config.languages == options.LANGUAGE_ORDER and config.eval_only == dense.eval_only
+  assert config.eval_data == ("mlqa-r", "xquad-r") and config.eval_questions == 100
+  assert config.eval_languages is None and config.eval_pools == (2, 4, 7, 11)
+  assert config.curve_every == 10 and config.out == str(tmp_path / "cells" / "dense-L11-s0")
+  mono = next(c for c in grid.cells if c.mono_prob == 1.0 and c.attention.kind == "local")
+  config = sweep.cell_config(grid, mono, tmp_path)
+  assert config.attention == mono.attention and config.mono_prob == 1.0 and config.curve_every is None
+  assert options.RunConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_cell_seconds_scale_from_one_profiled_cell():
+  profile = {"seconds": {"train": 300.0, "fine_tuned": 100.0},
+             "learning_curve": [{"step": 10, "seconds": 5.0}, {"step": 20, "seconds": 5.0}]}
+  plain = sweep.CellSpec(AttentionConfig.local(4), 2, 0)
+  heavy = sweep.CellSpec(AttentionConfig.dense(), 2, 0, zero_shot=True,
+                         eval_only=(AttentionConfig.local(4),) * 3, curve=True)
+  assert sweep.cell_seconds(plain, profile) == pytest.approx(290.0 + 100.0)
+  assert sweep.cell_seconds(heavy, profile) == pytest.approx(290.0 + 5 * 100.0 + 10.0)
+  with pytest.raises(ValueError, match="seconds.train"):
+    sweep.cell_seconds(plain, {"seconds": {}})
+
+
+def test_plan_prints_fractions_and_total(tmp_path):
+  grid = sweep.make_grid(sweep.STUDIES["tiny"], {"mlqa-r": [48] * 5, "xquad-r": [40, 48]})
+  profile = {"seconds": {"train": 10.0, "fine_tuned": 5.0}}
+  rows = sweep.plan_rows(grid, {"mlqa-r": [48] * 5, "xquad-r": [40, 48]}, profile)
+  assert len(rows) == len(grid.cells)
+  assert all(r["attended_fraction"]["mlqa-r"] == 1.0 for r in rows if r["attention"] == "dense")
+  text = sweep.plan_text(grid, rows, {"mlqa-r": [48] * 5, "xquad-r": [40, 48]}, tmp_path)
+  total = sum(r["seconds"] for r in rows) / 3600
+  assert f"Estimated total: {total:.2f} h" in text and "budget fits" in text
+  assert "Matched pairs" in text
+  assert "No profiled cell" in sweep.plan_text(grid, sweep.plan_rows(grid, LENGTHS, None),
+                                               LENGTHS, None)
 
 
 def _fake_runner(calls, fail_on=None):
+  """Writes fabricated results.json files in place of training and evaluation."""
+  from tests.experiments import fabricate
+
+  worlds = [fabricate.world("mlqa-r"), fabricate.world("xquad-r", languages=fabricate.LANGUAGES)]
+
   def runner(config, resume, log, with_zero_shot):
-    name = pathlib.Path(config.out).name
-    calls.append((name, resume))
     out = pathlib.Path(config.out)
+    calls.append((out.name, resume))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text("{}")
-    if name == fail_on:
+    (out / "config.json").write_text(json.dumps({"run": config.to_json()}))
+    if out.name == fail_on:
       raise KeyboardInterrupt
-    rng = np.random.default_rng(len(name))
-    ap = rng.uniform(0.3, 0.8, size=(50, 3)) - (0.05 if name.startswith("local") else 0.0)
-    (out / "results.json").write_text(json.dumps(results(ap, [f"q{i}" for i in range(50)])))
-    return {}
+    shift = -0.05 if config.attention.kind == "local" else 0.0
+    reports = {w.dataset: fabricate.report(w, fabricate.base_ap(w, config.seed) + shift)
+               for w in worlds}
+    results = {"fine_tuned": reports, "zero_shot": reports if with_zero_shot else {},
+               "attended_fraction": {w.dataset: 0.3 for w in worlds}}
+    (out / "results.json").write_text(json.dumps(results))
+    return results
   return runner
 
 
-def test_sweep_resumes_and_skips_finished_cells(tmp_path):
-  grid = sweep.GRIDS["tiny"]
+def test_sweep_resumes_skips_finished_cells_and_refuses_another_grid(tmp_path):
+  grid = sweep.make_grid(sweep.STUDIES["tiny"], {"mlqa-r": [48] * 5, "xquad-r": [40, 48]})
+  first, second = grid.cells[0].name, grid.cells[1].name
   calls = []
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls, fail_on="local-8-L2-s0"),
+    sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls, fail_on=second),
                     log=lambda m: None, num_samples=200)
-  assert calls == [("dense-L2-s0", False), ("local-8-L2-s0", False)]
-  assert sweep.GRIDS["gpu"].zero_shot_here(2, 0) and not sweep.GRIDS["gpu"].zero_shot_here(4, 0)
-  assert not sweep.GRIDS["gpu"].zero_shot_here(2, 1)
+  assert calls == [(first, False), (second, False)]
   assert (tmp_path / "report.md").is_file()  # the partial report of the finished cell
   calls.clear()
-  path = sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls), log=lambda m: None,
-                         num_samples=200)
-  assert calls == [("local-8-L2-s0", True)]  # dense skipped; local resumed
-  text = path.read_text()
-  assert "2 of 2 cells finished" in text and "| local-8 |" in text
+  sweep.run_sweep(grid, tmp_path, only=[second], runner=_fake_runner(calls),
+                  log=lambda m: None, num_samples=200)
+  assert calls == [(second, True)]  # resumed where it stopped; the finished cell untouched
   with pytest.raises(ValueError, match="only: unknown cells"):
     sweep.run_sweep(grid, tmp_path, only=["dense-L3-s0"], runner=_fake_runner([]))
-
-
-def test_budget_extrapolates_from_one_cell():
-  grid = sweep.GRIDS["gpu"]
-  cell = {"seconds": {"zero_shot": 20.0, "train": 200.0, "fine_tuned": 20.0},
-          "train": {"steps": 600}}
-  b = sweep.budget(cell, grid)
-  assert b["cells"] == 84 and b["seconds_per_cell"] == 220.0
-  # Zero-shot once per kind (7), the rest in every cell.
-  assert b["total_hours"] == pytest.approx((84 * 220 + 7 * 20) / 3600) and b["fits"]
-  slow = {"seconds": {"zero_shot": 20.0, "train": 600.0, "fine_tuned": 20.0},
-          "train": {"steps": 600}}
-  b = sweep.budget(slow, grid)
-  assert not b["fits"]
-  # Steps that fit: ((8 h - 7 zero-shot runs) / 84 cells - 20 s evaluation) / (1 s per step).
-  assert b["train_steps_that_fit"] == int(600 * ((8 * 3600 - 140) / 84 - 20) / 600)
-  assert "does NOT fit" in sweep.budget_text(b)
-  with pytest.raises(ValueError, match="seconds.train"):
-    sweep.budget({"seconds": {}}, grid)
+  other = dataclasses.replace(grid, cells=grid.cells[:-1])
+  with pytest.raises(ValueError, match="holds another sweep"):
+    sweep.run_sweep(other, tmp_path, runner=_fake_runner([]))
+  published = sweep.publish(tmp_path, grid, tmp_path / "docs", num_samples=200)
+  assert (tmp_path / "docs" / "report.json").is_file()
+  assert (tmp_path / "docs" / "cells" / first / "results.json.gz") in published

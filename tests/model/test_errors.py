@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jxr.model
+from jxr.model import AttentionConfig
 from jxr.model import weights
 
 
@@ -61,14 +62,35 @@ def test_bad_encode_arguments(tiny, texts, kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(attn="sparse"), "attn"),
-    (dict(attn="local"), "window"),
-    (dict(attn="local", window=-1), "window"),
-    (dict(attn="block_sparse", density=1.5), "density"),
-    (dict(attn="block_sparse", layout={"bogus": 1}), "layout"),
+    (dict(attention="local"), "attention: expected a jxr.model.AttentionConfig"),
     (dict(dtype="float16"), "dtype"),
     (dict(pooling="max"), "pooling"),
 ])
 def test_bad_load_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     jxr.model.load_encoder("tiny", **kwargs)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: AttentionConfig("sparse"), "attention.kind"),
+    (lambda: AttentionConfig("local"), "attention.window"),
+    (lambda: AttentionConfig.local(-1), "attention.window"),
+    (lambda: AttentionConfig.block_sparse(16, random=1.5), "attention.random"),
+    (lambda: AttentionConfig.block_sparse(0), "attention.block_size"),
+    (lambda: AttentionConfig.block_sparse(16, band=-1), "attention.band"),
+    (lambda: AttentionConfig("dense", window=4), "window do not apply"),
+    (lambda: AttentionConfig.from_json({"kind": "local", "window": 3, "density": 0.5}),
+     "unknown keys"),
+])
+def test_bad_attention_spec_is_named(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def test_attention_spec_round_trips_and_hashes():
+  specs = [AttentionConfig.dense(), AttentionConfig.local(7),
+           AttentionConfig.block_sparse(8, band=1, global_blocks=0, random=0.25, seed=2)]
+  for spec in specs:
+    assert AttentionConfig.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+  assert len({*specs, AttentionConfig.local(7)}) == 3
+  assert [s.label for s in specs] == ["dense", "local-w7", "block_sparse-b8-n1-g0-r0.250-s2"]

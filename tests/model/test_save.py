@@ -12,13 +12,13 @@ TEXTS = ["Hello world", "Grüße aus Zürich, wie geht's?", "北京是中国的�
 
 
 def test_save_then_load_encoder_round_trip(tmp_path):
-  enc = jxr.model.load_encoder("tiny", attn="local", window=3, seed=1)
+  enc = jxr.model.load_encoder("tiny", attention=jxr.model.AttentionConfig.local(3), seed=1)
   enc.save(tmp_path)
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path))
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
   assert config["jxr"]["attention"] == {"kind": "local", "window": 3}
-  back = jxr.model.load_encoder(tmp_path, attn=None)  # None keeps the saved attention
+  back = jxr.model.load_encoder(tmp_path)  # no attention given: the saved one
   assert back.config == enc.config.replace(extra_json=back.config.extra_json)
   np.testing.assert_array_equal(back.encode(TEXTS), enc.encode(TEXTS))
   dense = jxr.model.load_encoder(tmp_path)

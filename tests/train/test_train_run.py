@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jxr.model import load_encoder
+from jxr.model import AttentionConfig, load_encoder
 from jxr.train import TrainConfig, read_metrics, train
 from jxr.train import mesh as meshlib
 from jxr.train.config import TrainResult
@@ -20,7 +20,8 @@ from train_helpers import InterruptAt, losses, tiny_config
 
 
 def test_config_json_round_trip(tmp_path):
-  config = tiny_config(tmp_path, languages=("en", "de"), density=0.25, attn="block_sparse")
+  config = tiny_config(tmp_path, languages=("en", "de"),
+                       attention=AttentionConfig.block_sparse(8, random=0.25))
   assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
   config.save(tmp_path / "c.json")
   assert TrainConfig.load(tmp_path / "c.json") == config
@@ -32,15 +33,13 @@ def test_config_json_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("steps", 0), ("batch_size", -1), ("attn", "sparse"), ("window", None), ("lr", 0.0),
+    ("steps", 0), ("batch_size", -1), ("attention", "local"), ("lr", 0.0),
     ("mono_prob", 1.5), ("languages", "en"), ("grad_accum", 3), ("grad_cache_chunk", 3),
     ("mesh", "data=x"), ("mesh", "rows=2"), ("dtype", "float16"), ("clip_norm", -1.0),
     ("eval_fraction", 1.0), ("learn_temperature", "yes"), ("max_passage_length", 2),
 ])
 def test_bad_config_field_is_named(tmp_path, field, value):
   changes = {field: value}
-  if field == "window":
-    changes["attn"] = "local"
   with pytest.raises(ValueError, match=field):
     tiny_config(tmp_path, **changes)
 

@@ -1,0 +1,57 @@
+"""The `tiny` study grid end to end in a subprocess: every cell, then report.json's contract."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CELL_KEYS = {"name", "attention", "num_languages", "seed", "mono_prob", "attended_fraction",
+             "pools"}
+POOL_KEYS = {"mul_macro", "mul_micro", "mo", "cr"}
+CONTRAST_KEYS = {"dataset", "a", "b", "num_languages", "pool_languages", "metric", "difference",
+                 "ci", "questions", "articles", "seeds"}
+TREND_KEYS = CONTRAST_KEYS | {"from_languages", "to_languages"}
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_end_to_end(lareqa_dir, tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
+             HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+  out = tmp_path / "sweep"
+  command = [sys.executable, "-m", "experiments.sweep", "--preset", "tiny", "--out", str(out),
+             "--bootstrap", "200"]
+  proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=1500, stdin=subprocess.DEVNULL)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  data = json.loads((out / "report.json").read_text())
+  sweep_file = json.loads((out / "sweep.json").read_text())
+  assert len(data["cells"]) == len(sweep_file["cells"]) == 11
+  for cell in data["cells"]:
+    assert CELL_KEYS <= set(cell)
+    assert set(cell["pools"]) == {"mlqa-r", "xquad-r"}
+    assert set(cell["pools"]["mlqa-r"]) == {"2", "4", "7"}
+    assert set(cell["pools"]["xquad-r"]) == {"2", "4", "7", "11"}
+    assert all(POOL_KEYS <= set(p) for pools in cell["pools"].values() for p in pools.values())
+  contrasts = data["contrasts"]
+  assert contrasts and all(CONTRAST_KEYS <= set(c) for c in contrasts)
+  assert all(c["ci"][0] <= c["difference"] <= c["ci"][1] for c in contrasts
+             if c["ci"][0] is not None)
+  families = {c["family"] for c in contrasts}
+  assert {"vs_dense", "matched", "eval_only", "mono"} <= families
+  trends = data["trends"]
+  assert {t["axis"] for t in trends} == {"training", "pool"}
+  assert all(TREND_KEYS <= set(t) for t in trends)
+  primary = data["primary"]
+  assert primary["dataset"] == "mlqa-r" and primary["metric"] == "mul_macro"
+  assert primary["num_languages"] == 4  # the tiny grid's largest count
+  assert data["findings"].startswith(data["findings"].split(".")[0])
+  for name in data["figures"]["mlqa-r"]:
+    assert (out / name).stat().st_size > 0
+  # The plan scales every cell from a finished one.
+  plan = subprocess.run([*command[:-2], "--plan"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=300, stdin=subprocess.DEVNULL)
+  assert plan.returncode == 0 and "Estimated total" in plan.stdout, plan.stdout + plan.stderr
