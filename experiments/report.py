@@ -46,7 +46,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-LANGUAGE_ORDER = ("en", "de", "zh", "ar", "es", "hi", "vi", "ru", "el", "th", "tr")
+from experiments.options import LANGUAGE_ORDER
+
 METRICS = ("mul_macro", "mul_micro")
 METRIC_NAMES = {"mul_macro": "macro Mul.", "mul_micro": "micro Mul."}
 DENSE = "dense"
@@ -1104,6 +1105,25 @@ def _vs_dense_rows(report: Mapping[str, Any], dataset: str) -> list[Mapping]:
           and c["mono_prob"] == HYBRID and c["family"] in ("vs_dense", "eval_only")]
 
 
+def _axis_figure(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], axis: str,
+                 xlabel: str, title: str) -> Figure:
+  """Each arm's difference from dense (with its interval) along one language axis."""
+  fig = Figure(figsize=(6.4, 4.2))
+  ax = fig.add_subplot()
+  for arm in dict.fromkeys(r["a"] for r in rows):
+    mine = sorted((r for r in rows if r["a"] == arm), key=lambda r: r[axis])
+    _errorbar(ax, [r[axis] for r in mine], mine, label=arm,
+              linestyle="--" if "(eval only)" in arm else "-")
+  ax.axhline(0.0, color="grey", lw=0.8)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(f"{METRIC_NAMES[report['design']['primary_metric']]} minus dense")
+  ax.set_xticks(sorted({r[axis] for r in rows}))
+  ax.set_title(f"{title} (95% cluster bootstrap)", fontsize=10)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
 def training_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
   """Difference from dense against training languages (largest pool)."""
   rows = _vs_dense_rows(report, dataset)
@@ -1111,20 +1131,8 @@ def training_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
     return None
   pool = max(r["pool_languages"] for r in rows)
   rows = [r for r in rows if r["pool_languages"] == pool]
-  fig = Figure(figsize=(6.4, 4.2))
-  ax = fig.add_subplot()
-  for arm in dict.fromkeys(r["a"] for r in rows):
-    mine = sorted((r for r in rows if r["a"] == arm), key=lambda r: r["num_languages"])
-    _errorbar(ax, [r["num_languages"] for r in mine], mine, label=arm,
-              linestyle="--" if "(eval only)" in arm else "-")
-  ax.axhline(0.0, color="grey", lw=0.8)
-  ax.set_xlabel("training languages")
-  ax.set_ylabel(f"{METRIC_NAMES[report['design']['primary_metric']]} minus dense")
-  ax.set_xticks(sorted({r["num_languages"] for r in rows}))
-  ax.set_title(f"{dataset}, pool of {pool} languages (95% cluster bootstrap)", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  return fig
+  return _axis_figure(report, rows, "num_languages", "training languages",
+                      f"{dataset}, pool of {pool} languages")
 
 
 def pool_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
@@ -1133,20 +1141,8 @@ def pool_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
   rows = [r for r in _vs_dense_rows(report, dataset) if r["num_languages"] == n]
   if not rows:
     return None
-  fig = Figure(figsize=(6.4, 4.2))
-  ax = fig.add_subplot()
-  for arm in dict.fromkeys(r["a"] for r in rows):
-    mine = sorted((r for r in rows if r["a"] == arm), key=lambda r: r["pool_languages"])
-    _errorbar(ax, [r["pool_languages"] for r in mine], mine, label=arm,
-              linestyle="--" if "(eval only)" in arm else "-")
-  ax.axhline(0.0, color="grey", lw=0.8)
-  ax.set_xlabel("evaluation pool languages")
-  ax.set_ylabel(f"{METRIC_NAMES[report['design']['primary_metric']]} minus dense")
-  ax.set_xticks(sorted({r["pool_languages"] for r in rows}))
-  ax.set_title(f"{dataset}, {n} training languages (95% cluster bootstrap)", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  return fig
+  return _axis_figure(report, rows, "pool_languages", "evaluation pool languages",
+                      f"{dataset}, {n} training languages")
 
 
 def fraction_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
