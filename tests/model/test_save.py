@@ -21,8 +21,8 @@ def test_save_then_load_encoder_round_trip(tmp_path):
   back = jxr.model.load_encoder(tmp_path)  # no attention given: the saved one
   assert back.config == enc.config.replace(extra_json=back.config.extra_json)
   np.testing.assert_array_equal(back.encode(TEXTS), enc.encode(TEXTS))
-  dense = jxr.model.load_encoder(tmp_path)
-  assert dense.config.attention.kind == "dense"
+  dense = jxr.model.load_encoder(tmp_path, attention=jxr.model.AttentionConfig.dense())
+  assert dense.config.attention.kind == "dense"  # an explicit spec replaces the saved one
 
 
 def test_transformers_loads_saved_model(tiny, tmp_path):
