@@ -312,7 +312,17 @@ def queries_of(report: Mapping[str, Any], codes: Codes) -> Queries:
   has = lambda name: pq.get(name) is not None and len(pq[name]) == len(qid)  # noqa: E731
   question = codes("question", qid)
   key = question * Codes.SHIFT + codes("lang", lang)
-  article = codes("article", pq["article"]) if has("article") else None
+  article = None
+  if has("article"):
+    # Clusters hold every language of a question. MLQA-R titles an article per language, so a
+    # question's cluster is the article of its English row (both LAReQA sets are aligned to
+    # English and every pool holds English), else of its first row.
+    per_row = codes("article", pq["article"])
+    english = np.asarray(lang).astype(str) == "en"
+    order = np.lexsort((~english, question))  # per question: its English row first
+    first = order[np.flatnonzero(np.r_[True, np.diff(question[order]) != 0])]
+    canonical = dict(zip(question[first].tolist(), per_row[first].tolist()))
+    article = np.array([canonical[q] for q in question.tolist()], dtype=per_row.dtype)
   paragraph = (article * Codes.SHIFT + codes("paragraph", pq["paragraph"])
                if article is not None and has("paragraph") else None)
   languages = tuple((report.get("matrices") or {}).get("languages") or ())

@@ -295,3 +295,13 @@ def test_write_report_files_keys_and_findings(tmp_path):
     for name in names:
       assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in text
   assert not list(tmp_path.glob("*.tmp")) and "Grid `test`." in text
+
+
+def test_a_question_is_one_cluster_across_its_languages():
+  """MLQA-R titles an article per language: a question's rows still share one cluster."""
+  per_query = {"query_id": ["q1", "q1", "q2", "q2", "q3"], "lang": ["de", "en", "de", "en", "de"],
+               "article": ["A-de", "A", "B-de", "B", "C-de"], "ap": [0.1, 0.2, 0.3, 0.4, 0.5]}
+  queries = report.queries_of({"per_query": per_query}, report.Codes())
+  article = queries.article.tolist()
+  assert article[0] == article[1] and article[2] == article[3]
+  assert len({article[0], article[2], article[4]}) == 3  # A, B and (no English row) C-de
