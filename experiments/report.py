@@ -46,7 +46,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from experiments.options import LANGUAGE_ORDER
 
 METRICS = ("mul_macro", "mul_micro")
 METRIC_NAMES = {"mul_macro": "macro Mul.", "mul_micro": "micro Mul."}

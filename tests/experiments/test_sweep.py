@@ -4,7 +4,6 @@ import dataclasses
 import json
 import pathlib
 
-import numpy as np
 import pytest
 
 import pallas_kernels
