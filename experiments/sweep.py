@@ -530,17 +530,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = make_grid(study, lengths)
   except ValueError as e:
     parser.error(str(e))
-  if args.plan:
+  if args.plan or args.publish:
     profile_dir = profile_dir or find_profile(out, grid)
     profile = json.loads((profile_dir / "results.json").read_text()) if profile_dir else None
-    print(plan_text(grid, plan_rows(grid, lengths, profile), lengths, profile_dir))
+    plan = plan_text(grid, plan_rows(grid, lengths, profile), lengths, profile_dir)
+  if args.plan:
+    print(plan)
     return 0
   if args.publish:
     try:
       written = publish(out, grid, pathlib.Path(args.publish), args.bootstrap)
     except ValueError as e:
       parser.error(str(e))
-    print(f"published {len(written)} files to {args.publish}")
+    pipeline.write_text(pathlib.Path(args.publish) / "plan.txt", plan + "\n")
+    print(f"published {len(written) + 1} files to {args.publish}")
     return 0
   if args.report_only:
     path = write_sweep_report(out, grid, args.bootstrap)
