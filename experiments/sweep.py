@@ -399,6 +399,29 @@ def publish(out: pathlib.Path, grid: Grid, dest: pathlib.Path, num_samples: int 
   return written
 
 
+def restore(source: pathlib.Path, grid: Grid, out: pathlib.Path) -> list[str]:
+  """The inverse of `publish`: finished cells published under `source` become finished cells of
+  `out` (config.json and results.json), so a sweep on a fresh checkout skips them.
+
+  Cells already in `out` are left alone. Returns the names restored.
+  """
+  import gzip
+
+  restored = []
+  for cell in grid.cells:
+    published = source / "cells" / cell.name
+    target = out / "cells" / cell.name
+    if not (published / "results.json.gz").is_file() or (target / "results.json").exists():
+      continue
+    with gzip.open(published / "results.json.gz", "rt") as f:
+      results = json.load(f)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(published / "config.json", target / "config.json")
+    pipeline.write_json(target / "results.json", results)
+    restored.append(cell.name)
+  return restored
+
+
 # ---------------------------------------------------------------------- plan and budget
 
 
@@ -494,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "cells")
   p.add_argument("--publish", metavar="DIR", help="rebuild the report and copy it, its plots and "
                  "each finished cell's config.json and gzipped results.json into DIR")
+  p.add_argument("--restore", metavar="DIR", help="first take the finished cells published in "
+                 "DIR (by --publish) as finished cells of --out, e.g. on a fresh checkout")
   p.add_argument("--keep-checkpoints", action="store_true",
                  help="keep each cell's optimizer checkpoints (large) after it finishes")
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -530,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = make_grid(study, lengths)
   except ValueError as e:
     parser.error(str(e))
+  if args.restore:
+    names = restore(pathlib.Path(args.restore), grid, out)
+    print(f"restored {len(names)} finished cells from {args.restore} into {out / 'cells'}")
   if args.plan or args.publish:
     profile_dir = profile_dir or find_profile(out, grid)
     profile = json.loads((profile_dir / "results.json").read_text()) if profile_dir else None

@@ -151,3 +151,11 @@ def test_sweep_resumes_skips_finished_cells_and_refuses_another_grid(tmp_path):
   published = sweep.publish(tmp_path, grid, tmp_path / "docs", num_samples=200)
   assert (tmp_path / "docs" / "report.json").is_file()
   assert (tmp_path / "docs" / "cells" / first / "results.json.gz") in published
+  # A fresh checkout restores the published cells and runs only the others.
+  fresh = tmp_path / "fresh"
+  assert sweep.restore(tmp_path / "docs", grid, fresh) == [first, second]
+  assert sweep.restore(tmp_path / "docs", grid, fresh) == []
+  calls.clear()
+  sweep.run_sweep(grid, fresh, only=[first, second, grid.cells[2].name],
+                  runner=_fake_runner(calls), log=lambda m: None, num_samples=200)
+  assert calls == [(grid.cells[2].name, False)]
