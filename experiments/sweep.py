@@ -441,11 +441,10 @@ def cell_seconds(cell: CellSpec, profile: Mapping[str, Any]) -> float:
   if train <= 0 or evaluation <= 0:
     raise ValueError("profile: expected a finished cell's results.json with seconds.train and "
                      "seconds.fine_tuned > 0")
-  points = profile.get("learning_curve") or []
-  curve = sum(float(p.get("seconds", 0.0)) for p in points)
+  # The profiled training includes its learning curve's evaluations (if any): count them apart.
+  curve = sum(float(p.get("seconds", 0.0)) for p in profile.get("learning_curve") or [])
   stages = 1 + int(cell.zero_shot) + len(cell.eval_only)
-  profiled_curve = curve if points else 0.0
-  return train - profiled_curve + stages * evaluation + (curve if cell.curve else 0.0)
+  return train - curve + stages * evaluation + (curve if cell.curve else 0.0)
 
 
 def plan_rows(grid: Grid, lengths: Mapping[str, Sequence[int]],
