@@ -48,6 +48,8 @@ from matplotlib.patches import Rectangle
 
 
 METRICS = ("mul_macro", "mul_micro")
+# jxr.eval's summary keys for the same two numbers (learning-curve points carry these).
+SUMMARY_KEYS = {"mul_macro": "multi_macro", "mul_micro": "multi_micro"}
 METRIC_NAMES = {"mul_macro": "macro Mul.", "mul_micro": "micro Mul."}
 DENSE = "dense"
 HYBRID = 0.5
@@ -724,7 +726,7 @@ def report_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
     values = mul(pq["ap"], pq["lang"])
   else:
     s = report.get("summary") or {}
-    values = {"mul_macro": s.get("multi_macro"), "mul_micro": s.get("multi_micro")}
+    values = {m: s.get(key) for m, key in SUMMARY_KEYS.items()}
   summary = report.get("summary") or {}
   return {**values, "mo": summary.get("mono"), "cr": summary.get("cross")}
 
@@ -896,9 +898,9 @@ def learning_curves(arms: Sequence[Arm]) -> dict[str, list[dict[str, Any]]]:
     for cell in arm.cells:
       for point in cell.results.get("learning_curve") or ():
         step = points.setdefault(point["dataset"], {}).setdefault(int(point["step"]), {})
-        for m in METRICS:
-          if point.get(m) is not None:
-            step.setdefault(m, []).append(float(point[m]))
+        for m, key in SUMMARY_KEYS.items():
+          if point.get(key) is not None:
+            step.setdefault(m, []).append(float(point[key]))
     for dataset, steps in points.items():
       order = sorted(steps)
       out.setdefault(dataset, []).append({

@@ -153,9 +153,9 @@ def cell(kind: str, num_languages: int, seed: int, reports: Mapping[str, dict], 
 
 
 def curve(dataset: str, steps: Sequence[int], start: float, end: float) -> list[dict]:
-  """A learning curve rising linearly from `start` to `end`."""
+  """A learning curve rising linearly from `start` to `end`, as experiments.pipeline logs it."""
   values = np.linspace(start, end, len(steps))
-  return [{"step": int(s), "dataset": dataset, "mul_macro": float(v), "mul_micro": float(v),
+  return [{"step": int(s), "dataset": dataset, "multi_macro": float(v), "multi_micro": float(v),
            "per_query": {}} for s, v in zip(steps, values)]
 
 

@@ -295,6 +295,10 @@ def test_write_report_files_keys_and_findings(tmp_path):
     for name in names:
       assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in text
   assert not list(tmp_path.glob("*.tmp")) and "Grid `test`." in text
+  # The fabricated curves rise from 0.3 to 0.5 over steps 0, 5, 10.
+  for curve in rep["learning_curves"]["mlqa-r"]:
+    assert curve["steps"] == [0, 5, 10]
+    np.testing.assert_allclose(curve["mul_macro"], [0.3, 0.4, 0.5])
 
 
 def test_a_question_is_one_cluster_across_its_languages():

@@ -53,7 +53,10 @@ def _run_and_check(lareqa_dir, out):
   primary = data["primary"]
   assert primary["dataset"] == "mlqa-r" and primary["metric"] == "mul_macro"
   assert primary["num_languages"] == 4  # the tiny grid's largest count
-  assert data["findings"].startswith(data["findings"].split(".")[0])
+  assert data["findings"].startswith("Primary contrast: on mlqa-r with 4 training languages")
+  # Every trained arm has a learning curve with a number at each logged step.
+  curves = data["learning_curves"]["mlqa-r"]
+  assert curves and all(c["steps"] and None not in c["mul_macro"] for c in curves)
   for name in data["figures"]["mlqa-r"]:
     assert (out / name).stat().st_size > 0
   # The plan scales every cell from a finished one.
