@@ -34,8 +34,8 @@ import numpy as np
 
 from experiments.options import LANGUAGE_ORDER, RunConfig
 from jxr.data import RetrievalTask, load_lareqa, read_pairs, split_by_article
-from jxr.data.lareqa import LANGUAGES
-from jxr.data.splits import article_groups
+from jxr.data.lareqa import evaluation_set
+from jxr.data.splits import articles_until
 
 STAGES = ("zero_shot", "fine_tuned")
 
@@ -54,25 +54,6 @@ class Plan:
 # ---------------------------------------------------------------------- data
 
 
-def articles_until(task: RetrievalTask, questions: int, seed: int) -> RetrievalTask:
-  """Whole articles of `task`, in a seeded order, until they hold >= `questions` question ids.
-
-  Candidates are the sentences of those articles only, so a small evaluation
-  keeps LAReQA's hard distractors (same-article sentences) and stays cheap to
-  encode. Uses `split_by_article`'s order, so the pick is reproducible.
-  """
-  total = len(np.unique(task.query_id))
-  if questions >= total:
-    return task
-  num_articles = int(article_groups(task)[1].max()) + 1
-  count = lambda k: len(np.unique(split_by_article(task, k / num_articles, seed)[1].query_id))  # noqa: E731
-  low, high = 1, num_articles  # smallest k with count(k) >= questions
-  while low < high:
-    mid = (low + high) // 2
-    low, high = (mid + 1, high) if count(mid) < questions else (low, mid)
-  return split_by_article(task, low / num_articles, seed)[1]
-
-
 def training_task(config: RunConfig) -> RetrievalTask:
   """The LAReQA task the fine-tune draws its pairs from (as jxr.train selects it)."""
   task = load_lareqa(config.train_dataset, languages=config.languages)
@@ -89,17 +70,10 @@ def training_question_ids(config: RunConfig) -> tuple[str, ...]:
 
 
 def evaluation_task(config: RunConfig, name: str) -> RetrievalTask:
-  """The evaluation set of dataset `name`: held-out articles when it is also trained on,
-  restricted to the evaluation languages and (optionally) whole articles up to N questions."""
-  languages = None
-  if config.eval_languages is not None:
-    languages = tuple(lang for lang in config.eval_languages if lang in LANGUAGES[name])
-  task = load_lareqa(name, languages=languages)
-  if name == config.train_dataset:
-    task = split_by_article(task, config.eval_fraction, config.split_seed)[1]
-  if config.eval_questions is not None:
-    task = articles_until(task, config.eval_questions, config.split_seed)
-  return task
+  """The evaluation set of dataset `name` (`jxr.data.lareqa.evaluation_set`)."""
+  return evaluation_set(name, languages=config.eval_languages, trained_on=config.train_dataset,
+                        eval_fraction=config.eval_fraction, split_seed=config.split_seed,
+                        questions=config.eval_questions)
 
 
 def make_plan(config: RunConfig) -> Plan:
@@ -135,12 +109,12 @@ def pool_languages(task: RetrievalTask, sizes: Sequence[int]) -> dict[str, tuple
 
 def encode_task(encoder, task: RetrievalTask, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
   """Query and candidate embeddings of a task, as the run's lengths and context say."""
-  queries = encoder.encode(list(task.query_text), kind="query", batch_size=config.eval_batch_size,
-                           max_length=config.max_query_length)
-  cands = encoder.encode(list(task.cand_text), kind="passage",
-                         contexts=candidate_contexts(task, config),
-                         batch_size=config.eval_batch_size, max_length=config.max_passage_length)
-  return queries, cands
+  from jxr.eval import embed_task
+
+  return embed_task(encoder, task, query_length=config.max_query_length,
+                    passage_length=config.max_passage_length,
+                    contexts=config.candidate_context == "paragraph",
+                    batch_size=config.eval_batch_size)
 
 
 def evaluate_encoder(encoder, task: RetrievalTask, config: RunConfig) -> dict[str, Any]:

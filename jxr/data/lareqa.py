@@ -246,6 +246,34 @@ def load_lareqa(
   )
 
 
+def evaluation_set(
+  name: str,
+  *,
+  languages: Sequence[str] | None = None,
+  trained_on: str | None = None,
+  eval_fraction: float = 0.5,
+  split_seed: int = 0,
+  questions: int | None = None,
+  data_dir: str | os.PathLike | None = None,
+) -> RetrievalTask:
+  """Dataset `name` as a run evaluates it (experiments.run, `python -m jxr.eval --run`).
+
+  Only the dataset's own languages among `languages` (all when None); when the run trains on
+  `name` (`trained_on`), the articles `split_by_article(task, eval_fraction, split_seed)`
+  holds out; then whole articles, in that split's order, up to `questions` question ids.
+  """
+  from jxr.data.splits import articles_until, split_by_article  # splits imports task only
+
+  if languages is not None:
+    languages = tuple(lang for lang in languages if lang in LANGUAGES.get(name, ()))
+  task = load_lareqa(name, data_dir, languages)
+  if name == trained_on:
+    task = split_by_article(task, eval_fraction, split_seed)[1]
+  if questions is not None:
+    task = articles_until(task, questions, split_seed)
+  return task
+
+
 def relevance_by_question(query_id: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """CSR relevance: query `q` is relevant to the answers of every query sharing its id.
 

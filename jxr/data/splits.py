@@ -155,3 +155,22 @@ def split_by_article(
   train = select(task, np.flatnonzero(~query_eval), np.flatnonzero(~cand_eval))
   evaluation = select(task, np.flatnonzero(query_eval), np.flatnonzero(cand_eval))
   return train, evaluation
+
+
+def articles_until(task: RetrievalTask, questions: int, seed: int) -> RetrievalTask:
+  """Whole articles of `task`, in a seeded order, until they hold >= `questions` question ids.
+
+  Candidates are the sentences of those articles only, so a small evaluation
+  keeps LAReQA's hard distractors (same-article sentences) and stays cheap to
+  encode. Uses `split_by_article`'s order, so the pick is reproducible.
+  """
+  total = len(np.unique(task.query_id))
+  if questions >= total:
+    return task
+  num_articles = int(article_groups(task)[1].max()) + 1
+  count = lambda k: len(np.unique(split_by_article(task, k / num_articles, seed)[1].query_id))  # noqa: E731
+  low, high = 1, num_articles  # smallest k with count(k) >= questions
+  while low < high:
+    mid = (low + high) // 2
+    low, high = (mid + 1, high) if count(mid) < questions else (low, mid)
+  return split_by_article(task, low / num_articles, seed)[1]

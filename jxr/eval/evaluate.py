@@ -244,6 +244,23 @@ def _nullable_rows(values: np.ndarray) -> list[list[float | None]]:
   return [[None if math.isnan(v) else v for v in row] for row in values.tolist()]
 
 
+def embed_task(encoder, task: RetrievalTask, *, query_length: int | None = None,
+               passage_length: int | None = None, contexts: bool = True, batch_size: int = 64
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """`(query_emb, cand_emb)` of a task from an encoder with `jxr.model.Encoder.encode`.
+
+  Lengths default to the encoder's own; `contexts` encodes each candidate sentence with its
+  paragraph (LAReQA's setting). Every caller that embeds a task goes through here, so a run and
+  its re-evaluation (`python -m jxr.eval --run`) embed alike.
+  """
+  queries = encoder.encode(list(task.query_text), kind="query", batch_size=batch_size,
+                           max_length=query_length)
+  cands = encoder.encode(list(task.cand_text), kind="passage",
+                         contexts=list(task.cand_context) if contexts else None,
+                         batch_size=batch_size, max_length=passage_length)
+  return np.asarray(queries), np.asarray(cands)
+
+
 def evaluate(
     task: RetrievalTask,
     query_emb: np.ndarray,
@@ -269,7 +286,7 @@ def evaluate(
   ks = _check_k_values(k_values)
   if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
     raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-  queries, cands = _check_pair(task, query_emb, cand_emb)
+  queries, cands = check_pair(task, query_emb, cand_emb)
   query_lang, cand_lang = _language_ids(task)
   _check_relevance(task)
 
@@ -311,11 +328,14 @@ def _check_task(task: Any) -> None:
     raise ValueError(f"task: expected a jxr.data.RetrievalTask, got {type(task).__name__}")
 
 
-def _check_pair(task: RetrievalTask, query_emb: Any, cand_emb: Any) -> tuple[np.ndarray, np.ndarray]:
-  queries = _check_embeddings("query_emb", query_emb, task.num_queries, "task.num_queries")
-  cands = _check_embeddings("cand_emb", cand_emb, task.num_candidates, "task.num_candidates")
+def check_pair(task: RetrievalTask, query_emb: Any, cand_emb: Any, *,
+               names: tuple[str, str] = ("query_emb", "cand_emb")) -> tuple[np.ndarray, np.ndarray]:
+  """The two embedding arrays, or a ValueError naming (by `names`) the one that does not fit."""
+  queries = _check_embeddings(names[0], query_emb, task.num_queries, "task.num_queries")
+  cands = _check_embeddings(names[1], cand_emb, task.num_candidates, "task.num_candidates")
   if queries.shape[1] != cands.shape[1]:
-    raise ValueError(f"cand_emb: expected dimension {queries.shape[1]} (as query_emb), got {cands.shape[1]}")
+    raise ValueError(f"{names[1]}: expected dimension {queries.shape[1]} (as {names[0]}), "
+                     f"got {cands.shape[1]}")
   return queries, cands
 
 
@@ -379,7 +399,7 @@ def evaluate_pools(
   """
   _check_task(task)
   checked = _check_pools(task, pools)
-  queries, cands = _check_pair(task, query_emb, cand_emb)
+  queries, cands = check_pair(task, query_emb, cand_emb)
   reports = {}
   for name, languages in checked.items():
     query_rows, cand_rows = _pool_rows(task, languages)

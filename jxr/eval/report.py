@@ -41,7 +41,7 @@ def _writes() -> bool:
   return jax.process_index() == 0
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+def atomic_write(path: pathlib.Path, data: bytes) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
@@ -191,15 +191,15 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> pathl
   if not _writes():
     return out
   out.mkdir(parents=True, exist_ok=True)
-  _atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
+  atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
   languages = report["matrices"]["languages"]
   for name in _MATRIX_KEYS:
     grid = matrix(report, name)
-    _atomic_write(out / f"matrix_{name}.csv", matrix_csv(languages, grid).encode())
+    atomic_write(out / f"matrix_{name}.csv", matrix_csv(languages, grid).encode())
     title = f"{report['dataset']}: {_TITLES[name]} (query x candidate language)"
     fig = heatmap(languages, grid, title=title, counts=name == "num_queries")
-    _atomic_write(out / f"matrix_{name}.png", _figure_bytes(fig))
-  _atomic_write(out / "summary.md", summary_markdown(report).encode())
+    atomic_write(out / f"matrix_{name}.png", _figure_bytes(fig))
+  atomic_write(out / "summary.md", summary_markdown(report).encode())
   return out
 
 
@@ -316,6 +316,6 @@ def compare(reports: Mapping[str, Mapping[str, Any]], out: str | os.PathLike) ->
   if not _writes():
     return out_dir
   out_dir.mkdir(parents=True, exist_ok=True)
-  _atomic_write(out_dir / "comparison.md", compare_markdown(reports).encode())
-  _atomic_write(out_dir / "comparison.png", _figure_bytes(compare_figure(reports)))
+  atomic_write(out_dir / "comparison.md", compare_markdown(reports).encode())
+  atomic_write(out_dir / "comparison.png", _figure_bytes(compare_figure(reports)))
   return out_dir

@@ -64,7 +64,8 @@ class FakeEncoder:
   def __init__(self, task):
     self.task, self.calls = task, []
 
-  def encode(self, texts, kind, contexts=None, batch_size=64):
+  def encode(self, texts, kind, contexts=None, batch_size=64, max_length=None):
+    assert max_length is None  # --model keeps the model's own lengths
     self.calls.append((kind, len(texts), None if contexts is None else len(contexts), batch_size))
     queries, cands = _planted_embeddings(self.task, noise=0.1)
     return queries if kind == "query" else cands
@@ -88,19 +89,50 @@ def test_cli_model_branch(task, lareqa_dir, tmp_path, monkeypatch, capsys):
   assert "xquad-r (2 languages" in capsys.readouterr().out
 
 
-def test_cli_missing_embedding_file(lareqa_dir, tmp_path):
-  np.save(tmp_path / "c.npy", np.ones((3, 2)))
-  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--out", str(tmp_path / "o")]
-  with pytest.raises(FileNotFoundError, match="--query-emb: no such file"):
-    cli.main([*argv, "--query-emb", str(tmp_path / "missing.npy"), "--cand-emb", str(tmp_path / "c.npy")])
+def _refused(argv, capsys, message):
+  """The CLI exits with status 2 and one stderr line that names the flag; writes nothing."""
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err, err
 
 
-def test_cli_wrong_rows_name_the_argument(task, lareqa_dir, tmp_path):
-  np.save(tmp_path / "q.npy", np.ones((5, 4), np.float32))
+def test_cli_bad_inputs_exit_2_naming_the_flag(task, lareqa_dir, tmp_path, capsys):
   np.save(tmp_path / "c.npy", np.ones((task.num_candidates, 4), np.float32))
-  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "de", "--out", str(tmp_path)]
-  with pytest.raises(ValueError, match=r"query_emb: expected 2380 rows"):
-    cli.main([*argv, "--query-emb", str(tmp_path / "q.npy"), "--cand-emb", str(tmp_path / "c.npy")])
+  np.save(tmp_path / "q.npy", np.ones((5, 4), np.float32))
+  (tmp_path / "text.npy").write_text("not an array")
+  out = tmp_path / "o"
+  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "de",
+          "--out", str(out)]
+  c = ["--cand-emb", str(tmp_path / "c.npy")]
+  _refused([*argv, "--query-emb", str(tmp_path / "missing.npy"), *c], capsys,
+           "--query-emb: no such file")
+  _refused([*argv, "--query-emb", str(tmp_path / "text.npy"), *c], capsys,
+           "--query-emb: " + str(tmp_path / "text.npy") + " is not a .npy array")
+  _refused([*argv, "--query-emb", str(tmp_path / "q.npy"), *c], capsys,
+           "--query-emb: expected 2380 rows")
+  _refused(["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "xx",
+            "--query-emb", str(tmp_path / "q.npy"), *c, "--out", str(out)], capsys, "--languages:")
+  _refused([*argv, "--model", str(tmp_path / "no-such-model")], capsys, "--model:")
+  _refused([*argv, "--query-emb", str(tmp_path / "q.npy"), *c, "--trec", "100000"], capsys,
+           "--trec: expected at most")
+  _refused(["--run", str(tmp_path), "--out", str(out)], capsys, "--run: expected a finished")
+  assert not out.exists()
+
+
+def test_cli_writes_trec_files(task, lareqa_dir, tmp_path):
+  queries, cands = _planted_embeddings(task, noise=0.3)
+  np.save(tmp_path / "q.npy", queries)
+  np.save(tmp_path / "c.npy", cands)
+  out = tmp_path / "eval"
+  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en,de",
+          "--query-emb", str(tmp_path / "q.npy"), "--cand-emb", str(tmp_path / "c.npy"),
+          "--out", str(out), "--trec", "3"]
+  assert cli.main(argv) == 0
+  run = (out / "run.trec").read_text().splitlines()
+  assert len(run) == 3 * task.num_queries
+  assert run[0].split()[:4] == [f"en-{task.query_id[0]}", "Q0", run[0].split()[2], "1"]
+  qrels = (out / "qrels.trec").read_text().splitlines()
+  assert len(qrels) == len(task.rel_indices)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +143,9 @@ def test_cli_wrong_rows_name_the_argument(task, lareqa_dir, tmp_path):
         ["--model", "tiny", "--query-emb", "q.npy", "--cand-emb", "c.npy"],  # both
         ["--query-emb", "q.npy", "--cand-emb", "c.npy", "--save-embeddings"],
         ["--model", "tiny", "--k", "0"],
+        ["--model", "tiny", "--trec", "0"],
+        ["--run", "r", "--model", "tiny"],  # two sources
+        ["--run", "r", "--languages", "en"],  # --run brings its own
     ],
 )
 def test_cli_rejects_bad_arguments(extra, tmp_path, capsys):

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -59,6 +60,21 @@ def _run_and_check(lareqa_dir, out):
   assert curves and all(c["steps"] and None not in c["mul_macro"] for c in curves)
   for name in data["figures"]["mlqa-r"]:
     assert (out / name).stat().st_size > 0
+  # A finished block-sparse cell (random blocks included) re-evaluates to its own fine-tuned
+  # reports from its exported model: the saved attention, lengths and evaluation sets are used.
+  cell = out / "cells" / next(c for c in sweep_file["cells"] if c.startswith("block_sparse"))
+  again = out.parent / "reevaluated"
+  reeval = subprocess.run([sys.executable, "-m", "jxr.eval", "--run", str(cell), "--out",
+                           str(again), "--trec", "5"], cwd=out.parent, env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+  assert reeval.returncode == 0, reeval.stdout + reeval.stderr
+  recorded = json.loads((cell / "results.json").read_text())["fine_tuned"]
+  assert set(recorded) == {"mlqa-r", "xquad-r"}
+  for name, report in recorded.items():
+    rerun = json.loads((again / name / "report.json").read_text())
+    assert abs(rerun["multilingual"]["map"] - report["multilingual"]["map"]) <= 1e-5
+    np.testing.assert_allclose(rerun["per_query"]["ap"], report["per_query"]["ap"], atol=1e-5)
+    assert (again / name / "run.trec").stat().st_size > 0
   # The plan scales every cell from a finished one.
   plan = subprocess.run([*command[:-2], "--plan"], cwd=out.parent, env=env, capture_output=True,
                         text=True, timeout=300, stdin=subprocess.DEVNULL)
