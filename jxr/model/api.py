@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from jxr.model import bundle, tokenizer as tokenization, weights
 from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
                               is_e5_name)
 from jxr.model.encoder import abstract_model, create_model, pool
+
+log = logging.getLogger(__name__)
 
 BUNDLED = "multilingual-e5-small"
 TINY = "tiny"
@@ -320,6 +323,10 @@ def _override(config: EncoderConfig, overrides: dict[str, Any]) -> EncoderConfig
   """The loaded config with the caller's choices; `implementation` rides on the attention."""
   overrides = dict(overrides)
   implementation = overrides.pop("implementation", None)
+  attention = overrides.get("attention")
+  if attention is not None and attention.kind != config.attention.kind:
+    log.info("load_encoder: running %s attention instead of the saved %s",
+             attention.label, config.attention.label)
   config = config.replace(**overrides)
   if implementation is not None:
     config = config.replace(attention=dataclasses.replace(config.attention,

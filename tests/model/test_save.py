@@ -1,6 +1,7 @@
 """Saved encoders use HF names and layouts: transformers and jxr both load them."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ import jxr.model
 TEXTS = ["Hello world", "Grüße aus Zürich, wie geht's?", "北京是中国的首都。", "x"]
 
 
-def test_save_then_load_encoder_round_trip(tmp_path):
+def test_save_then_load_encoder_round_trip(tmp_path, caplog):
   enc = jxr.model.load_encoder("tiny", attention=jxr.model.AttentionConfig.local(3), seed=1)
   enc.save(tmp_path)
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path))
@@ -21,8 +22,10 @@ def test_save_then_load_encoder_round_trip(tmp_path):
   back = jxr.model.load_encoder(tmp_path)  # no attention given: the saved one
   assert back.config == enc.config.replace(extra_json=back.config.extra_json)
   np.testing.assert_array_equal(back.encode(TEXTS), enc.encode(TEXTS))
-  dense = jxr.model.load_encoder(tmp_path, attention=jxr.model.AttentionConfig.dense())
+  with caplog.at_level(logging.INFO, logger="jxr.model.api"):
+    dense = jxr.model.load_encoder(tmp_path, attention=jxr.model.AttentionConfig.dense())
   assert dense.config.attention.kind == "dense"  # an explicit spec replaces the saved one
+  assert "running dense attention instead of the saved local-w3" in caplog.text
 
 
 def test_transformers_loads_saved_model(tiny, tmp_path):
