@@ -43,7 +43,7 @@ def default_implementation(backend: str | None = None) -> str:
 def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_ids=None,
               kv_segment_ids=None, scale: float | None = None, block_sizes: BlockSizes | None = None,
               implementation: str | None = None, interpret: bool = False) -> jax.Array:
-  """Masked multi-head attention; see DESIGN.md ("pallas_kernels") for the contract.
+  """Masked multi-head attention; see docs/DESIGN.md ("pallas_kernels") for the contract.
 
   Args:
     q: `[B, Lq, H, D]`, float32 or bfloat16.

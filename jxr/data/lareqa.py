@@ -202,7 +202,7 @@ def _answer_sentence(breaks: Sequence[tuple[int, int]], start: int) -> int | Non
 def load_lareqa(
   name: str, data_dir: str | os.PathLike | None = None, languages: Sequence[str] | None = None
 ) -> RetrievalTask:
-  """Loads XQuAD-R or MLQA-R as a `RetrievalTask` (see DESIGN.md, jxr.data).
+  """Loads XQuAD-R or MLQA-R as a `RetrievalTask` (see docs/DESIGN.md, jxr.data).
 
   Args:
     name: `"xquad-r"` or `"mlqa-r"`.

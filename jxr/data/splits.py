@@ -136,7 +136,7 @@ def article_groups(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray, np.ndar
 def split_by_article(
   task: RetrievalTask, eval_fraction: float = 0.5, seed: int = 0
 ) -> tuple[RetrievalTask, RetrievalTask]:
-  """`(train, eval)`: whole articles held out for evaluation (DESIGN.md, jxr.data).
+  """`(train, eval)`: whole articles held out for evaluation (docs/DESIGN.md, jxr.data).
 
   The distinct article titles are sorted, permuted with
   `numpy.random.default_rng(seed)`, and the first `round(eval_fraction * n)`

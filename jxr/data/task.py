@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RetrievalTask:
-  """A cross-lingual retrieval task (LAReQA layout; see DESIGN.md, jxr.data).
+  """A cross-lingual retrieval task (LAReQA layout; see docs/DESIGN.md, jxr.data).
 
   One row per (question, language) query and one row per candidate sentence.
   Rows are ordered by language (the order of `languages`), then file order.

@@ -7,7 +7,7 @@ broken in favour of relevant candidates, among themselves in any order): ranks
 `[1, 1, 5]` become positions `[1, 2, 5]`. The precision at the i-th relevant
 candidate is `i / position`; the tied relevant candidates' precisions average
 to one shared value, so AP is unchanged by how they are ordered. Without
-relevant-relevant ties this is DESIGN.md's `#(relevant with rank <= r) / r`;
+relevant-relevant ties this is docs/DESIGN.md's `#(relevant with rank <= r) / r`;
 with them it stays <= 1 (the literal formula gives 11 for 11 tied answers).
 
 Rank distance (arXiv 2408.10536) uses the ranks themselves: the largest minus

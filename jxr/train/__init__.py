@@ -1,4 +1,4 @@
-"""Contrastive fine-tuning of jxr encoders over a device mesh (DESIGN.md, jxr.train).
+"""Contrastive fine-tuning of jxr encoders over a device mesh (docs/DESIGN.md, jxr.train).
 
     from jxr.train import TrainConfig, train
     result = train(TrainConfig(model="tiny", train_data="xquad-r", steps=100, out_dir="runs/a"))

@@ -175,7 +175,7 @@ def host_params(params: Any) -> Any:
 
 def train(config: TrainConfig, resume: bool = False,
           eval_hook: EvalHook | None = None) -> TrainResult:
-  """Fine-tunes `config.model` contrastively; see DESIGN.md (jxr.train).
+  """Fine-tunes `config.model` contrastively; see docs/DESIGN.md (jxr.train).
 
   With `resume`, continues from the newest checkpoint in `config.out_dir` (made
   on any mesh) with the same batches, as if never stopped. Ctrl-C saves the

@@ -2,7 +2,7 @@
 
 Every implementation (`pallas` interpreted, `xla`, `reference`) is checked
 against the float64 oracle on these cases. Expected masks come from
-`oracle.formula_mask` (DESIGN.md's formulas in numpy), never from `masks.py`,
+`oracle.formula_mask` (docs/DESIGN.md's formulas in numpy), never from `masks.py`,
 so a mask bug cannot hide in both sides.
 """
 

@@ -1,4 +1,4 @@
-"""Test oracle: masks built straight from DESIGN.md's formulas, attention in float64 numpy.
+"""Test oracle: masks built straight from docs/DESIGN.md's formulas, attention in float64 numpy.
 
 Nothing here imports `pallas_kernels`, so a bug in `masks.py` or the
 reference cannot hide in the expected values too.

@@ -1,4 +1,4 @@
-"""Masks: block tables and densities against dense masks built from DESIGN.md's formulas."""
+"""Masks: block tables and densities against dense masks built from docs/DESIGN.md's formulas."""
 
 from __future__ import annotations
 

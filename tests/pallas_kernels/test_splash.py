@@ -1,6 +1,6 @@
 """The TPU path: JAX's splash-attention kernel (interpreted on the CPU) against the float64 oracle.
 
-Expected masks come from DESIGN.md's formulas (`oracle.formula_mask`), never
+Expected masks come from docs/DESIGN.md's formulas (`oracle.formula_mask`), never
 from `masks.py`. Splash runs interpreted here (seconds per call), so the kernel
 cases are few and tiny; the mask conversion and segment-id mapping, which are
 pure host/jnp code, are checked on many more cases.
