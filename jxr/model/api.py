@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
@@ -27,7 +26,7 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from jxr._progress import progress
-from jxr.model import bundle, tokenizer as tokenization, weights
+from jxr.model import bundle, export, tokenizer as tokenization, weights
 from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
                               is_e5_name)
 from jxr.model.encoder import abstract_model, create_model, pool
@@ -222,16 +221,16 @@ class Encoder:
   # ------------------------------------------------------------------ saving
 
   def save(self, directory: str | os.PathLike) -> pathlib.Path:
-    """config.json + model.safetensors + tokenizer files, loadable by
-    `transformers.AutoModel.from_pretrained` and by `load_encoder`."""
+    """config.json + model.safetensors + tokenizer files, loadable by `load_encoder`, by
+    `transformers.AutoModel.from_pretrained` (with `trust_remote_code=True` when the
+    attention is sparse) and by `sentence_transformers.SentenceTransformer` (jxr.model.export)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dict(self.extra_tensors)
     tensors.update(weights.params_to_hf(self.config, self.params))
     weights.write_safetensors(directory / "model.safetensors", tensors)
-    config = self.config.to_hf_dict()
-    config["jxr"]["max_length"] = self.default_max_length
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    export.write_export_files(directory, self.config, max_length=self.default_max_length,
+                              has_pooler=any(name.startswith("pooler.") for name in tensors))
     tokenization.save_tokenizer(self.tokenizer, directory, self.config.max_length)
     return directory
 

@@ -13,6 +13,8 @@ import re
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta")
+# transformers model type of a sparse export (jxr.model.export) -> the architecture it extends
+SPARSE_EXPORT_TYPES = {"jxr-bert": "bert", "jxr-xlm-roberta": "xlm-roberta"}
 ATTENTION_KINDS = ("dense", "local", "block_sparse")
 POOLINGS = ("mean", "cls")
 DTYPES = ("float32", "bfloat16")
@@ -185,7 +187,7 @@ class EncoderConfig:
     """Reads a HF `config.json` dict (bert / xlm-roberta), and its `"jxr"` entry if any."""
     if not isinstance(data, dict):
       raise ValueError(f"{source}: expected a JSON object")
-    model_type = data.get("model_type")
+    model_type = SPARSE_EXPORT_TYPES.get(data.get("model_type"), data.get("model_type"))
     if model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(f"{source}: model_type {model_type!r} is not supported; expected one "
                        f"of {SUPPORTED_MODEL_TYPES} (BERT / XLM-RoBERTa encoders)")
@@ -198,8 +200,10 @@ class EncoderConfig:
     if missing:
       raise ValueError(f"{source}: missing keys {missing}")
     jxr = dict(data.get("jxr") or {})
+    # architectures and auto_map are rewritten by every export, never carried over
     known = set(required) | {"model_type", "type_vocab_size", "layer_norm_eps", "pad_token_id",
-                             "hidden_act", "hidden_dropout_prob", "jxr"}
+                             "hidden_act", "hidden_dropout_prob", "jxr", "architectures",
+                             "auto_map"}
     extra = {k: v for k, v in data.items() if k not in known}
     default_prefixes = E5_PREFIXES if is_e5_name(str(data.get("_name_or_path", ""))) else ("", "")
     prefixes = jxr.get("prefixes", {})
