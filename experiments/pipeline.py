@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from experiments.options import LANGUAGE_ORDER, RunConfig
-from jxr.data import RetrievalTask, load_lareqa, read_pairs, split_by_article
-from jxr.data.lareqa import evaluation_set
+from jxr.data import RetrievalTask, read_pairs
+from jxr.data.lareqa import evaluation_set, training_set
 from jxr.data.splits import articles_until
 
 STAGES = ("zero_shot", "fine_tuned")
@@ -55,9 +55,9 @@ class Plan:
 
 
 def training_task(config: RunConfig) -> RetrievalTask:
-  """The LAReQA task the fine-tune draws its pairs from (as jxr.train selects it)."""
-  task = load_lareqa(config.train_dataset, languages=config.languages)
-  return split_by_article(task, config.eval_fraction, config.split_seed)[0]
+  """The LAReQA task the fine-tune draws its pairs from (`jxr.data.lareqa.training_set`)."""
+  return training_set(config.train_dataset, languages=config.languages,
+                      eval_fraction=config.eval_fraction, split_seed=config.split_seed)
 
 
 def training_question_ids(config: RunConfig) -> tuple[str, ...]:

@@ -246,6 +246,22 @@ def load_lareqa(
   )
 
 
+def training_set(
+  name: str,
+  *,
+  languages: Sequence[str] | None = None,
+  eval_fraction: float = 0.5,
+  split_seed: int = 0,
+  data_dir: str | os.PathLike | None = None,
+) -> RetrievalTask:
+  """The articles of dataset `name` a run trains on: the side `split_by_article(task,
+  eval_fraction, split_seed)` keeps for training (`evaluation_set` holds out the rest)."""
+  from jxr.data.splits import split_by_article
+
+  task = load_lareqa(name, data_dir, languages)
+  return split_by_article(task, eval_fraction, split_seed)[0]
+
+
 def evaluation_set(
   name: str,
   *,
@@ -262,7 +278,7 @@ def evaluation_set(
   `name` (`trained_on`), the articles `split_by_article(task, eval_fraction, split_seed)`
   holds out; then whole articles, in that split's order, up to `questions` question ids.
   """
-  from jxr.data.splits import articles_until, split_by_article  # splits imports task only
+  from jxr.data.splits import articles_until, split_by_article
 
   if languages is not None:
     languages = tuple(lang for lang in languages if lang in LANGUAGES.get(name, ()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,20 +52,3 @@ class RetrievalTask:
   def relevant(self, query: int) -> np.ndarray:
     """Indices of the candidates relevant to query row `query` (sorted)."""
     return self.rel_indices[self.rel_indptr[query] : self.rel_indptr[query + 1]]
-
-  def restrict(
-    self,
-    languages: Sequence[str] | None = None,
-    questions: int | None = None,
-    seed: int = 0,
-    candidates: str = "all",
-  ) -> RetrievalTask:
-    """This task on some languages and/or `questions` question ids drawn with `seed`.
-
-    A kept question keeps all its languages (among `languages`); candidates are
-    those of the kept languages (`candidates="all"`), or only of the kept
-    queries' articles (`"articles"`); relevance is re-indexed.
-    """
-    from jxr.data.splits import restrict  # splits imports this module
-
-    return restrict(self, languages=languages, questions=questions, seed=seed, candidates=candidates)

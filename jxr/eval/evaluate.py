@@ -382,7 +382,7 @@ def evaluate_pools(
   """The `evaluate` report of each named language pool, from one set of embeddings.
 
   Pool `name` is the task restricted to the queries and candidates of
-  `pools[name]` (as `task.restrict(languages=...)`, languages in
+  `pools[name]` (as `jxr.data.restrict(task, languages=...)`, languages in
   `task.languages` order, relevance re-indexed); its embeddings are the
   matching rows of `query_emb` and `cand_emb`, so nothing is re-encoded.
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jxr._progress import progress
-from jxr.data import (HybridSampler, TrainingPairs, collate, load_lareqa, read_pairs,
-                      split_by_article, training_pairs)
+from jxr.data import HybridSampler, TrainingPairs, collate, read_pairs, training_pairs
+from jxr.data.lareqa import training_set
 from jxr.data.collate import encode as encode_texts, pad as pad_rows
 from jxr.model import Encoder, load_encoder
 from jxr.train import mesh as meshlib
@@ -49,9 +49,9 @@ RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "keep_checkpoints", 
 def load_training_pairs(config: TrainConfig) -> TrainingPairs:
   """LAReQA: the training articles of `split_by_article`; otherwise a JSONL pairs file."""
   if config.train_data in LAREQA_NAMES:
-    task = load_lareqa(config.train_data, languages=config.languages)
-    train_task, _ = split_by_article(task, config.eval_fraction, config.split_seed)
-    return training_pairs(train_task)
+    return training_pairs(training_set(config.train_data, languages=config.languages,
+                                       eval_fraction=config.eval_fraction,
+                                       split_seed=config.split_seed))
   path = pathlib.Path(config.train_data)
   if not path.is_file():
     raise FileNotFoundError(f"train_data: {config.train_data!r} is neither a LAReQA name "

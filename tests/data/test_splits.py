@@ -1,4 +1,4 @@
-"""split_by_article and RetrievalTask.restrict."""
+"""split_by_article and jxr.data.restrict."""
 
 import numpy as np
 import pytest
@@ -65,7 +65,7 @@ def test_mlqa_split_keeps_questions_whole(mlqa):
 
 
 def test_restrict_languages_and_questions(xquad):
-  sub = xquad.restrict(languages=("en", "de"), questions=200, seed=0)
+  sub = jxr.data.restrict(xquad, languages=("en", "de"), questions=200, seed=0)
   assert sub.languages == ("en", "de")
   assert sub.num_queries == 400
   assert sorted(set(sub.query_lang)) == ["de", "en"] and sub.query_lang[0] == "en"
@@ -75,13 +75,13 @@ def test_restrict_languages_and_questions(xquad):
   full = _relevance_as_ids(xquad)
   for key, relevant in _relevance_as_ids(sub).items():
     assert relevant == {(lang, text) for lang, text in full[key] if lang in ("en", "de")}
-  same = xquad.restrict(languages=("en", "de"), questions=200, seed=0)
-  other = xquad.restrict(languages=("en", "de"), questions=200, seed=1)
+  same = jxr.data.restrict(xquad, languages=("en", "de"), questions=200, seed=0)
+  other = jxr.data.restrict(xquad, languages=("en", "de"), questions=200, seed=1)
   assert (same.query_id == sub.query_id).all() and set(other.query_id) != set(sub.query_id)
 
 
 def test_restrict_candidates_to_articles(mlqa):
-  sub = mlqa.restrict(questions=50, seed=0, candidates="articles")
+  sub = jxr.data.restrict(mlqa, questions=50, seed=0, candidates="articles")
   assert len(set(sub.query_id)) == 50
   assert set(zip(sub.cand_lang, sub.cand_article)) == set(zip(sub.query_lang, sub.query_article))
   assert sub.num_candidates < mlqa.num_candidates
@@ -90,7 +90,7 @@ def test_restrict_candidates_to_articles(mlqa):
 
 
 def test_restrict_reorders_languages(xquad):
-  sub = xquad.restrict(languages=("zh", "ar"))
+  sub = jxr.data.restrict(xquad, languages=("zh", "ar"))
   assert sub.languages == ("zh", "ar") and sub.query_lang[0] == "zh" and sub.cand_lang[0] == "zh"
   for q in range(0, sub.num_queries, 97):
     relevant = sub.relevant(q)
@@ -109,4 +109,4 @@ def test_restrict_reorders_languages(xquad):
 )
 def test_restrict_bad_input(xquad, kwargs, match):
   with pytest.raises(ValueError, match=match):
-    xquad.restrict(**kwargs)
+    jxr.data.restrict(xquad, **kwargs)

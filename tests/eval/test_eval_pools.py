@@ -34,7 +34,7 @@ def test_pools_of_a_toy_match_restrict():
   assert list(reports) == ["2", "all", "zh"]
   for name, langs in pools.items():
     ordered = [lang for lang in task.languages if lang in langs]
-    sub = task.restrict(languages=ordered)
+    sub = jxr.data.restrict(task, languages=ordered)
     # Each restricted row found in the full task by its unique text: independent of row order.
     q_rows = _rows_by_text(sub.query_text, task.query_text)
     c_rows = _rows_by_text(sub.cand_text, task.cand_text)
@@ -48,7 +48,7 @@ def test_pools_of_a_toy_match_restrict():
 @pytest.fixture(scope="module")
 def mlqa_small(lareqa_dir):
   full = jxr.data.load_lareqa("mlqa-r", data_dir=lareqa_dir, languages=("en", "de", "es"))
-  task = full.restrict(questions=20, seed=3)
+  task = jxr.data.restrict(full, questions=20, seed=3)
   assert set(task.query_lang.tolist()) == {"en", "de", "es"}  # every language has queries
   return task
 
@@ -61,7 +61,7 @@ def test_pools_of_mlqa_match_restrict(mlqa_small):
   pools = {"2": ("en", "de"), "3": ("en", "de", "es"), "es-de": ("es", "de")}
   reports = jxr.eval.evaluate_pools(task, queries, cands, pools)
   for name, langs in pools.items():
-    sub = task.restrict(languages=[lang for lang in task.languages if lang in langs])
+    sub = jxr.data.restrict(task, languages=[lang for lang in task.languages if lang in langs])
     q_mask, c_mask = np.isin(task.query_lang, langs), np.isin(task.cand_lang, langs)
     # The loader's rows are language-major, so boolean masks keep restrict's row order.
     np.testing.assert_array_equal(sub.query_id, task.query_id[q_mask])

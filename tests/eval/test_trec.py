@@ -12,7 +12,7 @@ from jxr.eval import trec
 @pytest.fixture(scope="module")
 def task(lareqa_dir):
   full = jxr.data.load_lareqa("mlqa-r", data_dir=lareqa_dir, languages=("en", "de", "zh"))
-  return full.restrict(questions=40, seed=0, candidates="articles")
+  return jxr.data.restrict(full, questions=40, seed=0, candidates="articles")
 
 
 def _embeddings(task, seed=0):
