@@ -40,9 +40,6 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -43,6 +43,11 @@ def test_bad_block_sizes_and_windows():
 
 
 def test_lengths_not_multiple_of_block_are_padded_not_rejected():
-  q = jnp.ones((1, 37, 2, 16))
-  out = attention(q, q, q, LocalMask(4, 4), block_sizes=BlockSizes(16, 16, 16, 16, 16, 16), implementation="xla")
+  # 37 tokens on 16-wide tiles: the padded tail must neither be attended nor change real rows.
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(1, 37, 2, 16)), jnp.float32) for _ in range(3))
+  mask = LocalMask(4, 4)
+  out = attention(q, k, v, mask, block_sizes=BlockSizes(16, 16, 16, 16, 16, 16), implementation="xla")
   assert out.shape == q.shape
+  want = attention(q, k, v, mask, implementation="reference")
+  np.testing.assert_allclose(out, want, atol=2e-6)

@@ -92,7 +92,18 @@ def test_reference_matches_dot_product_attention(left, right):
   np.testing.assert_array_equal(np.asarray(got)[~rows], 0.0)
 
 
-def test_default_implementation_on_cpu_is_xla():
+def test_default_implementation_on_cpu_is_xla(monkeypatch):
   assert default_implementation("cpu") == "xla"
   assert default_implementation("gpu") == "pallas"
   assert default_implementation("tpu") == "splash"
+  # attention() with no implementation runs the blocked XLA path on this CPU, and only it.
+  from pallas_kernels import xla
+
+  calls = []
+  real = xla.blocked_attention
+  monkeypatch.setattr(xla, "blocked_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 24, 2, 8))
+  mask = LocalMask(3, 3)
+  got = attention(q, q, q, mask)
+  assert calls == [1] and jax.default_backend() == "cpu"
+  np.testing.assert_array_equal(got, attention(q, q, q, mask, implementation="xla"))
