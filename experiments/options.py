@@ -31,7 +31,7 @@ PRESETS_ORDER = ("cpu", "gpu", "pod", "tiny")
 BUNDLED_MODELS = ("multilingual-e5-small", "tiny")
 MAX_LENGTH = 512
 # Fields that do not change what is computed: left out of the hash.
-_UNHASHED = ("out", "preset")
+_UNHASHED = ("out", "preset", "checkpoint_every", "checkpoint_minutes")  # change no result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +63,9 @@ class RunConfig:
   curve_every: int | None      # learning curve: evaluate a fixed subset every this many steps
   curve_questions: int         # the learning curve's subset: whole articles until this many
   out: str
+  # Training lost to a crash or preemption: checkpoints every this many steps and minutes.
+  checkpoint_every: int | None = None
+  checkpoint_minutes: float | None = None
 
   def to_json(self) -> dict[str, Any]:
     data = dataclasses.asdict(self)
@@ -124,19 +127,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores, under 10 minutes: a short fine-tune, a small held-out slice.
     "cpu": dict(_COMMON, eval_data=("xquad-r",), eval_languages=("en", "de", "ru", "zh"),
                 eval_questions=150, train_steps=30, batch_size=16, lr=1e-4, warmup_steps=3,
-                max_query_length=32, max_passage_length=128, eval_batch_size=32),
+                max_query_length=32, max_passage_length=128, eval_batch_size=32,
+                checkpoint_minutes=5.0),
     # One GPU: the study's cell (see experiments/sweep.py for its budget).
     "gpu": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=600, batch_size=64,
                 lr=3e-5, warmup_steps=60, max_query_length=64, max_passage_length=256,
-                eval_batch_size=256),
+                eval_batch_size=256, checkpoint_minutes=2.0),
     # Many hosts: a larger global batch over every device of every process.
     "pod": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=1000, batch_size=256,
                 lr=5e-5, warmup_steps=100, max_query_length=64, max_passage_length=256,
-                eval_batch_size=512),
+                eval_batch_size=512, checkpoint_minutes=2.0),
     # Tests: a random 2-layer encoder, seconds per stage.
     "tiny": dict(_COMMON, model="tiny", languages=("en", "de"), eval_data=("xquad-r",),
                  eval_languages=("en", "de"), eval_questions=12, train_steps=2, batch_size=4,
-                 lr=1e-3, max_query_length=24, max_passage_length=48, eval_batch_size=32),
+                 lr=1e-3, max_query_length=24, max_passage_length=48, eval_batch_size=32,
+                 checkpoint_minutes=5.0),
 }
 
 
@@ -196,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     "sentence with its paragraph)")
   a("--seed", help="training seed (>= 0)")
   a("--mesh", help="device mesh, e.g. data=-1 or data=4,model=2")
+  a("--checkpoint-every", metavar="STEPS", help="also checkpoint every this many steps (>= 1)")
+  a("--checkpoint-minutes", metavar="M", help="checkpoint when M minutes passed since the last "
+    "(> 0; presets: 5 on the CPU, 2 on GPUs)")
   a("--out", help="run directory (default runs/<date>-<attn>-<hash of the config>)")
   a("--resume", action="store_true", help="continue the run in --out (or the default one)")
   return p
@@ -410,6 +418,11 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
     values["seed"] = _int("--seed", args.seed, 0)
   if given("mesh"):
     values["mesh"] = _mesh(args.mesh)
+  if given("checkpoint_every"):
+    values["checkpoint_every"] = _int("--checkpoint-every", args.checkpoint_every, 1)
+  if given("checkpoint_minutes"):
+    values["checkpoint_minutes"] = _float("--checkpoint-minutes", args.checkpoint_minutes, 0.0,
+                                          None, open_low=True)
   values["attention"] = attention_from_flags(args, values["max_passage_length"])
   config = RunConfig(**values)
   out = args.out if args.out is not None else ""

@@ -214,7 +214,8 @@ def train_config(config: RunConfig, out: pathlib.Path):
       batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
       max_query_length=config.max_query_length, max_passage_length=config.max_passage_length,
       candidate_context=config.candidate_context == "paragraph", mesh=config.mesh,
-      seed=config.seed, out_dir=str(out / "train"), checkpoint_every=None,
+      seed=config.seed, out_dir=str(out / "train"), checkpoint_every=config.checkpoint_every,
+      checkpoint_minutes=config.checkpoint_minutes,
       eval_every=config.curve_every, log_every=max(1, config.train_steps // 100),
       eval_fraction=config.eval_fraction, split_seed=config.split_seed)
 
@@ -330,7 +331,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     hook = curve_hook(plan, config) if config.curve_every else None
     result = train(tconfig, resume=train_started, eval_hook=hook)
     train_summary = {"steps": result.steps, "skipped_steps": result.skipped_steps,
-                     "final_loss": result.final_loss, "seconds": time.perf_counter() - t}
+                     "final_loss": result.final_loss, "seconds": time.perf_counter() - t,
+                     "resumed_from_steps": list(result.resumed_from_steps)}
     write_json(done_marker, train_summary)
     encoder_fn = lambda: result.encoder  # noqa: E731
   if _primary() and (train_dir / "metrics.jsonl").is_file():

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from experiments import options, pipeline
+from jxr.train import signals
 
 
 def _multi_process() -> bool:
@@ -58,11 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"experiments.run: preset {config.preset}, attention {config.attention.label}, "
         f"run directory {config.out}", flush=True)
   try:
-    results = pipeline.run(config, resume=resume, log=lambda m: print(m, flush=True))
-  except KeyboardInterrupt:
-    print(f"\ninterrupted: the run is resumable with\n  python -m experiments.run "
-          f"{' '.join(_resume_args(argv, config.out))}", file=sys.stderr, flush=True)
-    return 130
+    with signals.terminate_as_exception():  # preemption (SIGTERM) stops like Ctrl-C
+      results = pipeline.run(config, resume=resume, log=lambda m: print(m, flush=True))
+  except KeyboardInterrupt as stop:
+    terminated = isinstance(stop, signals.Terminated)
+    print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the run is resumable "
+          f"with\n  python -m experiments.run {' '.join(_resume_args(argv, config.out))}",
+          file=sys.stderr, flush=True)
+    return signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED
   print(pipeline.headline(results, config.out), flush=True)
   return 0
 

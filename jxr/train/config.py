@@ -24,7 +24,9 @@ class TrainConfig:
   gradients are averaged (in-batch negatives then come from the micro-batch).
   `grad_cache_chunk` rows are embedded at a time by the gradient cache (None:
   the whole batch at once). `eval_every` / `checkpoint_every` of None or 0 turn
-  those off (a checkpoint is still written at the end and on Ctrl-C).
+  those off (a checkpoint is still written at the end and on Ctrl-C or SIGTERM);
+  `checkpoint_minutes` also saves when that much wall time passed since the last
+  checkpoint (None: by steps only).
   """
   model: str = "multilingual-e5-small"
   attention: AttentionConfig = AttentionConfig()
@@ -50,6 +52,7 @@ class TrainConfig:
   seed: int = 0
   out_dir: str = "runs/train"
   checkpoint_every: int | None = 500
+  checkpoint_minutes: float | None = None
   keep_checkpoints: int = 2
   eval_every: int | None = None
   log_every: int = 10
@@ -106,6 +109,7 @@ class TrainResult:
   final_loss: float
   run_dir: pathlib.Path
   export_dir: pathlib.Path | None
+  resumed_from_steps: tuple[int, ...] = ()  # the checkpoint step of each resume, in order
 
 
 def _is_int(value: Any) -> bool:
@@ -175,6 +179,7 @@ def validate(config: TrainConfig) -> None:
     raise ValueError(f"dtype: expected one of {DTYPES}, got {config.dtype!r}")
   _int(config, "seed", 0)
   _int(config, "checkpoint_every", 0, optional=True)
+  _number(config, "checkpoint_minutes", 0.0, low_open=True, optional=True)
   _int(config, "keep_checkpoints", 1)
   _int(config, "eval_every", 0, optional=True)
   _int(config, "log_every", 1)

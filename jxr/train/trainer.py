@@ -11,12 +11,10 @@ checkpoints are collective (orbax).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import pathlib
-import signal
-import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +27,7 @@ from jxr.data import HybridSampler, TrainingPairs, collate, read_pairs, training
 from jxr.data.lareqa import training_set
 from jxr.data.collate import encode as encode_texts, pad as pad_rows
 from jxr.model import Encoder, load_encoder
-from jxr.train import mesh as meshlib
+from jxr.train import mesh as meshlib, signals
 from jxr.train.checkpoint import Checkpoints, abstract_like
 from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
 from jxr.train.metrics import MetricsWriter, StepLog
@@ -39,8 +37,8 @@ from jxr.train.step import (StepOptions, TrainState, init_state, jit_train_step,
 
 EvalHook = Callable[[int, Encoder], "dict[str, Any] | None"]
 # Fields a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "log_every")
+RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "checkpoint_minutes",
+                     "keep_checkpoints", "eval_every", "log_every")
 
 
 # ---------------------------------------------------------------------- data
@@ -92,31 +90,26 @@ def batch_id(batch) -> str:
 # ---------------------------------------------------------------------- interrupts
 
 
-class _Interrupts:
-  """Holds Ctrl-C back while a step runs: the step donates the old state, so an
-  interrupt between the call and the assignment would lose both."""
+class _SaveClock:
+  """Checkpoints by wall time as well as by steps. With several processes process 0's clock
+  decides for all: an orbax save is collective, so every process must agree to save."""
 
-  def __init__(self):
-    self.pending = False
+  def __init__(self, minutes: float | None):
+    self.seconds = None if not minutes else 60.0 * minutes
+    self.reset()
 
-  @contextlib.contextmanager
-  def deferred(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield
-      return
-    previous = signal.getsignal(signal.SIGINT)
+  def reset(self) -> None:
+    self.last = time.monotonic()
 
-    def hold(signum, frame):
-      self.pending = True
+  def due(self) -> bool:
+    if self.seconds is None:
+      return False
+    due = time.monotonic() - self.last >= self.seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
 
-    signal.signal(signal.SIGINT, hold)
-    try:
-      yield
-    finally:
-      signal.signal(signal.SIGINT, previous)
-    if self.pending:
-      self.pending = False
-      raise KeyboardInterrupt
+      due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+    return due
 
 
 # ---------------------------------------------------------------------- setup
@@ -178,8 +171,10 @@ def train(config: TrainConfig, resume: bool = False,
   """Fine-tunes `config.model` contrastively; see docs/DESIGN.md (jxr.train).
 
   With `resume`, continues from the newest checkpoint in `config.out_dir` (made
-  on any mesh) with the same batches, as if never stopped. Ctrl-C saves the
-  last finished step, then re-raises.
+  on any mesh) with the same batches, as if never stopped. Checkpoints are written
+  every `checkpoint_every` steps and `checkpoint_minutes` of wall time. Ctrl-C, or
+  SIGTERM while the loop runs (`jxr.train.signals`), saves the last finished step,
+  then re-raises (`KeyboardInterrupt` / `signals.Terminated`).
   """
   if not isinstance(config, TrainConfig):
     raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
@@ -218,9 +213,11 @@ def train(config: TrainConfig, resume: bool = False,
 
   checkpoints = Checkpoints(checkpoint_dir, config.keep_checkpoints)
   start = checkpoints.latest_step() if resume else None
+  resumed_from: list[int] = []
   if start is not None:
     state, meta = checkpoints.restore(start, abstract_like(abstract, shardings))
     sampler.load_state_dict(meta["sampler"])
+    resumed_from = [*meta.get("resumed_from", []), start]
   else:
     params = jax.device_put(encoder.params, encoder_shardings)
     state = jax.jit(lambda p: init_state(p, optimizer, options), out_shardings=shardings)(params)
@@ -242,48 +239,52 @@ def train(config: TrainConfig, resume: bool = False,
   def save(state: TrainState) -> None:
     done = int(state.step)
     meta = {"step": done, "sampler": dict(sampler.state_dict(), step=done),
-            "config": config.to_json()}
+            "config": config.to_json(), "resumed_from": resumed_from}
     checkpoints.save(done, state, meta)
+    clock.reset()
 
-  interrupts = _Interrupts()
+  deferred = signals.Deferred()
+  clock = _SaveClock(config.checkpoint_minutes)
   first = int(state.step)
   bar = progress(total=config.steps, initial=first, desc="train", unit="step")
   log = StepLog(writer, config.log_every, config.steps, bar)
-  try:
-    for step in range(first, config.steps):
-      batch = next(sampler)
-      arrays = meshlib.global_batch(batch_arrays(batch, pairs, encoder, config), mesh)
-      with interrupts.deferred():
-        state, metrics = train_step(state, arrays)
-      done = step + 1
-      bar.update(1)
-      log.add(done, {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
-              metrics)
-      if eval_hook and config.eval_every and done % config.eval_every == 0:
-        log.collect()
-        result = eval_hook(done, current_encoder(state))
-        if result is not None and not isinstance(result, dict):
-          raise ValueError(f"eval_hook: expected a dict or None, got {type(result).__name__}")
-        log.write(done, result)
-        log.restart_clock()  # evaluation time is not training time
-      elif log.due(done):
-        log.write()
-      if config.checkpoint_every and done % config.checkpoint_every == 0:
-        save(state)
-    log.write()
-    save(state)
-  except KeyboardInterrupt:
-    log.write()  # rows of the finished steps, then their checkpoint
-    save(state)
-    raise
-  finally:
-    checkpoints.close()
-    writer.close()
-    bar.close()
+  with signals.terminate_as_exception():  # SIGTERM in the loop: save, as on Ctrl-C
+    try:
+      for step in range(first, config.steps):
+        batch = next(sampler)
+        arrays = meshlib.global_batch(batch_arrays(batch, pairs, encoder, config), mesh)
+        with deferred():
+          state, metrics = train_step(state, arrays)
+        done = step + 1
+        bar.update(1)
+        log.add(done, {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
+                metrics)
+        if eval_hook and config.eval_every and done % config.eval_every == 0:
+          log.collect()
+          result = eval_hook(done, current_encoder(state))
+          if result is not None and not isinstance(result, dict):
+            raise ValueError(f"eval_hook: expected a dict or None, got {type(result).__name__}")
+          log.write(done, result)
+          log.restart_clock()  # evaluation time is not training time
+        elif log.due(done):
+          log.write()
+        if (config.checkpoint_every and done % config.checkpoint_every == 0) or clock.due():
+          save(state)
+      log.write()
+      save(state)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (signals.Terminated)
+      log.write()  # rows of the finished steps, then their checkpoint
+      save(state)
+      raise
+    finally:
+      checkpoints.close()
+      writer.close()
+      bar.close()
 
   final = dataclasses.replace(encoder, params=host_params(state.params["encoder"]))
   export_dir = None
   if primary:
     export_dir = final.save(run_dir / "model")
   return TrainResult(encoder=final, steps=int(state.step), skipped_steps=int(state.skipped),
-                     final_loss=log.last_loss, run_dir=run_dir, export_dir=export_dir)
+                     final_loss=log.last_loss, run_dir=run_dir, export_dir=export_dir,
+                     resumed_from_steps=tuple(resumed_from))

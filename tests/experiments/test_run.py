@@ -58,15 +58,15 @@ def _check_complete(out: pathlib.Path, datasets=("xquad-r",)):
   return results, rows
 
 
-@pytest.mark.slow
-def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path):
-  """Ctrl-C during training, then --resume: the finished run has every documented file."""
-  out = tmp_path / "run"
-  args = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", "150",
-          "--out", str(out)]
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path,
+def _start(args, lareqa_dir, cwd, sigint):
+  """experiments.run in a subprocess whose SIGINT disposition is `sigint`, whatever ours is."""
+  return subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=cwd,
                           env=_env(lareqa_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                          text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+
+
+def _stop_during_training(proc, out: pathlib.Path, signum) -> tuple[str, str]:
   metrics = out / "train" / "metrics.jsonl"
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
@@ -74,12 +74,29 @@ def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path):
       break
     time.sleep(0.2)
   assert proc.poll() is None, "the run ended before it could be interrupted"
-  proc.send_signal(signal.SIGINT)  # Ctrl-C
-  stdout, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 130, stdout + stderr
+  proc.send_signal(signum)
+  return proc.communicate(timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, sigint, status", [
+    (signal.SIGINT, signal.SIG_DFL, 130),   # Ctrl-C in a terminal
+    (signal.SIGTERM, signal.SIG_IGN, 143),  # preemption of a job started under nohup
+])
+def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path, signum, sigint,
+                                                       status):
+  """Stopped during training, then --resume: the finished run has every documented file."""
+  out = tmp_path / "run"
+  args = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", "150",
+          "--out", str(out)]
+  proc = _start(args, lareqa_dir, tmp_path, sigint)
+  stdout, stderr = _stop_during_training(proc, out, signum)
+  assert proc.returncode == status, stdout + stderr
   assert "--resume" in stderr and not (out / "results.json").exists()
   assert (out / "zero_shot" / "xquad-r" / "report.json").is_file()
   zero_shot = json.loads((out / "zero_shot" / "xquad-r" / "report.json").read_text())
+  stopped_at = json.loads((out / "train" / "config.json").read_text())  # saved before the stop
+  assert stopped_at["checkpoint_minutes"] == 5.0  # the tiny preset's wall-time cadence
 
   resumed = _run([*args, "--resume"], lareqa_dir, tmp_path)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -88,6 +105,8 @@ def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path):
   assert results["zero_shot"]["xquad-r"] == zero_shot
   steps = [r["step"] for r in rows if "loss" in r]
   assert steps == list(range(1, 151))  # every step once, none lost or repeated
+  (resumed_from,) = results["train"]["resumed_from_steps"]
+  assert 3 <= resumed_from < 150
   assert results["attended_fraction"]["xquad-r"] < 0.8  # a window of 8 on ~48-token passages
   assert "zero-shot   Mo." in resumed.stdout and "Mul. (macro)" in resumed.stdout
   assert f"run directory: {out}" in resumed.stdout

@@ -68,7 +68,9 @@ def _run_and_check(lareqa_dir, out):
                            str(again), "--trec", "5"], cwd=out.parent, env=env,
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
   assert reeval.returncode == 0, reeval.stdout + reeval.stderr
-  recorded = json.loads((cell / "results.json").read_text())["fine_tuned"]
+  cell_results = json.loads((cell / "results.json").read_text())
+  assert cell_results["train"]["resumed_from_steps"] == []  # a straight run
+  recorded = cell_results["fine_tuned"]
   assert set(recorded) == {"mlqa-r", "xquad-r"}
   for name, report in recorded.items():
     rerun = json.loads((again / name / "report.json").read_text())
