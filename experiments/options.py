@@ -260,14 +260,20 @@ def _mesh(text: str) -> str:
 def _model(text: str) -> str:
   if text in BUNDLED_MODELS:
     return text
+  from jxr.model import weights
+
   path = pathlib.Path(text).expanduser()
   if path.exists():
-    if not (path / "config.json").is_file():
-      raise FlagError(f"--model: directory {path} has no config.json (expected a Hugging Face "
-                      "or jxr checkpoint)")
+    try:
+      weights.resolve_checkpoint(path)  # config.json and weights, or a message saying which
+    except FileNotFoundError as err:
+      raise FlagError(f"--model: {err} (expected a Hugging Face or jxr checkpoint)") from None
     return str(path)
   if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
-    return text  # a hub id: resolved (offline, from the HF cache) when the model loads
+    problem = weights.hub_model_problem(text)
+    if problem:
+      raise FlagError(f"--model: {problem}")
+    return text
   raise FlagError(f"--model: expected one of {BUNDLED_MODELS}, an existing checkpoint directory "
                   f"or a Hugging Face id (org/name), got {text!r}")
 

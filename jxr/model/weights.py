@@ -250,6 +250,26 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
   return _hub_snapshot(name)
 
 
+def hub_model_problem(repo_id: str) -> str | None:
+  """Why `repo_id` cannot load here (None when it can): checked before a run writes anything.
+
+  A model in the local Hugging Face cache loads; offline (HF_HUB_OFFLINE) nothing else does;
+  online the hub is asked whether the repository exists (unreachable: the load will tell).
+  """
+  import huggingface_hub
+
+  if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+    return None
+  if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    return (f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it once with network access, or pass a checkpoint directory")
+  try:
+    exists = huggingface_hub.repo_exists(repo_id)
+  except Exception:  # the hub is unreachable: loading will report it
+    return None
+  return None if exists else f"no model {repo_id!r} on the Hugging Face hub"
+
+
 def _hub_snapshot(repo_id: str) -> pathlib.Path:
   try:
     import huggingface_hub

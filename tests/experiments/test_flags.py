@@ -33,6 +33,10 @@ BAD = [
     (["--attn", "block_sparse", "--random", "2"], r"--random: expected a number in \[0.0, 1.0\]"),
     (["--attn", "block_sparse", "--global-blocks", "-1"], "--global-blocks: expected an integer"),
     (["--model", "no/such/dir/x"], "--model: expected one of"),
+    (["--model", "intfloat/does-not-exist"],  # HF_HUB_OFFLINE=1 (conftest): not in the cache
+     "--model: intfloat/does-not-exist is not in the local Hugging Face cache"),
+    (["--checkpoint-every", "0"], "--checkpoint-every: expected an integer >= 1"),
+    (["--checkpoint-minutes", "0"], r"--checkpoint-minutes: expected a number in \(0.0, inf\)"),
     (["--train-data", "squad"], "--train-data: expected one of"),
     (["--train-data", "missing.jsonl"], "--train-data: pairs file missing.jsonl does not exist"),
     (["--train-data", "mlqa-r:el"], r"--train-data: \['el'\] not in mlqa-r"),
