@@ -1121,14 +1121,19 @@ def _axis_figure(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], a
   """Each arm's difference from dense (with its interval) along one language axis."""
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.add_subplot()
-  for arm in dict.fromkeys(r["a"] for r in rows):
+  arms = list(dict.fromkeys(r["a"] for r in rows))
+  ticks = sorted({r[axis] for r in rows})
+  # Arms side by side around each tick (a tenth of the narrowest gap), so intervals stay apart.
+  width = 0.1 * (min(np.diff(ticks)) if len(ticks) > 1 else 1.0)
+  for i, arm in enumerate(arms):
     mine = sorted((r for r in rows if r["a"] == arm), key=lambda r: r[axis])
-    _errorbar(ax, [r[axis] for r in mine], mine, label=arm,
+    shift = width * (i - (len(arms) - 1) / 2) / max(len(arms) - 1, 1) * 2
+    _errorbar(ax, [r[axis] + shift for r in mine], mine, label=arm,
               linestyle="--" if "(eval only)" in arm else "-")
   ax.axhline(0.0, color="grey", lw=0.8)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(f"{METRIC_NAMES[report['design']['primary_metric']]} minus dense")
-  ax.set_xticks(sorted({r[axis] for r in rows}))
+  ax.set_xticks(ticks)
   ax.set_title(f"{title} (95% cluster bootstrap)", fontsize=10)
   ax.legend(fontsize=7)
   fig.tight_layout()
