@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from experiments.options import LANGUAGE_ORDER, RunConfig
+from jxr._files import atomic_write
 from jxr.data import RetrievalTask, read_pairs
 from jxr.data.lareqa import evaluation_set, training_set
 from jxr.data.splits import articles_until
@@ -168,23 +168,14 @@ def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]
 
 
 def write_json(path: pathlib.Path, data: Any) -> None:
-  """Atomic JSON write (temporary file, then os.replace); process 0 only."""
-  if not _primary():
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    json.dump(data, f, indent=1)
-    f.write("\n")
-  os.replace(f.name, path)
+  """Atomic JSON write (jxr._files.atomic_write); process 0 only."""
+  if _primary():
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_text(path: pathlib.Path, text: str) -> None:
-  if not _primary():
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    f.write(text)
-  os.replace(f.name, path)
+  if _primary():
+    atomic_write(path, text)
 
 
 def _primary() -> bool:

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -45,6 +44,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from jxr._files import atomic_write
 
 
 METRICS = ("mul_macro", "mul_micro")
@@ -1387,13 +1388,6 @@ def report_markdown(report: Mapping[str, Any], figure_names: Mapping[str, Sequen
   return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                   delete=False) as f:
-    f.write(data)
-  os.replace(f.name, path)
-
-
 def write_report(cells: Sequence[Cell], out_dir: str | os.PathLike, design: Design, *,
                  num_samples: int = 2000, seed: int = 0, header: Sequence[str] = ()
                  ) -> pathlib.Path:
@@ -1405,12 +1399,12 @@ def write_report(cells: Sequence[Cell], out_dir: str | os.PathLike, design: Desi
   for dataset, items in figures(report).items():
     names[dataset] = []
     for name, fig in items:
-      _atomic_write(out / name, _png(fig))
+      atomic_write(out / name, _png(fig))
       names[dataset].append(name)
   report["figures"] = names
   text = json.dumps(report, indent=1, allow_nan=False) + "\n"
-  _atomic_write(out / "report.json", text.encode())
+  atomic_write(out / "report.json", text.encode())
   path = out / "report.md"
-  _atomic_write(path, report_markdown(report, names, list(header) + ([""] if header else []))
+  atomic_write(path, report_markdown(report, names, list(header) + ([""] if header else []))
                 .encode())
   return path

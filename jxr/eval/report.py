@@ -12,13 +12,14 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from matplotlib.figure import Figure
+
+from jxr._files import atomic_write
 
 # Matrix name in file names -> how to fetch it from report["matrices"].
 _MATRIX_KEYS = {
@@ -39,20 +40,6 @@ _TITLES = {
 
 def _writes() -> bool:
   return jax.process_index() == 0
-
-
-def atomic_write(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def _figure_bytes(fig: Figure) -> bytes:

@@ -26,6 +26,8 @@ import tempfile
 
 import numpy as np
 
+from jxr._files import atomic_write
+
 BUNDLE_FILE = "e5-small-q4.bin"
 MAGIC = b"E5S1"
 Q4_BLOCK_BYTES = 18  # f16 scale + 16 bytes of packed nibbles
@@ -270,21 +272,8 @@ def _fingerprint(path: pathlib.Path) -> str:
   except (OSError, ValueError):
     pass
   digest = file_sha256(path)
-  _atomic_write(memo, lambda f: f.write(f"{key}\t{digest}\n".encode()))
+  atomic_write(memo, f"{key}\t{digest}\n")
   return digest
-
-
-def _atomic_write(target: pathlib.Path, write) -> None:
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, target)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def load_bundle_weights(path: os.PathLike | None = None) -> tuple[BundleHeader, dict[str, np.ndarray]]:

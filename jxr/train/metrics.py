@@ -68,8 +68,17 @@ class MetricsWriter:
     if not self.path.exists():
       self.path.write_text("")
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        if i == len(lines) - 1:  # a row cut off by a kill: its step comes again
+          break
+        raise ValueError(f"{self.path}: line {i + 1} is not JSON (the file is damaged)") from None
+      if row.get("step", 0) <= last_step:
+        kept.append(line)
     self.path.write_text("".join(line + "\n" for line in kept))
 
   def write(self, row: dict[str, Any]) -> None:

@@ -1,0 +1,30 @@
+"""Writing files so that a reader never sees half of one (a crash leaves the old file or none)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
+  """Writes `data` to a temporary file beside `path`, syncs it, then renames it over `path`.
+
+  The file is 0644 like any other output (mkstemp alone makes 0600); on any error the
+  temporary file is removed and `path` is left as it was.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  payload = data.encode() if isinstance(data, str) else data
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    os.chmod(tmp, 0o644)
+    with os.fdopen(fd, "wb") as f:
+      f.write(payload)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
