@@ -58,7 +58,9 @@ class Encoder:
   def __post_init__(self):
     ids = tokenization.special_ids(self.tokenizer)
     self.pad_id = ids["pad"]
-    self._embed_jit = jax.jit(self.embed)
+    # Shared by every Encoder of this graph and config: `dataclasses.replace` (new params,
+    # same model) reuses the compiled function instead of tracing it again.
+    self._embed_jit = _compiled_embed(self.graphdef, self.config)
     self._replicated: tuple[nnx.State, Any] | None = None
 
   @property
@@ -71,13 +73,12 @@ class Encoder:
             token_type_ids: jax.Array | None = None, deterministic: bool = True,
             rngs: jax.Array | nnx.Rngs | None = None) -> jax.Array:
     """Hidden states `[B, L, hidden]` (compute dtype). Dropout needs `rngs` (a key)."""
-    model = nnx.merge(self.graphdef, params)
     key = None
     if not deterministic:
       if rngs is None:
         raise ValueError("rngs: deterministic=False needs a PRNG key (or nnx.Rngs) for dropout")
       key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
-    return model(input_ids, attention_mask, token_type_ids, dropout_key=key)
+    return _forward(self.graphdef, params, input_ids, attention_mask, token_type_ids, key)
 
   def embed(self, params: nnx.State, batch: dict[str, jax.Array], *,
             deterministic: bool = True, rngs: jax.Array | None = None) -> jax.Array:
@@ -233,6 +234,24 @@ class Encoder:
                               has_pooler=any(name.startswith("pooler.") for name in tensors))
     tokenization.save_tokenizer(self.tokenizer, directory, self.config.max_length)
     return directory
+
+
+def _forward(graphdef: Any, params: nnx.State, input_ids, attention_mask, token_type_ids,
+             dropout_key) -> jax.Array:
+  return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids,
+                                     dropout_key=dropout_key)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_embed(graphdef: Any, config: EncoderConfig):
+  """`jax.jit` of `Encoder.embed` (deterministic) for one model graph and config."""
+
+  def embed(params: nnx.State, batch: dict[str, jax.Array]) -> jax.Array:
+    hidden = _forward(graphdef, params, batch["input_ids"], batch["attention_mask"],
+                      batch.get("token_type_ids"), None)
+    return pool(hidden, batch["attention_mask"], config.pooling)
+
+  return jax.jit(embed)
 
 
 def bucket_length(length: int, limit: int) -> int:

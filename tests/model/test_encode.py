@@ -70,3 +70,19 @@ json.dump(out.tolist(), sys.stdout)
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   np.testing.assert_allclose(np.array(json.loads(result.stdout)), expected, atol=1e-5)
+
+
+def test_replace_reuses_the_compiled_embed(tiny):
+  """New parameters for the same model (what the trainer does) trace and compile nothing new."""
+  import dataclasses
+
+  import jax
+
+  texts = ["one text", "another, longer text of a few more tokens"]
+  first = tiny.encode(texts)
+  compiled = tiny._embed_jit._cache_size()
+  doubled = jax.tree.map(lambda x: x * 1.0, tiny.params)
+  other = dataclasses.replace(tiny, params=doubled)
+  assert other._embed_jit is tiny._embed_jit
+  np.testing.assert_allclose(other.encode(texts), first, atol=1e-6)
+  assert tiny._embed_jit._cache_size() == compiled  # same shapes: no new compilation
