@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Zero-shot evaluation, hybrid-batch fine-tuning and evaluation again of a "
       "multilingual encoder with dense, local or block-sparse attention on LAReQA.")
   a = p.add_argument
-  a("--preset", help=f"one of {', '.join(PRESETS_ORDER)} (default: from the devices: "
-    "pod with several processes or a TPU, gpu with a GPU, else cpu)")
+  a("--preset", metavar="{" + ",".join(PRESETS_ORDER) + "}", help="the defaults below (default: "
+    "from the devices: pod with several processes or a TPU, gpu with a GPU, else cpu)")
   d = ATTENTION_DEFAULTS
   a("--attn", metavar="{" + ",".join(ATTENTION_KINDS) + "}", help="attention kind (default dense)")
   a("--window", help=f"local: keys on each side of a query (default {d['window']})")
@@ -181,32 +181,44 @@ def build_parser() -> argparse.ArgumentParser:
   a("--density", help="block_sparse: instead of --random, the attended fraction to reach on "
     "passages of --max-passage-length tokens (an error if band and global blocks exceed it)")
   a("--attn-seed", help=f"block_sparse: seed of the random blocks (default {d['attn_seed']})")
-  a("--model", help="multilingual-e5-small (bundled), tiny, a checkpoint directory or a HF id")
-  a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file")
+  a("--model", help="multilingual-e5-small (bundled), tiny, a checkpoint directory or a HF id" + _presets("model"))
+  a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file" + _presets("train_data"))
   a("--eval-data", help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
-    "articles when it is also the training data)")
+    "articles when it is also the training data)" + _presets("eval_data"))
   a("--languages", help="training languages, comma separated, in order")
   a("--eval-languages", help="evaluation languages, comma separated (each dataset keeps those "
     "it has)")
   a("--eval-questions", help="per dataset: whole articles, in a seeded order, until this many "
-    "questions ('all' for every question)")
-  a("--mono-prob", help="probability that a batch is monolingual, in [0, 1]")
-  a("--train-steps", help="optimizer steps (>= 1)")
-  a("--batch-size", help="global batch of (query, passage) pairs (>= 2)")
-  a("--lr", help="peak learning rate (> 0)")
-  a("--warmup-steps", help="linear warmup steps (>= 0, below --train-steps)")
-  a("--max-query-length", help=f"query tokens, in [8, {MAX_LENGTH}]")
-  a("--max-passage-length", help=f"passage tokens, in [8, {MAX_LENGTH}]")
-  a("--candidate-context", help="sentence (the answer sentence alone) or paragraph (the "
-    "sentence with its paragraph)")
+    "questions ('all' for every question)" + _presets("eval_questions"))
+  a("--mono-prob", help="probability that a batch is monolingual, in [0, 1]" + _presets("mono_prob"))
+  a("--train-steps", help="optimizer steps (>= 1)" + _presets("train_steps"))
+  a("--batch-size", help="global batch of (query, passage) pairs (>= 2)" + _presets("batch_size"))
+  a("--lr", help="peak learning rate (> 0)" + _presets("lr"))
+  a("--warmup-steps", help="linear warmup steps (>= 0, below --train-steps)" + _presets("warmup_steps"))
+  a("--max-query-length", help=f"query tokens, in [8, {MAX_LENGTH}]" + _presets("max_query_length"))
+  a("--max-passage-length", help=f"passage tokens, in [8, {MAX_LENGTH}]" + _presets("max_passage_length"))
+  a("--candidate-context", metavar="{" + ",".join(CANDIDATE_CONTEXTS) + "}", help="sentence (the answer sentence alone) or paragraph (the "
+    "sentence with its paragraph)" + _presets("candidate_context"))
   a("--seed", help="training seed (>= 0)")
   a("--mesh", help="device mesh, e.g. data=-1 or data=4,model=2")
   a("--checkpoint-every", metavar="STEPS", help="also checkpoint every this many steps (>= 1)")
   a("--checkpoint-minutes", metavar="M", help="checkpoint when M minutes passed since the last "
-    "(> 0; presets: 5 on the CPU, 2 on GPUs)")
+    "(> 0)" + _presets("checkpoint_minutes"))
   a("--out", help="run directory (default runs/<date>-<attn>-<hash of the config>)")
   a("--resume", action="store_true", help="continue the run in --out (or the default one)")
   return p
+
+
+def _presets(field: str) -> str:
+  """`; presets: cpu 30, gpu 600, ...`: what each preset sets `field` to, for --help."""
+  def show(value):
+    if isinstance(value, tuple):
+      return ",".join(map(str, value))
+    return "all" if value is None else str(value)
+  values = [show(PRESETS[name][field]) for name in PRESETS_ORDER]
+  if len(set(values)) == 1:
+    return f" (default {values[0]})"
+  return "; presets: " + ", ".join(f"{name} {v}" for name, v in zip(PRESETS_ORDER, values))
 
 
 def _int(flag: str, text: str, low: int | None = None, high: int | None = None) -> int:

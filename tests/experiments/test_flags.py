@@ -118,3 +118,11 @@ def test_command_line_rejects_before_any_work(tmp_path):
   assert "--window: expected an integer in [1, 512], got -3" in proc.stderr
   assert list(tmp_path.iterdir()) == []
   assert elapsed < 60  # no model, data or jax backend was touched
+
+
+def test_help_lists_choices_and_what_each_preset_sets():
+  text = " ".join(options.build_parser().format_help().split())
+  assert "--preset {cpu,gpu,pod,tiny}" in text and "--attn {dense,local,block_sparse}" in text
+  assert "--candidate-context {sentence,paragraph}" in text
+  assert "optimizer steps (>= 1); presets: cpu 30, gpu 600, pod 1000, tiny 2" in text
+  assert "probability that a batch is monolingual, in [0, 1] (default 0.5)" in text
