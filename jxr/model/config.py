@@ -245,6 +245,8 @@ class EncoderConfig:
              "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
              "dtype": self.dtype})
     out["architectures"] = [arch]
+    # jxr never drops attention probabilities; say so rather than carry the source's value.
+    out["attention_probs_dropout_prob"] = 0.0
     return out
 
 

@@ -77,6 +77,7 @@ def test_a_dense_export_stays_plain_bert(texts, tmp_path):
   config = json.loads((directory / "config.json").read_text())
   assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
   assert "auto_map" not in config and not (directory / "modeling_jxr.py").exists()
+  assert config["attention_probs_dropout_prob"] == 0.0  # jxr trains without it
   model = transformers.AutoModel.from_pretrained(directory).eval()
   assert type(model).__name__ == "BertModel"
   ours, theirs = _hidden_states(model, encoder, texts["passage"])
