@@ -8,11 +8,14 @@ another of a different size (orbax reshards on read).
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 class Checkpoints:
@@ -24,8 +27,20 @@ class Checkpoints:
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+  def incomplete(self) -> list[pathlib.Path]:
+    """Checkpoints a kill cut off mid-write: orbax writes to a temporary name and renames
+    only a finished one, so these are never restored."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(p for p in self.directory.iterdir() if ocp.utils.is_tmp_checkpoint(p))
+
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The newest complete checkpoint's step (a cut-off one is skipped, and a warning says so)."""
+    step = self.manager.latest_step()
+    for path in self.incomplete():
+      log.warning("checkpoint %s was cut off mid-write; resuming from step %s instead",
+                  path, step)
+    return step
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts saving (async); a step already saved is left alone."""
