@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from experiments.options import LANGUAGE_ORDER, RunConfig
-from jxr._files import atomic_write
+from jxr._files import atomic_write, is_primary
 from jxr.data import RetrievalTask, read_pairs
 from jxr.data.lareqa import evaluation_set, training_set
 from jxr.data.splits import articles_until
@@ -169,19 +169,13 @@ def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]
 
 def write_json(path: pathlib.Path, data: Any) -> None:
   """Atomic JSON write (jxr._files.atomic_write); process 0 only."""
-  if _primary():
+  if is_primary():
     atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_text(path: pathlib.Path, text: str) -> None:
-  if _primary():
+  if is_primary():
     atomic_write(path, text)
-
-
-def _primary() -> bool:
-  import jax
-
-  return jax.process_index() == 0
 
 
 def comparison_markdown(zero_shot: Mapping[str, Any], fine_tuned: Mapping[str, Any]) -> str:
@@ -287,7 +281,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   `config.eval_only` (no training), the attended fractions, results.json.
   """
   out = pathlib.Path(config.out)
-  if not resume and _primary() and (out / "config.json").is_file():
+  if not resume and is_primary() and (out / "config.json").is_file():
     raise ValueError(f"config.out: {out} already holds a run; pass resume=True to continue it")
   started = time.perf_counter()
   seconds: dict[str, Any] = {}  # of this session: stages read back from disk take ~0 s
@@ -326,7 +320,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
                      "resumed_from_steps": list(result.resumed_from_steps)}
     write_json(done_marker, train_summary)
     encoder_fn = lambda: result.encoder  # noqa: E731
-  if _primary() and (train_dir / "metrics.jsonl").is_file():
+  if is_primary() and (train_dir / "metrics.jsonl").is_file():
     shutil.copyfile(train_dir / "metrics.jsonl", out / "metrics.jsonl")
   seconds["train"] = time.perf_counter() - t
   curve = read_curve(train_dir)

@@ -19,6 +19,9 @@ from experiments import options, pipeline
 from jxr.train import signals
 
 
+_VERDICT_BYTES = 4096  # the longest flag error process 0 sends to the others
+
+
 def _multi_process() -> bool:
   """Whether the environment describes a multi-process (pod) run."""
   env = os.environ
@@ -45,9 +48,25 @@ def _is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def _agreed(error: str | None) -> str | None:
+  """On a pod, process 0's verdict on the flags for every process (only it checks --out, as
+  the others would see its files appear), so all of them refuse or none does."""
+  if not _multi_process():
+    return error
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  mine = np.zeros(_VERDICT_BYTES, np.uint8)
+  text = (error or "").encode()[:_VERDICT_BYTES]
+  mine[:len(text)] = np.frombuffer(text, np.uint8)
+  verdict = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine))).rstrip(b"\0").decode()
+  return verdict or error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = options.build_parser()
+  error = None
   try:
     # Every value is checked before any data or model is touched. On a pod,
     # jax.distributed starts first: the default preset queries the devices.
@@ -55,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       _start_distributed()
     config, resume = options.parse(argv, check_out=_is_primary())
   except options.FlagError as e:
-    parser.error(str(e))
+    error = str(e)
+  error = _agreed(error)
+  if error:
+    parser.error(error)
   print(f"experiments.run: preset {config.preset}, attention {config.attention.label}, "
         f"run directory {config.out}", flush=True)
   try:

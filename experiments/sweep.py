@@ -40,6 +40,7 @@ from typing import Any
 
 from experiments import options, pipeline, report
 from experiments.options import LANGUAGE_ORDER
+from jxr._files import is_primary
 from jxr.model.config import AttentionConfig
 
 DENSE = AttentionConfig.dense()
@@ -311,7 +312,7 @@ def write_sweep_report(out: pathlib.Path, grid: Grid, num_samples: int = 2000
   cells = load_cells(out, grid)
   if not cells:
     return None
-  if not pipeline._primary():  # on a pod, process 0 writes
+  if not is_primary():  # on a pod, process 0 writes
     return out / "report.md"
   header = [f"Grid `{grid.preset}`: {len(cells)} of {len(grid.cells)} cells finished. Training "
             f"languages and evaluation pools are prefixes of {' '.join(LANGUAGE_ORDER)}.", ""]
@@ -360,7 +361,7 @@ def sweep_json(grid: Grid) -> dict[str, Any]:
 
 def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
   """sweep.json records the solved grid; a directory holding another grid is refused."""
-  if not pipeline._primary():
+  if not is_primary():
     return
   path, data = out / "sweep.json", sweep_json(grid)
   if path.is_file():

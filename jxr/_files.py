@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one (a crash leaves the old file or none)."""
+"""Writing files: only process 0 of a run writes them, and never half of one (a crash leaves the
+old file or none)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
   return path
+
+
+def is_primary() -> bool:
+  """Whether this process writes the files a run's processes share (process 0; alone, always)."""
+  import jax  # here, not at import: experiments.report uses this module without jax
+
+  return jax.process_index() == 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jxr._files import is_primary
 from jxr.eval.evaluate import check_pair, embed_task, evaluate
 from jxr.eval.report import write_report
 from jxr.eval.trec import write_trec
@@ -219,9 +220,7 @@ def evaluate_one(args: argparse.Namespace) -> int:
   else:
     query_emb, cand_emb = embed_task(encoder, task, batch_size=args.batch_size)
     if args.save_embeddings:
-      import jax
-
-      if jax.process_index() == 0:
+      if is_primary():
         args.out.mkdir(parents=True, exist_ok=True)
         np.save(args.out / "query_emb.npy", query_emb)
         np.save(args.out / "cand_emb.npy", cand_emb)

@@ -15,11 +15,10 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from jxr._files import atomic_write
+from jxr._files import atomic_write, is_primary
 
 # Matrix name in file names -> how to fetch it from report["matrices"].
 _MATRIX_KEYS = {
@@ -36,10 +35,6 @@ _TITLES = {
     "recall_at_10": "recall@10",
     "num_queries": "queries per cell",
 }
-
-
-def _writes() -> bool:
-  return jax.process_index() == 0
 
 
 def _figure_bytes(fig: Figure) -> bytes:
@@ -175,7 +170,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike) -> pathl
   Only process 0 writes; returns the directory on every process.
   """
   out = pathlib.Path(out_dir)
-  if not _writes():
+  if not is_primary():
     return out
   out.mkdir(parents=True, exist_ok=True)
   atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
@@ -300,7 +295,7 @@ def compare(reports: Mapping[str, Mapping[str, Any]], out: str | os.PathLike) ->
     if not isinstance(r, Mapping) or "multilingual" not in r or "matrices" not in r:
       raise ValueError(f"reports[{name!r}]: expected a report dict from jxr.eval.evaluate")
   out_dir = pathlib.Path(out)
-  if not _writes():
+  if not is_primary():
     return out_dir
   out_dir.mkdir(parents=True, exist_ok=True)
   atomic_write(out_dir / "comparison.md", compare_markdown(reports).encode())

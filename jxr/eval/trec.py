@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxr._files import atomic_write, is_primary
 from jxr.data import RetrievalTask
 from jxr.eval.evaluate import check_pair
-from jxr.eval.report import atomic_write
 from jxr.eval.scoring import l2_normalise
 
 
@@ -82,10 +82,11 @@ def qrels_lines(task: RetrievalTask) -> Iterator[str]:
 def write_trec(task: RetrievalTask, query_emb: np.ndarray, cand_emb: np.ndarray,
                out: str | pathlib.Path, k: int = 100, *, tag: str = "jxr"
                ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `run.trec` and `qrels.trec` into `out` (each atomically); returns their paths."""
+  """Writes `run.trec` and `qrels.trec` into `out` (each atomically, process 0 only); returns
+  their paths."""
   run = "\n".join(run_lines(task, query_emb, cand_emb, k, tag=tag)) + "\n"
   out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  atomic_write(out / "run.trec", run.encode())
-  atomic_write(out / "qrels.trec", ("\n".join(qrels_lines(task)) + "\n").encode())
+  if is_primary():
+    atomic_write(out / "run.trec", run)
+    atomic_write(out / "qrels.trec", "\n".join(qrels_lines(task)) + "\n")
   return out / "run.trec", out / "qrels.trec"

@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jxr._files import is_primary  # noqa: F401  (meshlib.is_primary, for the trainer)
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 # Logical axis name -> mesh axis (None = replicated).
@@ -182,6 +184,3 @@ def maybe_initialize_distributed() -> bool:
   return True
 
 
-def is_primary() -> bool:
-  """Whether this process writes files (process 0)."""
-  return jax.process_index() == 0

@@ -42,6 +42,11 @@ def _kill_when(out: pathlib.Path, lareqa_dir, ready) -> None:
   proc.wait(timeout=60)
 
 
+def _before_training(out: pathlib.Path) -> bool:
+  """Loading data or evaluating zero-shot: the run started, training did not."""
+  return (out / "config.json").is_file() and not (out / "train").exists()
+
+
 def _mid_training(out: pathlib.Path) -> bool:
   path = out / "train" / "metrics.jsonl"
   return path.is_file() and len(path.read_text().splitlines()) >= 12  # past checkpoint 10
@@ -65,7 +70,7 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   want = _rows(straight)
   expected = json.loads((straight / "results.json").read_text())
   assert expected["train"]["resumed_from_steps"] == []
-  for moment in (_mid_training, _mid_fine_tuned_evaluation):
+  for moment in (_before_training, _mid_training, _mid_fine_tuned_evaluation):
     out = tmp_path / moment.__name__.strip("_") / "run"
     out.parent.mkdir()
     _kill_when(out, lareqa_dir, moment)

@@ -74,3 +74,14 @@ def test_two_processes_match_one_process(lareqa_dir, tmp_path):
   assert results["fine_tuned"]["xquad-r"]["num_queries"] > 0
   config = json.loads((pod / "train" / "config.json").read_text())
   assert config["mesh"] == "data=8"
+
+  # The same command again, without --resume: every process refuses, not only process 0.
+  address = f"localhost:{_free_port()}"
+  again = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(pod)], cwd=tmp_path,
+      env=_env(lareqa_dir, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  for p in again:
+    output = p.communicate(timeout=300)[0]
+    assert p.returncode == 2 and "pass --resume" in output, output[-2000:]
