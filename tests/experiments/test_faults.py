@@ -16,9 +16,12 @@ ARGS = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps",
         "--checkpoint-every", "5"]
 
 
+_CACHE: dict[str, str] = {}  # the test's XLA cache: its six runs compile the same programs
+
+
 def _env(lareqa_dir) -> dict:
   return dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1")
+              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1", **_CACHE)
 
 
 def _command(out: pathlib.Path, *extra: str) -> list[str]:
@@ -66,6 +69,8 @@ def _straight(lareqa_dir, out: pathlib.Path) -> pathlib.Path:
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   """One test (not parametrized) so that the straight run is made once, on one worker."""
+  _CACHE.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   straight = _straight(lareqa_dir, tmp_path / "straight")
   want = _rows(straight)
   expected = json.loads((straight / "results.json").read_text())
