@@ -16,12 +16,12 @@ ARGS = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps",
         "--checkpoint-every", "5"]
 
 
-_CACHE: dict[str, str] = {}  # the test's XLA cache: its six runs compile the same programs
-
-
-def _env(lareqa_dir) -> dict:
+def _env(lareqa_dir, xla_cache: pathlib.Path) -> dict:
+  """The runs' environment; one persistent XLA cache, as the six runs compile the same programs."""
   return dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1", **_CACHE)
+              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1",
+              JAX_COMPILATION_CACHE_DIR=str(xla_cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
 def _command(out: pathlib.Path, *extra: str) -> list[str]:
@@ -33,8 +33,8 @@ def _rows(out: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in lines]  # valid JSONL, every line
 
 
-def _kill_when(out: pathlib.Path, lareqa_dir, ready) -> None:
-  proc = subprocess.Popen(_command(out), cwd=out.parent, env=_env(lareqa_dir),
+def _kill_when(out: pathlib.Path, env: dict, ready) -> None:
+  proc = subprocess.Popen(_command(out), cwd=out.parent, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           stdin=subprocess.DEVNULL)
   deadline = time.time() + 400
@@ -59,8 +59,8 @@ def _mid_fine_tuned_evaluation(out: pathlib.Path) -> bool:
   return (out / "train" / "result.json").is_file()  # training done, fine-tuned stage started
 
 
-def _straight(lareqa_dir, out: pathlib.Path) -> pathlib.Path:
-  proc = subprocess.run(_command(out), cwd=out.parent, env=_env(lareqa_dir), capture_output=True,
+def _straight(env: dict, out: pathlib.Path) -> pathlib.Path:
+  proc = subprocess.run(_command(out), cwd=out.parent, env=env, capture_output=True,
                         text=True, timeout=900, stdin=subprocess.DEVNULL)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   return out
@@ -69,18 +69,17 @@ def _straight(lareqa_dir, out: pathlib.Path) -> pathlib.Path:
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   """One test (not parametrized) so that the straight run is made once, on one worker."""
-  _CACHE.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  straight = _straight(lareqa_dir, tmp_path / "straight")
+  env = _env(lareqa_dir, tmp_path / "xla")
+  straight = _straight(env, tmp_path / "straight")
   want = _rows(straight)
   expected = json.loads((straight / "results.json").read_text())
   assert expected["train"]["resumed_from_steps"] == []
   for moment in (_before_training, _mid_training, _mid_fine_tuned_evaluation):
     out = tmp_path / moment.__name__.strip("_") / "run"
     out.parent.mkdir()
-    _kill_when(out, lareqa_dir, moment)
+    _kill_when(out, env, moment)
     assert not (out / "results.json").exists()
-    resumed = subprocess.run(_command(out, "--resume"), cwd=out.parent, env=_env(lareqa_dir),
+    resumed = subprocess.run(_command(out, "--resume"), cwd=out.parent, env=env,
                              capture_output=True, text=True, timeout=900,
                              stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
