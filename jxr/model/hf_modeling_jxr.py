@@ -66,6 +66,12 @@ def allowed_pairs(attention: dict, length: int) -> np.ndarray:
 class _JxrAttention:
   """Replaces the padding mask with (allowed pair and real key), as an additive 4-D mask."""
 
+  def __init__(self, config, add_pooling_layer=None):
+    # The pooler exists only when the export carries its weights (jxr pools without it).
+    if add_pooling_layer is None:
+      add_pooling_layer = bool(config.jxr.get("pooler", False))
+    super().__init__(config, add_pooling_layer=add_pooling_layer)
+
   def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
     shaped = input_ids if input_ids is not None else inputs_embeds
     batch, length = shaped.shape[0], shaped.shape[1]
@@ -92,17 +98,6 @@ class JxrXLMRobertaConfig(XLMRobertaConfig):
 class JxrBertModel(_JxrAttention, BertModel):
   config_class = JxrBertConfig
 
-  def __init__(self, config, add_pooling_layer=None):
-    # The pooler exists only when the export carries its weights (jxr pools without it).
-    if add_pooling_layer is None:
-      add_pooling_layer = bool(config.jxr.get("pooler", False))
-    super().__init__(config, add_pooling_layer=add_pooling_layer)
-
 
 class JxrXLMRobertaModel(_JxrAttention, XLMRobertaModel):
   config_class = JxrXLMRobertaConfig
-
-  def __init__(self, config, add_pooling_layer=None):
-    if add_pooling_layer is None:
-      add_pooling_layer = bool(config.jxr.get("pooler", False))
-    super().__init__(config, add_pooling_layer=add_pooling_layer)

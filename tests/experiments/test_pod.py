@@ -34,6 +34,16 @@ def _losses(out: pathlib.Path) -> list[float]:
   return [r["loss"] for r in rows if "loss" in r]
 
 
+def _start_pod(out: pathlib.Path, lareqa_dir, cwd: pathlib.Path) -> list[subprocess.Popen]:
+  """experiments.run as two processes of 4 CPU devices each, joined on a fresh local port."""
+  address = f"localhost:{_free_port()}"
+  return [subprocess.Popen(
+      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(out)], cwd=cwd,
+      env=_env(lareqa_dir, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -49,12 +59,7 @@ def test_two_processes_match_one_process(lareqa_dir, tmp_path):
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
   pod = tmp_path / "pod"
-  address = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(pod)], cwd=tmp_path,
-      env=_env(lareqa_dir, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = _start_pod(pod, lareqa_dir, tmp_path)
   outputs = []
   try:
     for p in procs:
@@ -76,12 +81,6 @@ def test_two_processes_match_one_process(lareqa_dir, tmp_path):
   assert config["mesh"] == "data=8"
 
   # The same command again, without --resume: every process refuses, not only process 0.
-  address = f"localhost:{_free_port()}"
-  again = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(pod)], cwd=tmp_path,
-      env=_env(lareqa_dir, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  for p in again:
+  for p in _start_pod(pod, lareqa_dir, tmp_path):
     output = p.communicate(timeout=300)[0]
     assert p.returncode == 2 and "pass --resume" in output, output[-2000:]
