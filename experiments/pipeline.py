@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from experiments.options import LANGUAGE_ORDER, RunConfig
+from jxr import _failpoints
 from jxr._files import atomic_write, is_primary
 from jxr.data import RetrievalTask, read_pairs
 from jxr.data.lareqa import evaluation_set, training_set
@@ -263,6 +264,7 @@ def _evaluate_stage(encoder_fn: Callable[[], Any], plan: Plan, config: RunConfig
     encoder = encoder or encoder_fn()
     start = time.perf_counter()
     report = evaluate_encoder(encoder, task, config)
+    _failpoints.reached(label)
     write_report(report, stage_dir / name)
     log(f"{label} {name}: {task.num_queries} queries, {task.num_candidates} candidates, "
         f"{time.perf_counter() - start:.0f} s")
@@ -291,6 +293,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   done_marker = train_dir / "result.json"
   train_done, train_started = done_marker.is_file(), (train_dir / "config.json").is_file()
   plan = make_plan(config)
+  _failpoints.reached("data_loaded")
   config_json = {"run": config.to_json(), "train_question_ids": list(plan.train_question_ids),
                  "eval_question_ids": plan.eval_question_ids(),
                  "eval_sizes": {name: {"queries": t.num_queries, "candidates": t.num_candidates,

@@ -7,6 +7,8 @@ import os
 import pathlib
 import tempfile
 
+from jxr import _failpoints
+
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
   """Writes `data` to a temporary file beside `path`, syncs it, then renames it over `path`.
@@ -24,6 +26,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
       f.write(payload)
       f.flush()
       os.fsync(f.fileno())
+    _failpoints.reached(f"write:{path.name}")
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)

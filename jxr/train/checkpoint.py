@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jxr import _failpoints
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,7 @@ class Checkpoints:
       return
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    _failpoints.reached(f"checkpoint_write:{step}")  # the write is still in flight
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """`(state, meta)`; arrays land with the shardings of `abstract_state`'s leaves."""

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jxr import _failpoints
 from jxr._progress import progress
 from jxr.data import HybridSampler, TrainingPairs, collate, read_pairs, training_pairs
 from jxr.data.lareqa import training_set
@@ -256,6 +257,7 @@ def train(config: TrainConfig, resume: bool = False,
         with deferred():
           state, metrics = train_step(state, arrays)
         done = step + 1
+        _failpoints.reached(f"step:{done}")
         bar.update(1)
         log.add(done, {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
                 metrics)

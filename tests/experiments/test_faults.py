@@ -1,97 +1,93 @@
-"""SIGKILL at any moment, then --resume: the run ends as a straight run would (timings aside)."""
+"""SIGKILL at six points of a run, then --resume: each ends as the straight run (timings aside).
+
+The kills are placed by `jxr._failpoints` (JXR_KILL_AT), so each lands where it is named: after
+the data is loaded, during the zero-shot and the fine-tuned evaluation (scored, not yet
+written), at a random training step, while a checkpoint is being written, and while
+results.json is written (its temporary file complete, not yet renamed).
+"""
 
 import json
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ARGS = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", "40",
-        "--checkpoint-every", "5"]
+STEPS, EVERY = 40, 5
+ARGS = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", str(STEPS),
+        "--checkpoint-every", str(EVERY)]
 
 
-def _env(lareqa_dir, xla_cache: pathlib.Path) -> dict:
-  """The runs' environment; one persistent XLA cache, as the six runs compile the same programs."""
+def _env(lareqa_dir, xla_cache: pathlib.Path, **extra) -> dict:
+  """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
   return dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
               HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1",
               JAX_COMPILATION_CACHE_DIR=str(xla_cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
 
 
-def _command(out: pathlib.Path, *extra: str) -> list[str]:
-  return [sys.executable, "-m", "experiments.run", *ARGS, "--out", str(out), *extra]
+def _run(out: pathlib.Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "experiments.run", *ARGS, "--out", str(out),
+                         *extra], cwd=out.parent, env=env, capture_output=True, text=True,
+                        timeout=900, stdin=subprocess.DEVNULL)
 
 
-def _rows(out: pathlib.Path) -> list[dict]:
+def _losses(out: pathlib.Path) -> tuple[list[int], list[float]]:
   lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(line) for line in lines]  # valid JSONL, every line
-
-
-def _kill_when(out: pathlib.Path, env: dict, ready) -> None:
-  proc = subprocess.Popen(_command(out), cwd=out.parent, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          stdin=subprocess.DEVNULL)
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None and not ready(out):
-    time.sleep(0.05)
-  assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-
-
-def _before_training(out: pathlib.Path) -> bool:
-  """Loading data or evaluating zero-shot: the run started, training did not."""
-  return (out / "config.json").is_file() and not (out / "train").exists()
-
-
-def _mid_training(out: pathlib.Path) -> bool:
-  path = out / "train" / "metrics.jsonl"
-  return path.is_file() and len(path.read_text().splitlines()) >= 12  # past checkpoint 10
-
-
-def _mid_fine_tuned_evaluation(out: pathlib.Path) -> bool:
-  return (out / "train" / "result.json").is_file()  # training done, fine-tuned stage started
-
-
-def _straight(env: dict, out: pathlib.Path) -> pathlib.Path:
-  proc = subprocess.run(_command(out), cwd=out.parent, env=env, capture_output=True,
-                        text=True, timeout=900, stdin=subprocess.DEVNULL)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-  return out
+  rows = [json.loads(line) for line in lines]  # valid JSONL, every line
+  return [r["step"] for r in rows if "loss" in r], [r["loss"] for r in rows if "loss" in r]
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   """One test (not parametrized) so that the straight run is made once, on one worker."""
   env = _env(lareqa_dir, tmp_path / "xla")
-  straight = _straight(env, tmp_path / "straight")
-  want = _rows(straight)
+  straight = tmp_path / "straight" / "run"
+  straight.parent.mkdir()
+  done = _run(straight, env)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  steps, losses = _losses(straight)
   expected = json.loads((straight / "results.json").read_text())
-  assert expected["train"]["resumed_from_steps"] == []
-  for moment in (_before_training, _mid_training, _mid_fine_tuned_evaluation):
-    out = tmp_path / moment.__name__.strip("_") / "run"
+  assert steps == list(range(1, STEPS + 1)) and expected["train"]["resumed_from_steps"] == []
+
+  step = random.SystemRandom().randint(1, STEPS - 1)  # a random training step, named on failure
+  points = ["data_loaded", "zero_shot", f"step:{step}", f"checkpoint_write:{2 * EVERY}",
+            "fine_tuned", "write:results.json"]
+  table = []
+  for point in points:
+    out = tmp_path / point.replace(":", "-") / "run"
     out.parent.mkdir()
-    _kill_when(out, env, moment)
-    assert not (out / "results.json").exists()
-    resumed = subprocess.run(_command(out, "--resume"), cwd=out.parent, env=env,
-                             capture_output=True, text=True, timeout=900,
-                             stdin=subprocess.DEVNULL)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    rows = _rows(out)
-    steps = [r["step"] for r in rows if "loss" in r]
-    assert steps == list(range(1, 41)), moment.__name__  # each step once, none lost or repeated
-    np.testing.assert_allclose([r["loss"] for r in rows if "loss" in r],
-                               [r["loss"] for r in want if "loss" in r], rtol=1e-5)
+    killed = _run(out, _env(lareqa_dir, tmp_path / "xla", JXR_KILL_AT=point))
+    assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+    assert not (out / "results.json").exists(), point
+    resumed = _run(out, env, "--resume")
+    assert resumed.returncode == 0, (point, resumed.stdout[-2000:] + resumed.stderr[-2000:])
+    got_steps, got_losses = _losses(out)
+    assert got_steps == steps, point  # each step once, none lost or repeated
+    np.testing.assert_allclose(got_losses, losses, rtol=1e-5, err_msg=point)
     results = json.loads((out / "results.json").read_text())
     for stage in ("zero_shot", "fine_tuned"):
-      got, ref = results[stage]["xquad-r"], expected[stage]["xquad-r"]
-      np.testing.assert_allclose(got["per_query"]["ap"], ref["per_query"]["ap"], atol=1e-6)
-    if moment is _mid_training:
-      (resumed_from,) = results["train"]["resumed_from_steps"]
-      assert resumed_from % 5 == 0 and resumed_from >= 5
+      np.testing.assert_allclose(results[stage]["xquad-r"]["per_query"]["ap"],
+                                 expected[stage]["xquad-r"]["per_query"]["ap"], atol=1e-6,
+                                 err_msg=f"{point} {stage}")
+    resumed_from = results["train"]["resumed_from_steps"]
+    lost = 0  # training steps done before the kill and done again after it
+    if point.startswith("step:"):
+      assert resumed_from == [step // EVERY * EVERY], point  # the newest checkpoint before it
+      lost = step - resumed_from[0]
+    elif point.startswith("checkpoint_write:"):
+      # Killed while step 10's checkpoint was being written: unless the write beat the kill,
+      # resume skips it (and says so) and takes step 5's.
+      cut_off = "was cut off mid-write" in resumed.stderr
+      assert resumed_from == ([EVERY] if cut_off else [2 * EVERY]), (point, resumed.stderr[-2000:])
+      lost = 2 * EVERY - resumed_from[0]
+      point += " (cut off)" if cut_off else " (finished first)"
+    else:
+      assert resumed_from == [], point  # training had not started, or had finished
+    table.append(f"{point:34} steps lost {lost:>2}  resumed run matched the straight run")
+  print("\n" + "\n".join(table))
