@@ -92,6 +92,7 @@ class Picked:
   mono: dict[float, dict[str, Mapping | None]]  # mono_prob -> kind -> hybrid minus that
   curves: dict[str, Mapping | None]          # kind -> learning curve at the focus count
   other_dataset: str | None
+  other_pairs: list[Mapping[str, Any]]       # the design's other matched pairs, same slice
 
 
 def pick(report: Mapping[str, Any]) -> Picked:
@@ -133,6 +134,9 @@ def pick(report: Mapping[str, Any]) -> Picked:
       curves={k: find(report["learning_curves"].get(dataset, []), kind=k, num_languages=n,
                       mono_prob=HYBRID) for k in ("dense", *kinds)},
       other_dataset=other,
+      other_pairs=[c for a, b, _ in report["design"]["matched"] if (a, b) != (p["a"], p["b"])
+                   for c in [find(contrasts, family="matched", a=a, b=b, num_languages=n,
+                                  pool_languages=pool, **common)] if c is not None],
   )
 
 
@@ -196,6 +200,7 @@ def answer_section(study: Study) -> str:
       f"{verdict(p, 'block-sparse retrieves better', 'block-sparse retrieves worse')}. "
       f"Both lose against dense ({names[local]} {interval(picked.vs_dense[local])}, "
       f"{names[sparse]} {interval(picked.vs_dense[sparse])}). "
+      + _other_pairs_sentence(picked.other_pairs)
       + _trend_sentence(picked, names, local, sparse, n, pool, dataset)
       + f" Sparsifying the dense-fine-tuned model at evaluation only costs "
       f"{interval(picked.eval_only[local])} (local) and {interval(picked.eval_only[sparse])} "
@@ -203,10 +208,10 @@ def answer_section(study: Study) -> str:
       f"{interval(picked.adaptation[sparse])}. "
       + _mono_sentence(picked, names)
       + " On the learning-curve subset ("
-      + f"{run.get('curve_questions')} questions), "
+      + f"{run.get('curve_questions')} questions, no interval), "
       + (f"Mul. still rises over the last {_last_interval(picked)} steps for "
-         f"{_join([names[k] for k in rising])}, so longer training would likely move "
-         f"these numbers." if rising else
+         f"{_join([names[k] for k in rising])}: {run['train_steps']}-step training has not "
+         f"converged, and these numbers may move with longer training." if rising else
          "no arm still rises over the last logged steps." if any(
              g is not None for g in gains.values()) else "no learning curve was logged.")
       ,
@@ -216,6 +221,9 @@ def answer_section(study: Study) -> str:
       f"| Mul., {n} training languages, pool of {pool} | "
       + " | ".join(_arm(report, k, dataset, n, pool) for k in ("dense", local, sparse)) + " |",
       f"| block-sparse minus local (matched, level {p['level']}) | | | {interval(p)} |",
+      *(f"| `{c['a']}` minus `{c['b']}` (matched, level {c['level']}; fractions "
+        f"{c['fraction_a']:.3f}, {c['fraction_b']:.3f}) | | | {interval(c)} |"
+        for c in picked.other_pairs),
       f"| minus dense | | {interval(picked.vs_dense[local])} | "
       f"{interval(picked.vs_dense[sparse])} |",
       f"| change of the gap to dense, {TRAINING_AXIS[0]} to {TRAINING_AXIS[1]} training "
@@ -280,6 +288,15 @@ def _trend_sentence(picked: Picked, names, local, sparse, n, pool, dataset) -> s
           f"changes by {interval(training[local])} (local) and {interval(training[sparse])} "
           f"(block-sparse); from a pool of 2 to {pool} languages by {interval(pools[local])} and "
           f"{interval(pools[sparse])}; {close}")
+
+
+def _other_pairs_sentence(pairs: Sequence[Mapping[str, Any]]) -> str:
+  if not pairs:
+    return ""
+  pieces = [f"`{c['a']}` minus `{c['b']}` at level {c['level']} is {interval(c)} ("
+            f"{verdict(c, 'block-sparse better', 'block-sparse worse').split(',')[0]})"
+            for c in pairs]
+  return "Of the other matched pairs, " + "; ".join(pieces) + ". "
 
 
 def _mono_sentence(picked: Picked, names) -> str:
