@@ -78,8 +78,9 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
     resumed_from = results["train"]["resumed_from_steps"]
     lost = 0  # training steps done before the kill and done again after it
     if point.startswith("step:"):
-      assert resumed_from == [step // EVERY * EVERY], point  # the newest checkpoint before it
-      lost = step - resumed_from[0]
+      # The newest checkpoint before the kill; none before step EVERY (training starts over).
+      assert resumed_from == ([step // EVERY * EVERY] if step >= EVERY else []), point
+      lost = step - (resumed_from or [0])[0]
     elif point.startswith("checkpoint_write:"):
       # Killed while step 10's checkpoint was being written: unless the write beat the kill,
       # resume skips it (and says so) and takes step 5's.
