@@ -92,8 +92,13 @@ def make_plan(config: RunConfig) -> Plan:
 # ---------------------------------------------------------------------- evaluation
 
 
+def with_context(config: RunConfig) -> bool:
+  """Whether candidates are encoded with their paragraph (`--candidate-context paragraph`)."""
+  return config.candidate_context == "paragraph"
+
+
 def candidate_contexts(task: RetrievalTask, config: RunConfig) -> list[str] | None:
-  return list(task.cand_context) if config.candidate_context == "paragraph" else None
+  return list(task.cand_context) if with_context(config) else None
 
 
 def pool_languages(task: RetrievalTask, sizes: Sequence[int]) -> dict[str, tuple[str, ...]]:
@@ -114,7 +119,7 @@ def encode_task(encoder, task: RetrievalTask, config: RunConfig) -> tuple[np.nda
 
   return embed_task(encoder, task, query_length=config.max_query_length,
                     passage_length=config.max_passage_length,
-                    contexts=config.candidate_context == "paragraph",
+                    contexts=with_context(config),
                     batch_size=config.eval_batch_size)
 
 
@@ -159,7 +164,7 @@ def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]
   if config.train_dataset is not None:
     task = training_task(config)
     rows = np.random.default_rng(0).permutation(task.num_candidates)[:2000]
-    contexts = (task.cand_context[rows] if config.candidate_context == "paragraph" else None)
+    contexts = task.cand_context[rows] if with_context(config) else None
     train = fraction(token_lengths(encoder, task.cand_text[rows], "passage",
                                    config.max_passage_length, contexts))
   return {"candidates": cands, "queries": queries, "train": train}
@@ -199,7 +204,7 @@ def train_config(config: RunConfig, out: pathlib.Path):
       languages=config.languages, mono_prob=config.mono_prob, steps=config.train_steps,
       batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
       max_query_length=config.max_query_length, max_passage_length=config.max_passage_length,
-      candidate_context=config.candidate_context == "paragraph", mesh=config.mesh,
+      candidate_context=with_context(config), mesh=config.mesh,
       seed=config.seed, out_dir=str(out / "train"), checkpoint_every=config.checkpoint_every,
       checkpoint_minutes=config.checkpoint_minutes,
       eval_every=config.curve_every, log_every=max(1, config.train_steps // 100),

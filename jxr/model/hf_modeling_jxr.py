@@ -17,6 +17,9 @@ rules repeat jxr's, and jxr's tests hold the two to the same hidden states.
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import torch
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
@@ -44,6 +47,12 @@ def _random_blocks(seed: int, num_blocks: int, fraction: float) -> np.ndarray:
 
 def allowed_pairs(attention: dict, length: int) -> np.ndarray:
   """bool [length, length]: query i may attend to key j under jxr's attention spec."""
+  return _allowed_pairs(json.dumps(attention, sort_keys=True), length)
+
+
+@functools.lru_cache(maxsize=64)  # one mask per (spec, padded length), not one per forward
+def _allowed_pairs(spec: str, length: int) -> np.ndarray:
+  attention = json.loads(spec)
   kind = attention["kind"]
   i = np.arange(length)[:, None]
   j = np.arange(length)[None, :]
