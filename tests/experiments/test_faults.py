@@ -55,7 +55,8 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   expected = json.loads((straight / "results.json").read_text())
   assert steps == list(range(1, STEPS + 1)) and expected["train"]["resumed_from_steps"] == []
 
-  step = random.SystemRandom().randint(1, STEPS - 1)  # a random training step, named on failure
+  # A random training step, named on failure; JXR_FAULT_STEP=<n> reruns one that failed.
+  step = int(os.environ.get("JXR_FAULT_STEP") or random.SystemRandom().randint(1, STEPS - 1))
   points = ["data_loaded", "zero_shot", f"step:{step}", f"checkpoint_write:{2 * EVERY}",
             "fine_tuned", "write:results.json"]
   table = []
@@ -77,14 +78,22 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
                                  err_msg=f"{point} {stage}")
     resumed_from = results["train"]["resumed_from_steps"]
     lost = 0  # training steps done before the kill and done again after it
+    cut_off = "was cut off mid-write" in resumed.stderr
     if point.startswith("step:"):
-      # The newest checkpoint before the kill; none before step EVERY (training starts over).
-      assert resumed_from == ([step // EVERY * EVERY] if step >= EVERY else []), point
+      # The newest checkpoint before the kill, or the one before it when the newest one's
+      # asynchronous write was still in flight at the kill (seen on a loaded 2-core machine:
+      # killed at step 27, resumed from 20). A cut-off write, when on disk, is named and skipped.
+      # The kill comes before step `step`'s own checkpoint; before step EVERY there is none,
+      # and training starts over.
+      newest = (step - 1) // EVERY * EVERY
+      in_flight = newest >= EVERY and resumed_from == ([newest - EVERY] if newest > EVERY else [])
+      assert in_flight or resumed_from == ([newest] if newest else []), (point, resumed_from)
+      assert in_flight or not cut_off, (point, resumed.stderr[-2000:])
       lost = step - (resumed_from or [0])[0]
+      point += " (newest write in flight)" if in_flight else ""
     elif point.startswith("checkpoint_write:"):
       # Killed while step 10's checkpoint was being written: unless the write beat the kill,
       # resume skips it (and says so) and takes step 5's.
-      cut_off = "was cut off mid-write" in resumed.stderr
       assert resumed_from == ([EVERY] if cut_off else [2 * EVERY]), (point, resumed.stderr[-2000:])
       lost = 2 * EVERY - resumed_from[0]
       point += " (cut off)" if cut_off else " (finished first)"
