@@ -1,10 +1,9 @@
 """Tokenise a `Batch` into fixed-shape int32 arrays for the encoder.
 
-Works with any tokenizer whose `encode_batch(texts)` returns encodings with
-`.ids` (a `tokenizers.Tokenizer`, or a wrapper around one). A passage with
-context is the text pair (sentence, paragraph); when too long, tokens come off
-the end of the paragraph first, so the sentence itself survives. Rows are
-padded to the max lengths, so every step has the same shapes (one compile).
+A passage with context is the text pair (sentence, paragraph), cut by the one
+rule that `Encoder.encode` follows too (`jxr.tokens`): specials stay, the
+paragraph loses tokens first, then the sentence. Rows are padded to the max
+lengths, so every step has the same shapes (one compile).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jxr import tokens
 from jxr.data.sampler import Batch
 
 
@@ -46,10 +46,6 @@ def collate(
   for name, value in (("max_query_length", max_query_length), ("max_passage_length", max_passage_length)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
       raise ValueError(f"{name}: expected an int >= 2, got {value!r}")
-  if not callable(getattr(tokenizer, "encode_batch", None)):
-    raise ValueError(
-      f"tokenizer: expected an object with encode_batch (a tokenizers.Tokenizer), got {type(tokenizer).__name__}"
-    )
   pad_id = _pad_id(tokenizer) if pad_id is None else pad_id
   queries = [query_prefix + text for text in batch.query_text]
   sentences = [passage_prefix + text for text in batch.positive_text]
@@ -62,17 +58,8 @@ def collate(
 
 def encode(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None) -> list[list[int]]:
   """Token ids of `texts` (or of the pairs `(texts[i], pairs[i])` where `pairs[i]` is
-  non-empty), each cut to `max_length` from the end of its second text first."""
-  paired = [i for i in range(len(texts)) if pairs is not None and pairs[i]]
-  single = [i for i in range(len(texts)) if pairs is None or not pairs[i]]
-  out: list[list[int]] = [[] for _ in texts]
-  if single:
-    for i, encoding in zip(single, tokenizer.encode_batch([texts[i] for i in single])):
-      out[i] = _fit(encoding, max_length)
-  if paired:
-    for i, encoding in zip(paired, tokenizer.encode_batch([(texts[i], pairs[i]) for i in paired])):
-      out[i] = _fit(encoding, max_length)
-  return out
+  non-empty), each cut to `max_length` by `jxr.tokens`' rule."""
+  return [encoding.ids for encoding in tokens.encode(tokenizer, texts, max_length, pairs)]
 
 
 def pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,29 +70,6 @@ def pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.nda
     ids[r, : len(row)] = row
     mask[r, : len(row)] = 1
   return ids, mask
-
-
-def _fit(encoding, max_length: int) -> list[int]:
-  """The encoding's real tokens (padding dropped), cut to `max_length`."""
-  ids = np.asarray(encoding.ids, np.int64)
-  mask = getattr(encoding, "attention_mask", None)
-  keep = np.asarray(mask, bool) if mask is not None and len(mask) == len(ids) else np.ones(len(ids), bool)
-  sequence = getattr(encoding, "sequence_ids", None)
-  if sequence is not None and len(sequence) == len(ids):
-    # -1 marks special tokens, which always stay.
-    sequence = np.asarray([-1 if s is None else s for s in sequence], np.int64)
-    excess = int(keep.sum()) - max_length
-    for part in (1, 0):  # the paragraph first, then the sentence
-      if excess <= 0:
-        break
-      positions = np.flatnonzero(keep & (sequence == part))
-      drop = positions[len(positions) - min(excess, len(positions)) :]
-      keep[drop] = False
-      excess -= len(drop)
-  ids = ids[keep]
-  if len(ids) > max_length:  # no sequence ids: keep the closing special token
-    ids = np.concatenate([ids[: max_length - 1], ids[-1:]])
-  return ids.tolist()
 
 
 def _pad_id(tokenizer) -> int:

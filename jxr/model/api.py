@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
+from jxr import tokens
 from jxr._progress import progress
 from jxr.model import bundle, export, tokenizer as tokenization, weights
 from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
@@ -99,32 +100,14 @@ class Encoder:
   def token_ids(self, texts: Sequence[str], *, kind: str = "passage",
                 contexts: Sequence[str | None] | None = None,
                 max_length: int | None = None) -> list[list[int]]:
-    """Token ids with specials, truncated to `max_length`; a context is the
-    second text of a pair and is the only part truncated when possible."""
+    """Token ids with specials, at most `max_length`; a context is the second text of a
+    pair, cut by the rule training uses too (`jxr.tokens`: context first, specials kept)."""
     return [e.ids for e in self._encodings(texts, kind, contexts, max_length)]
 
   def _encodings(self, texts, kind, contexts, max_length) -> list:
     texts, contexts, max_length = self._check_texts(texts, kind, contexts, max_length)
     prefix = self.prefix(kind)
-    tok = self.tokenizer
-    firsts = tok.encode_batch([prefix + t for t in texts], add_special_tokens=False)
-    seconds: list = [None] * len(texts)
-    with_context = [i for i, c in enumerate(contexts) if c]
-    if with_context:
-      encoded = tok.encode_batch([contexts[i] for i in with_context], add_special_tokens=False)
-      for i, enc in zip(with_context, encoded):
-        seconds[i] = enc
-    single_budget = max_length - tok.num_special_tokens_to_add(False)
-    pair_budget = max_length - tok.num_special_tokens_to_add(True)
-    out = []
-    for first, second in zip(firsts, seconds):
-      if second is not None and len(first) < pair_budget:
-        second.truncate(pair_budget - len(first))
-        out.append(tok.post_process(first, second))
-      else:
-        first.truncate(single_budget)
-        out.append(tok.post_process(first))
-    return out
+    return tokens.encode(self.tokenizer, [prefix + t for t in texts], max_length, contexts)
 
   def pad_batch(self, ids: Sequence[Sequence[int]], length: int | None = None,
                 rows: int | None = None,

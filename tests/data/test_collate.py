@@ -72,32 +72,16 @@ def test_without_context(batch, tokenizer):
       assert out.passage_input_ids[row, : len(expected)].tolist() == expected
 
 
-def test_plain_encode_batch_tokenizer(batch):
-  """Anything whose encode_batch returns objects with `.ids` will do."""
-
-  @dataclasses.dataclass
-  class Encoding:
-    ids: list
-
-  class Words:
-    def encode_batch(self, texts):
-      out = []
-      for text in texts:
-        words = " ".join(text) if isinstance(text, tuple) else text
-        out.append(Encoding([0] + [len(w) for w in words.split()] + [2]))
-      return out
-
-  out = jxr.data.collate(batch, Words(), 6, 10, pad_id=1)
-  assert (out.query_input_ids[:, 0] == 0).all()
-  assert ((out.query_input_ids == 2).sum(1) >= 1).all()
-  lengths = out.passage_attention_mask.sum(1)
-  assert (out.passage_input_ids[np.arange(len(lengths)), lengths - 1] == 2).all()
+def test_a_tokenizer_without_pad_needs_pad_id(batch):
+  words = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
   with pytest.raises(ValueError, match="pad_id"):
-    jxr.data.collate(batch, Words(), 6, 10)
+    jxr.data.collate(batch, words, 6, 10)
+  out = jxr.data.collate(batch, words, 6, 10, pad_id=7)
+  assert (out.query_input_ids[out.query_attention_mask == 0] == 7).all()
 
 
 def test_bad_arguments(batch, tokenizer):
   with pytest.raises(ValueError, match="max_query_length"):
     jxr.data.collate(batch, tokenizer, 0, 10)
-  with pytest.raises(ValueError, match="tokenizer"):
-    jxr.data.collate(batch, object(), 8, 10)
+  with pytest.raises(ValueError, match="tokenizer: expected a tokenizers.Tokenizer"):
+    jxr.data.collate(batch, object(), 8, 10, pad_id=0)
