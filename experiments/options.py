@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--density", help="block_sparse: instead of --random, the attended fraction to reach on "
     "passages of --max-passage-length tokens (an error if band and global blocks exceed it)")
   a("--attn-seed", help=f"block_sparse: seed of the random blocks (default {d['attn_seed']})")
-  a("--model", help="multilingual-e5-small (bundled), tiny, a checkpoint directory or a HF id" + _presets("model"))
+  a("--model", help="multilingual-e5-small (bundled), tiny, a bundle file (experiments.carry), a checkpoint directory or a HF id" + _presets("model"))
   a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file" + _presets("train_data"))
   a("--eval-data", help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
     "articles when it is also the training data)" + _presets("eval_data"))
@@ -272,9 +272,11 @@ def _mesh(text: str) -> str:
 def _model(text: str) -> str:
   if text in BUNDLED_MODELS:
     return text
-  from jxr.model import weights
+  from jxr.model import bundle, weights
 
   path = pathlib.Path(text).expanduser()
+  if path.is_file() and bundle.is_bundle(path):  # jxr.model.save_bundle's output
+    return str(path)
   if path.exists():
     try:
       weights.resolve_checkpoint(path)  # config.json and weights, or a message saying which

@@ -11,6 +11,7 @@ pinned LAReQA release into the data directory, checksummed.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import pathlib
@@ -93,7 +94,7 @@ def ensure_files(name: str, languages: Sequence[str], data_dir: str | os.PathLik
   failing that, a `FileNotFoundError` names the folder and files expected.
   """
   root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-  missing = [lang for lang in languages if not (root / name / f"{lang}.json").is_file()]
+  missing = [lang for lang in languages if data_file(root, name, lang) is None]
   if not missing:
     return root
   expected = ", ".join(f"{name}/{lang}.json" for lang in missing)
@@ -113,6 +114,15 @@ def ensure_files(name: str, languages: Sequence[str], data_dir: str | os.PathLik
   return root
 
 
+def data_file(root: pathlib.Path, name: str, lang: str) -> pathlib.Path | None:
+  """`<root>/<name>/<lang>.json`, else its gzipped copy `<lang>.json.gz` (what travels to a
+  machine without network), else None."""
+  for suffix in (".json", ".json.gz"):
+    if (path := root / name / f"{lang}{suffix}").is_file():
+      return path
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Paragraph:
   """One paragraph of a LAReQA file, validated."""
@@ -129,15 +139,18 @@ class Paragraph:
 
 
 def read_file(path: str | os.PathLike) -> list[Paragraph]:
-  """Parses and validates one LAReQA json file; errors name the file and question id."""
+  """Parses and validates one LAReQA json file (gzipped when it ends in .gz); errors name the
+  file and question id."""
   path = pathlib.Path(path)
   try:
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
       raw = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from e
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+  except (gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"{path}: not a complete gzip file ({e})") from e
   articles = _get(raw, "data", list, path, "the top level")
   paragraphs = []
   seen_ids = set()
@@ -216,7 +229,7 @@ def load_lareqa(
   queries = {key: [] for key in ("id", "lang", "text", "article", "answer")}
   cands = {key: [] for key in ("lang", "text", "context", "article")}
   for lang in languages:
-    for paragraph in read_file(root / name / f"{lang}.json"):
+    for paragraph in read_file(data_file(root, name, lang)):
       first = len(cands["text"])
       n = len(paragraph.sentences)
       cands["lang"] += [lang] * n

@@ -1,6 +1,7 @@
 """load_lareqa against the release in ../shared/data/lareqa, and its bad-input errors."""
 
 import collections
+import gzip
 import json
 import shutil
 
@@ -143,6 +144,20 @@ def test_own_files_in_the_same_layout_load(tmp_path):
   assert task.cand_text.tolist() == ["Hi.", "Bob came."]
   assert task.relevant(0).tolist() == [1]
   assert task.cand_context.tolist() == ["Hi. Bob came."] * 2
+
+
+def test_gzipped_files_load_as_the_plain_ones(tmp_path):
+  """What travels to a machine without network (experiments.carry): `<lang>.json.gz`."""
+  plain = _write(tmp_path / "plain", json.dumps(_dataset()))
+  zipped = tmp_path / "zipped" / "xquad-r" / "en.json.gz"
+  zipped.parent.mkdir(parents=True)
+  zipped.write_bytes(gzip.compress(plain.read_bytes()))
+  a = jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "plain", languages=["en"])
+  b = jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "zipped", languages=["en"])
+  assert a.cand_text.tolist() == b.cand_text.tolist() and a.query_text.tolist() == b.query_text.tolist()
+  zipped.write_bytes(gzip.compress(plain.read_bytes())[:-9])
+  with pytest.raises(ValueError, match="en.json.gz: not a complete gzip file"):
+    jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "zipped", languages=["en"])
 
 
 def test_malformed_json_names_the_file(tmp_path):

@@ -96,17 +96,3 @@ def test_refusals(e5, trimmed, tmp_path):
   with pytest.raises(ValueError, match=r"texts\[1\] is a int"):
     jxr.model.trim_vocabulary(e5, ["a", 3])
   assert not (tmp_path / "x.bin").exists()
-
-
-@pytest.mark.slow
-def test_lareqa_in_eleven_languages_fits_in_32_mib(e5, lareqa_dir, tmp_path):
-  """What a GPU machine without network is sent: every LAReQA text, well under 32 MiB."""
-  texts = []
-  for name in ("xquad-r", "mlqa-r"):
-    task = jxr.data.load_lareqa(name, data_dir=lareqa_dir)
-    texts += [str(t) for column in (task.query_text, task.cand_text, task.cand_context)
-              for t in column]
-  small = jxr.model.trim_vocabulary(e5, texts)
-  path = jxr.model.save_bundle(small, tmp_path / "e5-lareqa.bin")
-  print(f"\n{small.config.vocab_size} pieces kept, {path.stat().st_size / 2**20:.1f} MiB")
-  assert path.stat().st_size < 32 * 2**20
