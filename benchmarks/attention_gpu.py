@@ -32,7 +32,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import BlockSizes, BlockSparseMask, DenseMask, Mask, attention, random_for_density
+from pallas_kernels import (
+  BlockSizes,
+  BlockSparseMask,
+  DenseMask,
+  Mask,
+  attention,
+  random_for_density,
+)
 
 try:
   from jxr._progress import progress
@@ -126,7 +133,6 @@ def dense_table(lengths, head_dims, block_sizes, repeats) -> list[str]:
   for length, head_dim in progress(grid, desc="dense"):
     shape = Shape(max(1, TOKENS_PER_HEAD_BATCH // length), length, HEADS, head_dim)
     args = _inputs(shape)
-    pallas = _pallas(DenseMask(), block_sizes)
     times = {}
     for name, fn in (("pallas", _pallas(DenseMask(), block_sizes)), ("cudnn", _cudnn)):
       times[name, "f"] = _try_seconds(_forward(fn), args, repeats)

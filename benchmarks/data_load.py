@@ -36,7 +36,7 @@ def main() -> None:
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
   for name in ("xquad-r", "mlqa-r"):
-    median, best = _time(lambda: jxr.data.load_lareqa(name, data_dir=args.data_dir), args.repeats)
+    median, best = _time(lambda name=name: jxr.data.load_lareqa(name, data_dir=args.data_dir), args.repeats)
     print(f"load_lareqa({name!r}): median {median:.3f} s, min {best:.3f} s")
 
   task = jxr.data.load_lareqa("xquad-r", data_dir=args.data_dir)

@@ -40,7 +40,7 @@ def synthetic_xquad_r(num_questions: int = 1190) -> RetrievalTask:
   offsets = np.cumsum([0, *XQUAD_R_CANDIDATES.values()])
   rng = np.random.default_rng(0)
   # Question i's answer in language l: a sentence of that language (several questions may share one).
-  answer = np.stack([offsets[l] + rng.integers(0, n, num_questions) for l, n in enumerate(XQUAD_R_CANDIDATES.values())])
+  answer = np.stack([offsets[lang] + rng.integers(0, n, num_questions) for lang, n in enumerate(XQUAD_R_CANDIDATES.values())])
   query_lang = np.repeat(languages, num_questions)
   rel = np.sort(np.tile(answer.T, (len(languages), 1)), axis=1)
   cand_lang = np.repeat(languages, list(XQUAD_R_CANDIDATES.values()))

@@ -148,7 +148,6 @@ def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]
   queries, and on the passages of (up to 2,000) training pairs.
   """
   import pallas_kernels
-
   from jxr.model import attention_mask_for
 
   mask, heads = attention_mask_for(config.attention), encoder.config.num_attention_heads
@@ -340,7 +339,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   eval_only, seconds["eval_only"] = {}, {}
   for spec in config.eval_only:  # the fine-tuned weights under another mask: no training
     t = time.perf_counter()
-    reports = _evaluate_stage(lambda: _load_trained(train_dir, spec), plan, config,
+    reports = _evaluate_stage(lambda spec=spec: _load_trained(train_dir, spec), plan, config,
                               out / "eval_only" / spec.label, f"eval_only {spec.label}", log)
     eval_only[spec.label] = {"attention": spec.to_json(), "reports": reports}
     seconds["eval_only"][spec.label] = time.perf_counter() - t

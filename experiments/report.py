@@ -47,7 +47,6 @@ from matplotlib.patches import Rectangle
 
 from jxr._files import atomic_write
 
-
 METRICS = ("mul_macro", "mul_micro")
 # jxr.eval's summary keys for the same two numbers (learning-curve points carry these).
 SUMMARY_KEYS = {"mul_macro": "multi_macro", "mul_micro": "multi_micro"}
@@ -1108,7 +1107,7 @@ def _errorbar(ax, x, rows, **kwargs):
   low = np.array([r["ci"][0] if r["ci"][0] is not None else r["difference"] for r in rows])
   high = np.array([r["ci"][1] if r["ci"][1] is not None else r["difference"] for r in rows])
   err = np.maximum(0.0, np.stack([y - low, high - y]))
-  ax.errorbar(np.asarray(x, np.float64), y, yerr=err, marker="o", capsize=3, **kwargs)
+  ax.errorbar(np.asarray(x, np.float64), y, yerr=err, capsize=3, **{"marker": "o", **kwargs})
 
 
 def _vs_dense_rows(report: Mapping[str, Any], dataset: str) -> list[Mapping]:
@@ -1176,7 +1175,7 @@ def fraction_figure(report: Mapping[str, Any], dataset: str) -> Figure | None:
   for fam, marker in (("local", "o"), ("block_sparse", "s")):
     mine = sorted((r for r in rows if family.get(r["a"]) == fam), key=lambda r: r["fraction_a"])
     if mine:
-      _errorbar(ax, [r["fraction_a"] for r in mine], mine, label=fam)
+      _errorbar(ax, [r["fraction_a"] for r in mine], mine, label=fam, marker=marker)
   at = {r["a"]: r for r in rows}
   for m in report["design"]["matched"]:
     if m[0] in at and m[1] in at:

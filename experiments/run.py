@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from experiments import options, pipeline
 from jxr.train import signals
 
-
 _VERDICT_BYTES = 4096  # the longest flag error process 0 sends to the others
 
 

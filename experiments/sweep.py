@@ -175,7 +175,6 @@ STUDIES: dict[str, Study] = {
 def fraction_of(spec: AttentionConfig, lengths: Sequence[int], num_heads: int = 1) -> float:
   """Attended fraction of `spec` over sequences of these real lengths."""
   import pallas_kernels
-
   from jxr.model import attention_mask_for
 
   return pallas_kernels.attended_fraction(attention_mask_for(spec), lengths, num_heads)

@@ -21,8 +21,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.block_sizes import BlockSizes
-from pallas_kernels.masks import (AndMask, BlockSparseMask, BlockSparsePattern, BlockTable, DenseMask,
-                                  LocalMask, Mask, OrMask, attended_fraction, random_for_density)
+from pallas_kernels.masks import (
+  AndMask,
+  BlockSparseMask,
+  BlockSparsePattern,
+  BlockTable,
+  DenseMask,
+  LocalMask,
+  Mask,
+  OrMask,
+  attended_fraction,
+  random_for_density,
+)
 from pallas_kernels.reference import reference_attention
 
 __all__ = [

@@ -41,8 +41,15 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 
 from pallas_kernels.block_sizes import BlockSizes
-from pallas_kernels.masks import (AndMask, BlockSparseMask, BlockSparsePattern, DenseMask, LocalMask,
-                                  Mask, OrMask)
+from pallas_kernels.masks import (
+  AndMask,
+  BlockSparseMask,
+  BlockSparsePattern,
+  DenseMask,
+  LocalMask,
+  Mask,
+  OrMask,
+)
 
 # Splash tiles are multiples of the TPU lane width.
 LANES = 128

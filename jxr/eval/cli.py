@@ -131,7 +131,7 @@ def _check_trec(k: int | None, task) -> None:
 def read_run(run_dir: pathlib.Path) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
   """`(config.json, results.json)` of a finished experiments.run directory."""
   paths = {name: run_dir / name for name in ("config.json", "results.json")}
-  for name, path in paths.items():
+  for path in paths.values():
     if not path.is_file():
       raise InputError(f"--run: expected a finished experiments.run directory; {path} is missing")
   if not (run_dir / "train" / "model").is_dir():

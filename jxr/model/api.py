@@ -27,9 +27,16 @@ from tokenizers import Tokenizer
 
 from jxr import tokens
 from jxr._progress import progress
-from jxr.model import bundle, export, tokenizer as tokenization, weights
-from jxr.model.config import (DTYPES, E5_PREFIXES, POOLINGS, AttentionConfig, EncoderConfig,
-                              is_e5_name)
+from jxr.model import bundle, export, weights
+from jxr.model import tokenizer as tokenization
+from jxr.model.config import (
+  DTYPES,
+  E5_PREFIXES,
+  POOLINGS,
+  AttentionConfig,
+  EncoderConfig,
+  is_e5_name,
+)
 from jxr.model.encoder import abstract_model, create_model, pool
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ import struct
 import unicodedata
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers
-from tokenizers import pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from jxr.model.bundle import BundleVocab
 

@@ -25,16 +25,24 @@ import numpy as np
 from jxr import _failpoints
 from jxr._progress import progress
 from jxr.data import HybridSampler, TrainingPairs, collate, read_pairs, training_pairs
+from jxr.data.collate import encode as encode_texts
+from jxr.data.collate import pad as pad_rows
 from jxr.data.lareqa import training_set
-from jxr.data.collate import encode as encode_texts, pad as pad_rows
 from jxr.model import Encoder, load_encoder
-from jxr.train import mesh as meshlib, signals
+from jxr.train import mesh as meshlib
+from jxr.train import signals
 from jxr.train.checkpoint import Checkpoints, abstract_like
 from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
 from jxr.train.metrics import MetricsWriter, StepLog
 from jxr.train.optim import make_optimizer
-from jxr.train.step import (StepOptions, TrainState, init_state, jit_train_step, make_train_step,
-                            state_shardings)
+from jxr.train.step import (
+  StepOptions,
+  TrainState,
+  init_state,
+  jit_train_step,
+  make_train_step,
+  state_shardings,
+)
 
 EvalHook = Callable[[int, Encoder], "dict[str, Any] | None"]
 # Fields a resumed run may change: they do not alter what is computed.

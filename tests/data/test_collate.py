@@ -1,6 +1,5 @@
 """collate: fixed-shape int32 arrays; only the paragraph is cut when a passage is too long."""
 
-import dataclasses
 
 import numpy as np
 import pytest

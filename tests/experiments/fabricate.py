@@ -186,7 +186,7 @@ def study(worlds: Sequence[World], effects: Mapping[str, Effect], *, counts: Seq
           continue
         rng = np.random.default_rng(zlib.crc32(repr((kind, n, s, p)).encode()))
 
-        def make(shift, w, rng=rng):
+        def make(shift, w, rng=rng, bases=bases):
           ap = bases[w.dataset] + (rng.normal(0.0, noise, size=w.shape) if noise else 0.0)
           return report(w, ap, pool_shift=shift)
 

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-
 from scipy.special import erf
 
 from jxr.model import bundle
@@ -48,7 +47,7 @@ def numpy_e5(tensors, sequences, eps=1e-12, heads=12, layers=12):
   x = _layer_norm(x, t("embeddings.LayerNorm.weight"), t("embeddings.LayerNorm.bias"), eps)
   for i in range(layers):
     p = f"encoder.layer.{i}."
-    lin = lambda h, name: h @ t(p + name + ".weight").T + t(p + name + ".bias")
+    lin = lambda h, name, p=p: h @ t(p + name + ".weight").T + t(p + name + ".bias")
     q, k, v = (lin(x, f"attention.self.{m}").reshape(len(ids), heads, -1).transpose(1, 0, 2)
                for m in ("query", "key", "value"))
     context = np.empty_like(x)

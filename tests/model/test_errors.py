@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import jxr.model
-from jxr.model import AttentionConfig
-from jxr.model import weights
+from jxr.model import AttentionConfig, weights
 
 
 def test_unknown_model_name():

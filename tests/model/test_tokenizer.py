@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from jxr.model import bundle, tokenizer as tokenization
+from jxr.model import bundle
+from jxr.model import tokenizer as tokenization
 
 
 @pytest.fixture(scope="module")

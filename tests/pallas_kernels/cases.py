@@ -13,8 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from oracle import formula_mask, full_mask, random_layout
+
 from pallas_kernels import BlockSizes, BlockSparseMask, DenseMask, LocalMask, attention
 
 # Max |got - want| allowed, relative to max(1, max |want|), per input dtype.

@@ -10,10 +10,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cases import CASES, LAYOUT, Case, allowed_for, assert_close, block_sparse, make_inputs, make_layout, run_vjp
+from cases import (
+  CASES,
+  LAYOUT,
+  Case,
+  allowed_for,
+  assert_close,
+  block_sparse,
+  make_inputs,
+  make_layout,
+  run_vjp,
+)
 from oracle import formula_mask, full_mask, oracle_vjp
-from pallas_kernels import BlockSparseMask, LocalMask, attention, default_implementation, reference_attention
+
+from pallas_kernels import (
+  BlockSparseMask,
+  LocalMask,
+  attention,
+  default_implementation,
+  reference_attention,
+)
 
 IMPLEMENTATIONS = ["pallas", "xla", "reference"]
 

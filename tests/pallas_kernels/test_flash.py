@@ -9,12 +9,21 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cases import (GLOBAL_LAYOUT, LAYOUT, SMALL_TILES, Case, allowed_for, assert_close,
-                   block_sparse, make_inputs, make_layout, run_vjp)
+from cases import (
+  GLOBAL_LAYOUT,
+  LAYOUT,
+  SMALL_TILES,
+  Case,
+  allowed_for,
+  assert_close,
+  block_sparse,
+  make_inputs,
+  make_layout,
+  run_vjp,
+)
 from oracle import oracle_vjp
-from pallas_kernels import BlockSizes, BlockSparseMask, DenseMask, LocalMask, attention
-from pallas_kernels import flash
+
+from pallas_kernels import BlockSizes, BlockSparseMask, DenseMask, LocalMask, attention, flash
 
 
 def test_default_block_sizes_plain_call():

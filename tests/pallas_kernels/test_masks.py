@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from oracle import formula_mask, random_layout
-from pallas_kernels import BlockSparseMask, DenseMask, LocalMask, attended_fraction, random_for_density
+
+from pallas_kernels import (
+  BlockSparseMask,
+  DenseMask,
+  LocalMask,
+  attended_fraction,
+  random_for_density,
+)
 from pallas_kernels.masks import _uniforms, layout_block_sizes
 
 
@@ -53,7 +59,7 @@ def test_block_table_matches_formula_mask(seed):
   assert table.kv_count.shape[1:] == (nqb,) and table.q_count.shape[1:] == (nkb,)
   for h in range(heads):
     th = min(h, table.kv_index.shape[0] - 1)
-    tile = lambda qb, kb: dense[h, qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
+    tile = lambda qb, kb, h=h: dense[h, qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
     for qb in range(nqb):
       count = table.kv_count[th, qb]
       visits = list(table.kv_index[th, qb, :count])
@@ -109,7 +115,7 @@ def test_pattern_layout_does_not_depend_on_padding(per_head, seed):
   for short in lengths:
     n1 = -(-short // 8)
     expected = pattern.layout(short, short, 3)
-    for long in (l for l in lengths if l > short):
+    for long in (n for n in lengths if n > short):
       np.testing.assert_array_equal(pattern.layout(long, long, 3)[:, :n1, :n1], expected,
                                     err_msg=f"{short} in {long}")
   # Rectangular problems and the element mask agree with the square prefix too.

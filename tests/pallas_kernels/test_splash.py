@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels
-from pallas_kernels import BlockSparseMask, DenseMask, LocalMask
-from pallas_kernels import splash
+from pallas_kernels import BlockSparseMask, DenseMask, LocalMask, splash
 from tests.pallas_kernels import oracle
 
 # Max abs error against the float64 oracle, by dtype: (output, gradients).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cases import CASES, allowed_for, assert_close, make_inputs, run_vjp
 from oracle import oracle_vjp
+
 from pallas_kernels import LocalMask, xla
 
 # Cases whose rows differ in visit count or element mask: where grouping matters.

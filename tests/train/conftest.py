@@ -44,8 +44,9 @@ def data_env(lareqa_dir):
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory, compile_cache, data_env):
   """Six uninterrupted steps of `tiny_config` on this process's one device."""
-  from jxr.train import read_metrics, train
   from train_helpers import tiny_config
+
+  from jxr.train import read_metrics, train
 
   result = train(tiny_config(tmp_path_factory.mktemp("straight")))
   return result, read_metrics(result.run_dir)

@@ -14,7 +14,6 @@ import json
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-
 from train_helpers import losses, run_python
 
 pytestmark = pytest.mark.multidevice

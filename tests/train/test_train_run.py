@@ -8,13 +8,12 @@ import types
 import jax
 import numpy as np
 import pytest
+from train_helpers import InterruptAt, losses, tiny_config
 
 from jxr.model import AttentionConfig, load_encoder
 from jxr.train import TrainConfig, read_metrics, train
 from jxr.train import mesh as meshlib
 from jxr.train.config import TrainResult
-from train_helpers import InterruptAt, losses, tiny_config
-
 
 # ---------------------------------------------------------------------- config and mesh (no jax work)
 
