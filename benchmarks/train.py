@@ -40,13 +40,16 @@ from pallas_kernels import BlockSparseMask, attended_fraction, random_for_densit
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-    "e5-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=1536),
+    "e5-small": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536
+    ),
 }
 QUERY_LENGTH = 32
 
 
-def attention_kinds(window: int, block: int, density: float, length: int) -> dict[str, AttentionConfig]:
+def attention_kinds(
+    window: int, block: int, density: float, length: int
+) -> dict[str, AttentionConfig]:
   """Dense, local, and block-sparse twice: BigBird's default recipe (local + one
   global + random blocks) and the same without the global block. A global query
   block visits every key block, and the blocked XLA path pads each query block's
@@ -55,10 +58,14 @@ def attention_kinds(window: int, block: int, density: float, length: int) -> dic
   The block-sparse `random` fraction is solved per length so the pattern attends
   as close to `density` as it can at `length`; where the band and global blocks
   alone attend more (short sequences, big blocks), it is those blocks only."""
+
   def block_sparse(global_blocks: int) -> AttentionConfig:
     floor = attended_fraction(BlockSparseMask.pattern(block, global_=global_blocks), [length])
-    random = (0.0 if floor >= density else
-              random_for_density(density, [length], block=block, global_=global_blocks))
+    random = (
+        0.0
+        if floor >= density
+        else random_for_density(density, [length], block=block, global_=global_blocks)
+    )
     return AttentionConfig.block_sparse(block, global_blocks=global_blocks, random=random)
 
   return {
@@ -69,21 +76,34 @@ def attention_kinds(window: int, block: int, density: float, length: int) -> dic
   }
 
 
-def build_encoder(shape: str, attention: AttentionConfig, max_length: int, base: Encoder) -> Encoder:
-  config = base.config.replace(**SHAPES[shape], attention=attention,
-                               max_position_embeddings=max_length + base.config.position_offset)
+def build_encoder(
+    shape: str, attention: AttentionConfig, max_length: int, base: Encoder
+) -> Encoder:
+  config = base.config.replace(
+      **SHAPES[shape],
+      attention=attention,
+      max_position_embeddings=max_length + base.config.position_offset,
+  )
   graphdef, params = nnx.split(create_model(config, seed=0), nnx.Param)
   return Encoder(config, graphdef, params, base.tokenizer, name=f"{shape}-random")
 
 
 def random_batch(pairs: int, length: int, seed: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
+
   def tower(rows, width):
-    return rng.integers(5, 250000, size=(rows, width)).astype(np.int32), np.ones((rows, width), np.int32)
+    return rng.integers(5, 250000, size=(rows, width)).astype(np.int32), np.ones(
+        (rows, width), np.int32
+    )
+
   q_ids, q_mask = tower(pairs, QUERY_LENGTH)
   p_ids, p_mask = tower(pairs, length)
-  return {"query_input_ids": q_ids, "query_attention_mask": q_mask,
-          "passage_input_ids": p_ids, "passage_attention_mask": p_mask}
+  return {
+      "query_input_ids": q_ids,
+      "query_attention_mask": q_mask,
+      "passage_input_ids": p_ids,
+      "passage_attention_mask": p_mask,
+  }
 
 
 def compiled_step(encoder: Encoder, batch: dict[str, np.ndarray]):
@@ -96,7 +116,10 @@ def compiled_step(encoder: Encoder, batch: dict[str, np.ndarray]):
   holder = {"state": jax.device_put(state, shardings)}
   step = steplib.jit_train_step(
       steplib.make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh),
-      shardings, {k: 2 for k in batch}, mesh)
+      shardings,
+      {k: 2 for k in batch},
+      mesh,
+  )
 
   def run() -> float:
     holder["state"], metrics = step(holder["state"], batch)
@@ -129,18 +152,25 @@ def machine() -> str:
   except OSError:
     pass
   load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-  return (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__}, load average {load[0]:.1f}")
+  return (
+      f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {cpu}, {os.cpu_count()} cores, "
+      f"jax {jax.__version__}, load average {load[0]:.1f}"
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048])
   parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
-  parser.add_argument("--passage-tokens", type=int, default=8192,
-                      help="passage tokens per step (pairs = this / length, at least 2)")
-  parser.add_argument("--steps", type=int, default=5,
-                      help="timed steps per kind (median), interleaved across kinds")
+  parser.add_argument(
+      "--passage-tokens",
+      type=int,
+      default=8192,
+      help="passage tokens per step (pairs = this / length, at least 2)",
+  )
+  parser.add_argument(
+      "--steps", type=int, default=5, help="timed steps per kind (median), interleaved across kinds"
+  )
   parser.add_argument("--window", type=int, default=128)
   parser.add_argument("--block", type=int, default=64)
   parser.add_argument("--density", type=float, default=0.25)
@@ -156,8 +186,10 @@ def main() -> None:
   base = load_encoder("tiny")
   kinds = attention_kinds(args.window, args.block, args.density, max(args.lengths))  # the names
   print(f"# {machine()}")
-  print(f"# model {args.model} {SHAPES[args.model]}, {args.passage_tokens} passage tokens per step, "
-        f"queries {QUERY_LENGTH} tokens, median of {args.steps} steps timed round-robin")
+  print(
+      f"# model {args.model} {SHAPES[args.model]}, {args.passage_tokens} passage tokens per step, "
+      f"queries {QUERY_LENGTH} tokens, median of {args.steps} steps timed round-robin"
+  )
   results = []
   for length in args.lengths:
     pairs = max(2, args.passage_tokens // length)
@@ -168,17 +200,26 @@ def main() -> None:
       runs[name], compile_s[name] = compiled_step(encoder, batch)
     seconds = time_interleaved(runs, args.steps)
     for name in kinds:
-      row = {"length": length, "attention": name, "pairs": pairs,
-             "seconds_per_step": seconds[name],
-             "tokens_per_s": pairs * (QUERY_LENGTH + length) / seconds[name],
-             "compile_s": compile_s[name]}
+      row = {
+          "length": length,
+          "attention": name,
+          "pairs": pairs,
+          "seconds_per_step": seconds[name],
+          "tokens_per_s": pairs * (QUERY_LENGTH + length) / seconds[name],
+          "compile_s": compile_s[name],
+      }
       results.append(row)
       print(json.dumps(row), flush=True)
     del runs
 
   print()
-  print("| passage length | pairs/step | " + " | ".join(f"{k} tokens/s" for k in kinds) +
-        " | " + " | ".join(f"{k} / dense" for k in list(kinds)[1:]) + " |")
+  print(
+      "| passage length | pairs/step | "
+      + " | ".join(f"{k} tokens/s" for k in kinds)
+      + " | "
+      + " | ".join(f"{k} / dense" for k in list(kinds)[1:])
+      + " |"
+  )
   print("| --- " * (2 + 2 * len(kinds) - 1) + "|")
   for length in args.lengths:
     rows = {r["attention"]: r for r in results if r["length"] == length}

@@ -31,11 +31,12 @@ TRAINING_AXIS = (2, 11)  # training-language counts the training trend spans
 @dataclasses.dataclass(frozen=True)
 class Study:
   """What the section needs from a published study directory (see `load_study`)."""
-  directory: str                  # as the README links it, e.g. "docs/study-cpu"
-  report: Mapping[str, Any]       # report.json
-  grid: str                       # sweep.json's preset
-  num_cells: int                  # cells in the grid
-  run: Mapping[str, Any]          # one finished cell's config.json "run" entry
+
+  directory: str  # as the README links it, e.g. "docs/study-cpu"
+  report: Mapping[str, Any]  # report.json
+  grid: str  # sweep.json's preset
+  num_cells: int  # cells in the grid
+  run: Mapping[str, Any]  # one finished cell's config.json "run" entry
 
 
 def load_study(directory: pathlib.Path, link: str | None = None) -> Study:
@@ -69,8 +70,9 @@ def interval(entry: Mapping[str, Any] | None) -> str:
 
 
 def excludes_zero(entry: Mapping[str, Any] | None) -> bool:
-  return (entry is not None and None not in entry["ci"]
-          and (entry["ci"][0] > 0 or entry["ci"][1] < 0))
+  return (
+      entry is not None and None not in entry["ci"] and (entry["ci"][0] > 0 or entry["ci"][1] < 0)
+  )
 
 
 def verdict(entry: Mapping[str, Any], better: str, worse: str) -> str:
@@ -82,24 +84,27 @@ def verdict(entry: Mapping[str, Any], better: str, worse: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Picked:
   """The contrasts the section reports, for the primary pair and dense."""
+
   primary: Mapping[str, Any]
-  vs_dense: dict[str, Mapping | None]        # kind -> kind minus dense, focus count, full pool
+  vs_dense: dict[str, Mapping | None]  # kind -> kind minus dense, focus count, full pool
   training_trend: dict[str, Mapping | None]  # kind -> change of that gap from 2 to 11 languages
-  pool_trend: dict[str, Mapping | None]      # kind -> change of that gap over the pool (primary)
+  pool_trend: dict[str, Mapping | None]  # kind -> change of that gap over the pool (primary)
   pool_trend_other: dict[str, Mapping | None]  # the same on the other dataset's full pool
-  eval_only: dict[str, Mapping | None]       # kind -> dense model under the mask minus dense
-  adaptation: dict[str, Mapping | None]      # kind -> trained with the mask minus eval-only
+  eval_only: dict[str, Mapping | None]  # kind -> dense model under the mask minus dense
+  adaptation: dict[str, Mapping | None]  # kind -> trained with the mask minus eval-only
   mono: dict[float, dict[str, Mapping | None]]  # mono_prob -> kind -> hybrid minus that
-  curves: dict[str, Mapping | None]          # kind -> learning curve at the focus count
+  curves: dict[str, Mapping | None]  # kind -> learning curve at the focus count
   other_dataset: str | None
-  other_pairs: list[Mapping[str, Any]]       # the design's other matched pairs, same slice
+  other_pairs: list[Mapping[str, Any]]  # the design's other matched pairs, same slice
 
 
 def pick(report: Mapping[str, Any]) -> Picked:
   p = report.get("primary")
   if not p:
-    raise ValueError("report.json: no primary contrast (the grid has no matched pair at the "
-                     "largest training-language count yet)")
+    raise ValueError(
+        "report.json: no primary contrast (the grid has no matched pair at the "
+        "largest training-language count yet)"
+    )
   dataset, n, pool = p["dataset"], p["num_languages"], p["pool_languages"]
   kinds = (p["kind_b"], p["kind_a"])  # local, block-sparse
   contrasts, trends = report["contrasts"], report["trends"]
@@ -112,31 +117,109 @@ def pick(report: Mapping[str, Any]) -> Picked:
   other_pool = _full_pool(report, other) if other else None
   mono = {}
   for prob in (1.0, 0.0):
-    mono[prob] = {k: find(contrasts, family="mono", kind_a=k, dataset=dataset, metric=METRIC,
-                          num_languages=n, pool_languages=pool, mono_prob_b=prob)
-                  for k in ("dense", *kinds)}
+    mono[prob] = {
+        k: find(
+            contrasts,
+            family="mono",
+            kind_a=k,
+            dataset=dataset,
+            metric=METRIC,
+            num_languages=n,
+            pool_languages=pool,
+            mono_prob_b=prob,
+        )
+        for k in ("dense", *kinds)
+    }
   return Picked(
       primary=p,
       vs_dense={k: gap(k, num_languages=n, pool_languages=pool) for k in kinds},
-      training_trend={k: find(trends, axis="training", family="vs_dense", kind_a=k,
-                              pool_languages=pool, from_languages=TRAINING_AXIS[0],
-                              to_languages=TRAINING_AXIS[1], **common) for k in kinds},
-      pool_trend={k: find(trends, axis="pool", family="vs_dense", kind_a=k, num_languages=n,
-                          from_languages=2, to_languages=pool, **common) for k in kinds},
-      pool_trend_other={k: other and find(
-          trends, axis="pool", family="vs_dense", kind_a=k, num_languages=n, from_languages=2,
-          to_languages=other_pool, **{**common, "dataset": other}) for k in kinds},
-      eval_only={k: find(contrasts, family="eval_only", kind_a=k, num_languages=n,
-                         pool_languages=pool, **common) for k in kinds},
-      adaptation={k: find(contrasts, family="adaptation", kind_a=k, num_languages=n,
-                          pool_languages=pool, **common) for k in kinds},
+      training_trend={
+          k: find(
+              trends,
+              axis="training",
+              family="vs_dense",
+              kind_a=k,
+              pool_languages=pool,
+              from_languages=TRAINING_AXIS[0],
+              to_languages=TRAINING_AXIS[1],
+              **common,
+          )
+          for k in kinds
+      },
+      pool_trend={
+          k: find(
+              trends,
+              axis="pool",
+              family="vs_dense",
+              kind_a=k,
+              num_languages=n,
+              from_languages=2,
+              to_languages=pool,
+              **common,
+          )
+          for k in kinds
+      },
+      pool_trend_other={
+          k: other
+          and find(
+              trends,
+              axis="pool",
+              family="vs_dense",
+              kind_a=k,
+              num_languages=n,
+              from_languages=2,
+              to_languages=other_pool,
+              **{**common, "dataset": other},
+          )
+          for k in kinds
+      },
+      eval_only={
+          k: find(
+              contrasts,
+              family="eval_only",
+              kind_a=k,
+              num_languages=n,
+              pool_languages=pool,
+              **common,
+          )
+          for k in kinds
+      },
+      adaptation={
+          k: find(
+              contrasts,
+              family="adaptation",
+              kind_a=k,
+              num_languages=n,
+              pool_languages=pool,
+              **common,
+          )
+          for k in kinds
+      },
       mono=mono,
-      curves={k: find(report["learning_curves"].get(dataset, []), kind=k, num_languages=n,
-                      mono_prob=HYBRID) for k in ("dense", *kinds)},
+      curves={
+          k: find(
+              report["learning_curves"].get(dataset, []), kind=k, num_languages=n, mono_prob=HYBRID
+          )
+          for k in ("dense", *kinds)
+      },
       other_dataset=other,
-      other_pairs=[c for a, b, _ in report["design"]["matched"] if (a, b) != (p["a"], p["b"])
-                   for c in [find(contrasts, family="matched", a=a, b=b, num_languages=n,
-                                  pool_languages=pool, **common)] if c is not None],
+      other_pairs=[
+          c
+          for a, b, _ in report["design"]["matched"]
+          if (a, b) != (p["a"], p["b"])
+          for c in [
+              find(
+                  contrasts,
+                  family="matched",
+                  a=a,
+                  b=b,
+                  num_languages=n,
+                  pool_languages=pool,
+                  **common,
+              )
+          ]
+          if c is not None
+      ],
   )
 
 
@@ -176,9 +259,12 @@ def answer_section(study: Study) -> str:
   local, sparse = p["kind_b"], p["kind_a"]
   names = {"dense": "dense", local: f"local `{local}`", sparse: f"block-sparse `{sparse}`"}
   done = len(report["cells"])
-  partial = ("" if done == study.num_cells else
-             f" **{done} of the grid's {study.num_cells} cells have finished**; the rest of "
-             f"the grid is still running, so every number here may move.")
+  partial = (
+      ""
+      if done == study.num_cells
+      else f" **{done} of the grid's {study.num_cells} cells have finished**; the rest of "
+      f"the grid is still running, so every number here may move."
+  )
   gains = {k: _curve_gain(c) for k, c in picked.curves.items()}
   rising = [k for k, g in gains.items() if g is not None and g > 0]
 
@@ -209,21 +295,27 @@ def answer_section(study: Study) -> str:
       + _mono_sentence(picked, names)
       + " On the learning-curve subset ("
       + f"{run.get('curve_questions')} questions, no interval), "
-      + (f"Mul. still rises over the last {_last_interval(picked)} steps for "
-         f"{_join([names[k] for k in rising])}: {run['train_steps']}-step training has not "
-         f"converged, and these numbers may move with longer training." if rising else
-         "no arm still rises over the last logged steps." if any(
-             g is not None for g in gains.values()) else "no learning curve was logged.")
-      ,
+      + (
+          f"Mul. still rises over the last {_last_interval(picked)} steps for "
+          f"{_join([names[k] for k in rising])}: {run['train_steps']}-step training has not "
+          f"converged, and these numbers may move with longer training."
+          if rising
+          else "no arm still rises over the last logged steps."
+          if any(g is not None for g in gains.values())
+          else "no learning curve was logged."
+      ),
       "",
       f"| {DATASET_NAMES.get(dataset, dataset)}, macro Mul. [95% CI] | dense | {names[local]} | {names[sparse]} |",
       "| --- | --- | --- | --- |",
       f"| Mul., {n} training languages, pool of {pool} | "
-      + " | ".join(_arm(report, k, dataset, n, pool) for k in ("dense", local, sparse)) + " |",
+      + " | ".join(_arm(report, k, dataset, n, pool) for k in ("dense", local, sparse))
+      + " |",
       f"| block-sparse minus local (matched, level {p['level']}) | | | {interval(p)} |",
-      *(f"| `{c['a']}` minus `{c['b']}` (matched, level {c['level']}; fractions "
-        f"{c['fraction_a']:.3f}, {c['fraction_b']:.3f}) | | | {interval(c)} |"
-        for c in picked.other_pairs),
+      *(
+          f"| `{c['a']}` minus `{c['b']}` (matched, level {c['level']}; fractions "
+          f"{c['fraction_a']:.3f}, {c['fraction_b']:.3f}) | | | {interval(c)} |"
+          for c in picked.other_pairs
+      ),
       f"| minus dense | | {interval(picked.vs_dense[local])} | "
       f"{interval(picked.vs_dense[sparse])} |",
       f"| change of the gap to dense, {TRAINING_AXIS[0]} to {TRAINING_AXIS[1]} training "
@@ -237,17 +329,22 @@ def answer_section(study: Study) -> str:
     text.append(
         f"| {DATASET_NAMES.get(picked.other_dataset, picked.other_dataset)}: change of the gap, pool of 2 to {other_pool} "
         f"languages | | {interval(picked.pool_trend_other[local])} | "
-        f"{interval(picked.pool_trend_other[sparse])} |")
+        f"{interval(picked.pool_trend_other[sparse])} |"
+    )
   text += [
       f"| mask at evaluation only (dense-fine-tuned model) minus dense | | "
       f"{interval(picked.eval_only[local])} | {interval(picked.eval_only[sparse])} |",
       f"| trained with the mask minus evaluation-only mask | | "
       f"{interval(picked.adaptation[local])} | {interval(picked.adaptation[sparse])} |",
-      *(f"| hybrid minus {label} training | "
-        + " | ".join(interval(picked.mono[prob][k]) for k in ("dense", local, sparse)) + " |"
-        for prob, label in ((1.0, "X-X-mono"), (0.0, "X-Y"))),
+      *(
+          f"| hybrid minus {label} training | "
+          + " | ".join(interval(picked.mono[prob][k]) for k in ("dense", local, sparse))
+          + " |"
+          for prob, label in ((1.0, "X-X-mono"), (0.0, "X-Y"))
+      ),
       f"| learning curve, Mul. on {run.get('curve_questions')} questions | "
-      + " | ".join(_curve(picked.curves[k]) for k in ("dense", local, sparse)) + " |",
+      + " | ".join(_curve(picked.curves[k]) for k in ("dense", local, sparse))
+      + " |",
       "",
       f"What this CPU scale cannot show: {run['train_steps']}-step warm starts from an already "
       f"trained retriever (not converged fine-tuning), {run['eval_questions']} evaluation "
@@ -272,30 +369,39 @@ def gpu_sentence(name: str) -> str:
   counts = sorted({n for n, _ in study.main})
   seeds = sorted({s for _, seeds in study.main for s in seeds})
   data = " and ".join(DATASET_NAMES.get(d, d) for d in preset["eval_data"])
-  return (f"The `{name}` grid (`python -m experiments.sweep --preset {name}`) runs the same design "
-          f"with {preset['train_steps']}-step runs of {preset['batch_size']} pairs, evaluation on "
-          f"{data} without a question limit, {len(seeds)} seeds at {_join([str(n) for n in counts])} training languages "
-          f"and {preset['max_passage_length']}-token passages; it has not run yet.")
+  return (
+      f"The `{name}` grid (`python -m experiments.sweep --preset {name}`) runs the same design "
+      f"with {preset['train_steps']}-step runs of {preset['batch_size']} pairs, evaluation on "
+      f"{data} without a question limit, {len(seeds)} seeds at {_join([str(n) for n in counts])} training languages "
+      f"and {preset['max_passage_length']}-token passages; it has not run yet."
+  )
 
 
 def _trend_sentence(picked: Picked, names, local, sparse, n, pool, dataset) -> str:
   training, pools = picked.training_trend, picked.pool_trend
   moving = [t for trend in (training, pools) for t in trend.values() if excludes_zero(t)]
-  close = ("each of these intervals includes zero." if not moving else
-           f"{len(moving)} of these 4 intervals {'excludes' if len(moving) == 1 else 'exclude'} "
-           f"zero.")
-  return (f"From {TRAINING_AXIS[0]} to {TRAINING_AXIS[1]} training languages the gap to dense "
-          f"changes by {interval(training[local])} (local) and {interval(training[sparse])} "
-          f"(block-sparse); from a pool of 2 to {pool} languages by {interval(pools[local])} and "
-          f"{interval(pools[sparse])}; {close}")
+  close = (
+      "each of these intervals includes zero."
+      if not moving
+      else f"{len(moving)} of these 4 intervals {'excludes' if len(moving) == 1 else 'exclude'} "
+      f"zero."
+  )
+  return (
+      f"From {TRAINING_AXIS[0]} to {TRAINING_AXIS[1]} training languages the gap to dense "
+      f"changes by {interval(training[local])} (local) and {interval(training[sparse])} "
+      f"(block-sparse); from a pool of 2 to {pool} languages by {interval(pools[local])} and "
+      f"{interval(pools[sparse])}; {close}"
+  )
 
 
 def _other_pairs_sentence(pairs: Sequence[Mapping[str, Any]]) -> str:
   if not pairs:
     return ""
-  pieces = [f"`{c['a']}` minus `{c['b']}` at level {c['level']} is {interval(c)} ("
-            f"{verdict(c, 'block-sparse better', 'block-sparse worse').split(',')[0]})"
-            for c in pairs]
+  pieces = [
+      f"`{c['a']}` minus `{c['b']}` at level {c['level']} is {interval(c)} ("
+      f"{verdict(c, 'block-sparse better', 'block-sparse worse').split(',')[0]})"
+      for c in pairs
+  ]
   return "Of the other matched pairs, " + "; ".join(pieces) + ". "
 
 
@@ -304,8 +410,7 @@ def _mono_sentence(picked: Picked, names) -> str:
   if all(e is None for _, _, e in entries):
     return "Hybrid against X-X-mono and X-Y training has not run yet."
   label = {1.0: "X-X-mono", 0.0: "X-Y"}
-  pieces = [f"{names[k]} {interval(e)} vs {label[prob]}" for prob, k, e in entries
-            if e is not None]
+  pieces = [f"{names[k]} {interval(e)} vs {label[prob]}" for prob, k, e in entries if e is not None]
   return "Hybrid batches minus single-kind training: " + "; ".join(pieces) + "."
 
 
@@ -326,23 +431,27 @@ def replace_section(readme: str, section: str) -> str:
   start, end = readme.find(BEGIN), readme.find(END)
   if start < 0 or end < start:
     raise ValueError(f"--readme: expected the markers {BEGIN!r} ... {END!r} in the file")
-  return readme[:start] + section + readme[end + len(END):]
+  return readme[:start] + section + readme[end + len(END) :]
 
 
 def readme_section(readme: str) -> str:
   start, end = readme.find(BEGIN), readme.find(END)
   if start < 0 or end < start:
     raise ValueError(f"README: no section between {BEGIN!r} and {END!r}")
-  return readme[start:end + len(END)]
+  return readme[start : end + len(END)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.answer", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.answer",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("study", type=pathlib.Path, help="a published study directory")
   parser.add_argument("--readme", type=pathlib.Path, help="rewrite the section in this file")
-  parser.add_argument("--check", action="store_true",
-                      help="with --readme: exit 1 when the file's section is stale")
+  parser.add_argument(
+      "--check", action="store_true", help="with --readme: exit 1 when the file's section is stale"
+  )
   args = parser.parse_args(argv)
   if not (args.study / "report.json").is_file():
     parser.error(f"study: expected a directory with report.json, got {str(args.study)!r}")
@@ -360,8 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.check:
     if after != before:
-      print(f"{args.readme}: the answer section is stale; run python -m experiments.answer "
-            f"{args.study} --readme {args.readme}", file=sys.stderr)
+      print(
+          f"{args.readme}: the answer section is stale; run python -m experiments.answer "
+          f"{args.study} --readme {args.readme}",
+          file=sys.stderr,
+      )
     return int(after != before)
   if after != before:
     tmp = args.readme.with_name(args.readme.name + ".tmp")

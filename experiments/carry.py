@@ -39,16 +39,20 @@ def write_carry(dest: pathlib.Path, data_dir: pathlib.Path | None = None) -> lis
       atomic_write(target, raw if source.suffix == ".gz" else gzip.compress(raw, 9, mtime=0))
       written.append(target)
     task = jxr.data.load_lareqa(name, data_dir=root)
-    texts += [str(t) for column in (task.query_text, task.cand_text, task.cand_context)
-              for t in column]
+    texts += [
+        str(t) for column in (task.query_text, task.cand_text, task.cand_context) for t in column
+    ]
   model = jxr.model.trim_vocabulary(jxr.model.load_encoder("multilingual-e5-small"), texts)
   written.append(jxr.model.save_bundle(model, dest / BUNDLE_NAME))
   return written
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m experiments.carry", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.carry",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("dest", help="folder to write (e.g. carry/, git-ignored)")
   parser.add_argument("--data-dir", help="LAReQA release (default: JXR_DATA_DIR or the user cache)")
   args = parser.parse_args(argv)
@@ -57,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"dest: {dest} exists and is not a folder")
   paths = write_carry(dest, pathlib.Path(args.data_dir) if args.data_dir else None)
   total = sum(p.stat().st_size for p in paths)
-  print(f"{len(paths)} files, {total / 2**20:.1f} MiB under {dest} "
-        f"(model {paths[-1].stat().st_size / 2**20:.1f} MiB)")
+  print(
+      f"{len(paths)} files, {total / 2**20:.1f} MiB under {dest} "
+      f"(model {paths[-1].stat().st_size / 2**20:.1f} MiB)"
+  )
   return 0
 
 

@@ -37,14 +37,15 @@ _UNHASHED = ("out", "preset", "checkpoint_every", "checkpoint_minutes")  # chang
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Everything one run depends on; `config.json` holds it (plus the question ids)."""
+
   preset: str
   model: str
   attention: AttentionConfig
-  train_data: str              # a LAReQA name or a JSONL file of pairs
+  train_data: str  # a LAReQA name or a JSONL file of pairs
   languages: tuple[str, ...] | None  # training languages, in order (None: all of train_data)
   eval_data: tuple[str, ...]
   eval_languages: tuple[str, ...] | None
-  eval_questions: int | None   # per dataset: whole articles until this many questions
+  eval_questions: int | None  # per dataset: whole articles until this many questions
   mono_prob: float
   train_steps: int
   batch_size: int
@@ -52,16 +53,16 @@ class RunConfig:
   warmup_steps: int
   max_query_length: int
   max_passage_length: int
-  candidate_context: str       # "sentence" or "paragraph"
+  candidate_context: str  # "sentence" or "paragraph"
   seed: int
   mesh: str
-  eval_fraction: float         # share of XQuAD-R articles held out of training
+  eval_fraction: float  # share of XQuAD-R articles held out of training
   split_seed: int
   eval_batch_size: int
   eval_pools: tuple[int, ...]  # nested pools of the first n of LANGUAGE_ORDER, from one encoding
   eval_only: tuple[AttentionConfig, ...]  # re-evaluate the fine-tuned model under these masks
-  curve_every: int | None      # learning curve: evaluate a fixed subset every this many steps
-  curve_questions: int         # the learning curve's subset: whole articles until this many
+  curve_every: int | None  # learning curve: evaluate a fixed subset every this many steps
+  curve_questions: int  # the learning curve's subset: whole articles until this many
   out: str
   # Training lost to a crash or preemption: checkpoints every this many steps and minutes.
   checkpoint_every: int | None = None
@@ -111,42 +112,95 @@ class RunConfig:
 LANGUAGE_ORDER = ("en", "de", "zh", "ar", "es", "hi", "vi", "ru", "el", "th", "tr")
 POOL_SIZES = (2, 4, 7, 11)
 
-ATTENTION_DEFAULTS = dict(window=16, block_size=16, band=1, global_blocks=1, random=0.1,
-                          attn_seed=0)
+ATTENTION_DEFAULTS = dict(
+    window=16, block_size=16, band=1, global_blocks=1, random=0.1, attn_seed=0
+)
 
 _COMMON = dict(
-    model="multilingual-e5-small", attention=AttentionConfig.dense(),
-    train_data="xquad-r", languages=None, eval_languages=None, eval_questions=None,
-    mono_prob=0.5, warmup_steps=0, candidate_context="paragraph", seed=0, mesh="data=-1",
-    eval_fraction=0.5, split_seed=0, eval_batch_size=64, eval_pools=POOL_SIZES, eval_only=(),
-    curve_every=None, curve_questions=30,
+    model="multilingual-e5-small",
+    attention=AttentionConfig.dense(),
+    train_data="xquad-r",
+    languages=None,
+    eval_languages=None,
+    eval_questions=None,
+    mono_prob=0.5,
+    warmup_steps=0,
+    candidate_context="paragraph",
+    seed=0,
+    mesh="data=-1",
+    eval_fraction=0.5,
+    split_seed=0,
+    eval_batch_size=64,
+    eval_pools=POOL_SIZES,
+    eval_only=(),
+    curve_every=None,
+    curve_questions=30,
 )
 
 # What each preset trades away is documented in README.md ("Presets").
 PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores, under 10 minutes: a short fine-tune, a small held-out slice.
-    "cpu": dict(_COMMON, eval_data=("xquad-r",), eval_languages=("en", "de", "ru", "zh"),
-                eval_questions=150, train_steps=30, batch_size=16, lr=1e-4, warmup_steps=3,
-                max_query_length=32, max_passage_length=128, eval_batch_size=32,
-                checkpoint_minutes=5.0),
+    "cpu": dict(
+        _COMMON,
+        eval_data=("xquad-r",),
+        eval_languages=("en", "de", "ru", "zh"),
+        eval_questions=150,
+        train_steps=30,
+        batch_size=16,
+        lr=1e-4,
+        warmup_steps=3,
+        max_query_length=32,
+        max_passage_length=128,
+        eval_batch_size=32,
+        checkpoint_minutes=5.0,
+    ),
     # One GPU: the study's cell (see experiments/sweep.py for its budget).
-    "gpu": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=600, batch_size=64,
-                lr=3e-5, warmup_steps=60, max_query_length=64, max_passage_length=256,
-                eval_batch_size=256, checkpoint_minutes=2.0),
+    "gpu": dict(
+        _COMMON,
+        eval_data=("xquad-r", "mlqa-r"),
+        train_steps=600,
+        batch_size=64,
+        lr=3e-5,
+        warmup_steps=60,
+        max_query_length=64,
+        max_passage_length=256,
+        eval_batch_size=256,
+        checkpoint_minutes=2.0,
+    ),
     # Many hosts: a larger global batch over every device of every process.
-    "pod": dict(_COMMON, eval_data=("xquad-r", "mlqa-r"), train_steps=1000, batch_size=256,
-                lr=5e-5, warmup_steps=100, max_query_length=64, max_passage_length=256,
-                eval_batch_size=512, checkpoint_minutes=2.0),
+    "pod": dict(
+        _COMMON,
+        eval_data=("xquad-r", "mlqa-r"),
+        train_steps=1000,
+        batch_size=256,
+        lr=5e-5,
+        warmup_steps=100,
+        max_query_length=64,
+        max_passage_length=256,
+        eval_batch_size=512,
+        checkpoint_minutes=2.0,
+    ),
     # Tests: a random 2-layer encoder, seconds per stage.
-    "tiny": dict(_COMMON, model="tiny", languages=("en", "de"), eval_data=("xquad-r",),
-                 eval_languages=("en", "de"), eval_questions=12, train_steps=2, batch_size=4,
-                 lr=1e-3, max_query_length=24, max_passage_length=48, eval_batch_size=32,
-                 checkpoint_minutes=5.0),
+    "tiny": dict(
+        _COMMON,
+        model="tiny",
+        languages=("en", "de"),
+        eval_data=("xquad-r",),
+        eval_languages=("en", "de"),
+        eval_questions=12,
+        train_steps=2,
+        batch_size=4,
+        lr=1e-3,
+        max_query_length=24,
+        max_passage_length=48,
+        eval_batch_size=32,
+        checkpoint_minutes=5.0,
+    ),
 }
 
 
 def default_preset() -> str:
-  """"pod" across several processes or on a TPU, "gpu" with a GPU, else "cpu"."""
+  """ "pod" across several processes or on a TPU, "gpu" with a GPU, else "cpu"."""
   import jax  # only here: querying devices starts the backend
 
   if jax.process_count() > 1 or jax.default_backend() == "tpu":
@@ -165,45 +219,92 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m experiments.run",
       description="Zero-shot evaluation, hybrid-batch fine-tuning and evaluation again of a "
-      "multilingual encoder with dense, local or block-sparse attention on LAReQA.")
+      "multilingual encoder with dense, local or block-sparse attention on LAReQA.",
+  )
   a = p.add_argument
-  a("--preset", metavar="{" + ",".join(PRESETS_ORDER) + "}", help="the defaults below (default: "
-    "from the devices: pod with several processes or a TPU, gpu with a GPU, else cpu)")
+  a(
+      "--preset",
+      metavar="{" + ",".join(PRESETS_ORDER) + "}",
+      help="the defaults below (default: "
+      "from the devices: pod with several processes or a TPU, gpu with a GPU, else cpu)",
+  )
   d = ATTENTION_DEFAULTS
   a("--attn", metavar="{" + ",".join(ATTENTION_KINDS) + "}", help="attention kind (default dense)")
   a("--window", help=f"local: keys on each side of a query (default {d['window']})")
   a("--block-size", help=f"block_sparse: layout block in tokens (default {d['block_size']})")
   a("--band", help=f"block_sparse: key blocks on each side of the diagonal (default {d['band']})")
-  a("--global-blocks", help="block_sparse: leading blocks that see and are seen by every block "
-    f"(default {d['global_blocks']})")
-  a("--random", help="block_sparse: fraction of the other blocks made active, drawn by a "
-    f"seeded hash of their position, in [0, 1] (default {d['random']})")
-  a("--density", help="block_sparse: instead of --random, the attended fraction to reach on "
-    "passages of --max-passage-length tokens (an error if band and global blocks exceed it)")
+  a(
+      "--global-blocks",
+      help="block_sparse: leading blocks that see and are seen by every block "
+      f"(default {d['global_blocks']})",
+  )
+  a(
+      "--random",
+      help="block_sparse: fraction of the other blocks made active, drawn by a "
+      f"seeded hash of their position, in [0, 1] (default {d['random']})",
+  )
+  a(
+      "--density",
+      help="block_sparse: instead of --random, the attended fraction to reach on "
+      "passages of --max-passage-length tokens (an error if band and global blocks exceed it)",
+  )
   a("--attn-seed", help=f"block_sparse: seed of the random blocks (default {d['attn_seed']})")
-  a("--model", help="multilingual-e5-small (bundled), tiny, a bundle file (experiments.carry), a checkpoint directory or a HF id" + _presets("model"))
-  a("--train-data", help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file" + _presets("train_data"))
-  a("--eval-data", help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
-    "articles when it is also the training data)" + _presets("eval_data"))
+  a(
+      "--model",
+      help="multilingual-e5-small (bundled), tiny, a bundle file (experiments.carry), a checkpoint directory or a HF id"
+      + _presets("model"),
+  )
+  a(
+      "--train-data",
+      help="xquad-r or mlqa-r (optionally NAME:lang,lang) or a pairs .jsonl file"
+      + _presets("train_data"),
+  )
+  a(
+      "--eval-data",
+      help="LAReQA names, comma separated (xquad-r is evaluated on its held-out "
+      "articles when it is also the training data)" + _presets("eval_data"),
+  )
   a("--languages", help="training languages, comma separated, in order")
-  a("--eval-languages", help="evaluation languages, comma separated (each dataset keeps those "
-    "it has)")
-  a("--eval-questions", help="per dataset: whole articles, in a seeded order, until this many "
-    "questions ('all' for every question)" + _presets("eval_questions"))
-  a("--mono-prob", help="probability that a batch is monolingual, in [0, 1]" + _presets("mono_prob"))
+  a(
+      "--eval-languages",
+      help="evaluation languages, comma separated (each dataset keeps those " "it has)",
+  )
+  a(
+      "--eval-questions",
+      help="per dataset: whole articles, in a seeded order, until this many "
+      "questions ('all' for every question)" + _presets("eval_questions"),
+  )
+  a(
+      "--mono-prob",
+      help="probability that a batch is monolingual, in [0, 1]" + _presets("mono_prob"),
+  )
   a("--train-steps", help="optimizer steps (>= 1)" + _presets("train_steps"))
   a("--batch-size", help="global batch of (query, passage) pairs (>= 2)" + _presets("batch_size"))
   a("--lr", help="peak learning rate (> 0)" + _presets("lr"))
-  a("--warmup-steps", help="linear warmup steps (>= 0, below --train-steps)" + _presets("warmup_steps"))
+  a(
+      "--warmup-steps",
+      help="linear warmup steps (>= 0, below --train-steps)" + _presets("warmup_steps"),
+  )
   a("--max-query-length", help=f"query tokens, in [8, {MAX_LENGTH}]" + _presets("max_query_length"))
-  a("--max-passage-length", help=f"passage tokens, in [8, {MAX_LENGTH}]" + _presets("max_passage_length"))
-  a("--candidate-context", metavar="{" + ",".join(CANDIDATE_CONTEXTS) + "}", help="sentence (the answer sentence alone) or paragraph (the "
-    "sentence with its paragraph)" + _presets("candidate_context"))
+  a(
+      "--max-passage-length",
+      help=f"passage tokens, in [8, {MAX_LENGTH}]" + _presets("max_passage_length"),
+  )
+  a(
+      "--candidate-context",
+      metavar="{" + ",".join(CANDIDATE_CONTEXTS) + "}",
+      help="sentence (the answer sentence alone) or paragraph (the "
+      "sentence with its paragraph)" + _presets("candidate_context"),
+  )
   a("--seed", help="training seed (>= 0)")
   a("--mesh", help="device mesh, e.g. data=-1 or data=4,model=2")
   a("--checkpoint-every", metavar="STEPS", help="also checkpoint every this many steps (>= 1)")
-  a("--checkpoint-minutes", metavar="M", help="checkpoint when M minutes passed since the last "
-    "(> 0)" + _presets("checkpoint_minutes"))
+  a(
+      "--checkpoint-minutes",
+      metavar="M",
+      help="checkpoint when M minutes passed since the last "
+      "(> 0)" + _presets("checkpoint_minutes"),
+  )
   a("--out", help="run directory (default runs/<date>-<attn>-<hash of the config>)")
   a("--resume", action="store_true", help="continue the run in --out (or the default one)")
   return p
@@ -211,10 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _presets(field: str) -> str:
   """`; presets: cpu 30, gpu 600, ...`: what each preset sets `field` to, for --help."""
+
   def show(value):
     if isinstance(value, tuple):
       return ",".join(map(str, value))
     return "all" if value is None else str(value)
+
   values = [show(PRESETS[name][field]) for name in PRESETS_ORDER]
   if len(set(values)) == 1:
     return f" (default {values[0]})"
@@ -227,7 +330,7 @@ def _int(flag: str, text: str, low: int | None = None, high: int | None = None) 
   except (TypeError, ValueError):
     raise FlagError(f"{flag}: expected an integer, got {text!r}") from None
   if (low is not None and value < low) or (high is not None and value > high):
-    bounds = (f"in [{low}, {high}]" if high is not None else f">= {low}")
+    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
     raise FlagError(f"{flag}: expected an integer {bounds}, got {value}")
   return value
 
@@ -256,7 +359,6 @@ def _codes(flag: str, text: str) -> tuple[str, ...]:
   if unknown:
     raise FlagError(f"{flag}: unknown language codes {unknown}; LAReQA has {' '.join(known)}")
   return codes
-
 
 
 def _mesh(text: str) -> str:
@@ -288,8 +390,10 @@ def _model(text: str) -> str:
     if problem:
       raise FlagError(f"--model: {problem}")
     return text
-  raise FlagError(f"--model: expected one of {BUNDLED_MODELS}, an existing checkpoint directory "
-                  f"or a Hugging Face id (org/name), got {text!r}")
+  raise FlagError(
+      f"--model: expected one of {BUNDLED_MODELS}, an existing checkpoint directory "
+      f"or a Hugging Face id (org/name), got {text!r}"
+  )
 
 
 def _train_data(text: str) -> tuple[str, tuple[str, ...] | None]:
@@ -300,30 +404,36 @@ def _train_data(text: str) -> tuple[str, tuple[str, ...] | None]:
     if codes:
       missing = [c for c in codes if c not in LANGUAGES[name]]
       if missing:
-        raise FlagError(f"--train-data: {missing} not in {name} (it has "
-                        f"{' '.join(LANGUAGES[name])})")
+        raise FlagError(
+            f"--train-data: {missing} not in {name} (it has " f"{' '.join(LANGUAGES[name])})"
+        )
     return name, codes
   path = pathlib.Path(text).expanduser()
   if path.suffix == ".jsonl":
     if not path.is_file():
       raise FlagError(f"--train-data: pairs file {path} does not exist")
     return str(path), None
-  raise FlagError(f"--train-data: expected one of {sorted(LANGUAGES)} (optionally NAME:lang,lang)"
-                  f" or an existing .jsonl file of pairs, got {text!r}")
+  raise FlagError(
+      f"--train-data: expected one of {sorted(LANGUAGES)} (optionally NAME:lang,lang)"
+      f" or an existing .jsonl file of pairs, got {text!r}"
+  )
 
 
 def _eval_data(text: str) -> tuple[str, ...]:
   names = tuple(s.strip() for s in text.split(",") if s.strip())
   unknown = [n for n in names if n not in LANGUAGES]
   if not names or unknown or len(set(names)) != len(names):
-    raise FlagError(f"--eval-data: expected distinct names from {sorted(LANGUAGES)}, comma "
-                    f"separated, got {text!r}")
+    raise FlagError(
+        f"--eval-data: expected distinct names from {sorted(LANGUAGES)}, comma "
+        f"separated, got {text!r}"
+    )
   return names
 
 
-_KIND_FLAGS = {"local": ("window",),
-               "block_sparse": ("block_size", "band", "global_blocks", "random", "density",
-                                "attn_seed")}
+_KIND_FLAGS = {
+    "local": ("window",),
+    "block_sparse": ("block_size", "band", "global_blocks", "random", "density", "attn_seed"),
+}
 
 
 def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> AttentionConfig:
@@ -335,20 +445,27 @@ def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> A
   kind = args.attn or "dense"
   if kind not in ATTENTION_KINDS:
     raise FlagError(f"--attn: expected one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
-  given = [name for name in ("window", *_KIND_FLAGS["block_sparse"])
-           if getattr(args, name) is not None]
+  given = [
+      name for name in ("window", *_KIND_FLAGS["block_sparse"]) if getattr(args, name) is not None
+  ]
   for name in given:
     if name not in _KIND_FLAGS.get(kind, ()):
       needed = next(k for k, names in _KIND_FLAGS.items() if name in names)
-      raise FlagError(f"--{name.replace('_', '-')}: only applies to --attn={needed}, "
-                      f"got --attn={kind}")
-  value = lambda name: getattr(args, name) if getattr(args, name) is not None else str(  # noqa: E731
-      ATTENTION_DEFAULTS[name])
+      raise FlagError(
+          f"--{name.replace('_', '-')}: only applies to --attn={needed}, " f"got --attn={kind}"
+      )
+  value = (
+      lambda name: getattr(args, name)
+      if getattr(args, name) is not None
+      else str(ATTENTION_DEFAULTS[name])  # noqa: E731
+  )
   if kind == "local":
     window = _int("--window", value("window"), 1, MAX_LENGTH)
     if window >= max_passage_length:
-      raise FlagError(f"--window: {window} keys each side covers every passage of "
-                      f"--max-passage-length {max_passage_length}: that is dense attention")
+      raise FlagError(
+          f"--window: {window} keys each side covers every passage of "
+          f"--max-passage-length {max_passage_length}: that is dense attention"
+      )
     return AttentionConfig.local(window)
   if kind == "block_sparse":
     if args.density is not None and args.random is not None:
@@ -365,12 +482,18 @@ def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> A
       density = _float("--density", args.density, 0.0, 1.0, open_low=True)
       try:
         random = pallas_kernels.random_for_density(
-            density, [max_passage_length], block=block_size, local=band, global_=global_blocks,
-            seed=seed)
+            density,
+            [max_passage_length],
+            block=block_size,
+            local=band,
+            global_=global_blocks,
+            seed=seed,
+        )
       except ValueError as e:
         raise FlagError(f"--{e} (--block-size, --band, --global-blocks)") from None
-    return AttentionConfig.block_sparse(block_size, band=band, global_blocks=global_blocks,
-                                        random=random, seed=seed)
+    return AttentionConfig.block_sparse(
+        block_size, band=band, global_blocks=global_blocks, random=random, seed=seed
+    )
   return AttentionConfig.dense()
 
 
@@ -406,11 +529,14 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   if values["eval_languages"] is not None:
     for dataset in values["eval_data"]:
       if len(set(values["eval_languages"]) & set(LANGUAGES[dataset])) < 1:
-        raise FlagError(f"--eval-languages: none of {list(values['eval_languages'])} is in "
-                        f"{dataset} (it has {' '.join(LANGUAGES[dataset])})")
+        raise FlagError(
+            f"--eval-languages: none of {list(values['eval_languages'])} is in "
+            f"{dataset} (it has {' '.join(LANGUAGES[dataset])})"
+        )
   if given("eval_questions"):
-    values["eval_questions"] = (None if args.eval_questions == "all"
-                                else _int("--eval-questions", args.eval_questions, 1))
+    values["eval_questions"] = (
+        None if args.eval_questions == "all" else _int("--eval-questions", args.eval_questions, 1)
+    )
   if given("mono_prob"):
     values["mono_prob"] = _float("--mono-prob", args.mono_prob, 0.0, 1.0, open_low=False)
   if given("train_steps"):
@@ -422,17 +548,22 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   if given("warmup_steps"):
     values["warmup_steps"] = _int("--warmup-steps", args.warmup_steps, 0)
   if values["warmup_steps"] >= values["train_steps"]:
-    raise FlagError(f"--warmup-steps: expected fewer than --train-steps ({values['train_steps']}),"
-                    f" got {values['warmup_steps']}")
+    raise FlagError(
+        f"--warmup-steps: expected fewer than --train-steps ({values['train_steps']}),"
+        f" got {values['warmup_steps']}"
+    )
   if given("max_query_length"):
     values["max_query_length"] = _int("--max-query-length", args.max_query_length, 8, MAX_LENGTH)
   if given("max_passage_length"):
-    values["max_passage_length"] = _int("--max-passage-length", args.max_passage_length, 8,
-                                        MAX_LENGTH)
+    values["max_passage_length"] = _int(
+        "--max-passage-length", args.max_passage_length, 8, MAX_LENGTH
+    )
   if given("candidate_context"):
     if args.candidate_context not in CANDIDATE_CONTEXTS:
-      raise FlagError(f"--candidate-context: expected one of {', '.join(CANDIDATE_CONTEXTS)}, "
-                      f"got {args.candidate_context!r}")
+      raise FlagError(
+          f"--candidate-context: expected one of {', '.join(CANDIDATE_CONTEXTS)}, "
+          f"got {args.candidate_context!r}"
+      )
     values["candidate_context"] = args.candidate_context
   if given("seed"):
     values["seed"] = _int("--seed", args.seed, 0)
@@ -441,8 +572,9 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   if given("checkpoint_every"):
     values["checkpoint_every"] = _int("--checkpoint-every", args.checkpoint_every, 1)
   if given("checkpoint_minutes"):
-    values["checkpoint_minutes"] = _float("--checkpoint-minutes", args.checkpoint_minutes, 0.0,
-                                          None, open_low=True)
+    values["checkpoint_minutes"] = _float(
+        "--checkpoint-minutes", args.checkpoint_minutes, 0.0, None, open_low=True
+    )
   values["attention"] = attention_from_flags(args, values["max_passage_length"])
   config = RunConfig(**values)
   out = args.out if args.out is not None else ""
@@ -451,8 +583,9 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
   return config.replace(out=out)
 
 
-def default_out(config: RunConfig, root: str | os.PathLike = "runs",
-                today: datetime.date | None = None) -> pathlib.Path:
+def default_out(
+    config: RunConfig, root: str | os.PathLike = "runs", today: datetime.date | None = None
+) -> pathlib.Path:
   """`runs/<date>-<attn>-<hash>`; an existing run of the same config is reused by --resume."""
   today = today or datetime.datetime.now(datetime.timezone.utc).date()
   return pathlib.Path(root) / f"{today:%Y%m%d}-{config.attention.kind}-{config.short_hash()}"
@@ -478,21 +611,29 @@ def choose_out(config: RunConfig, resume: bool, check: bool = True) -> RunConfig
     return config.replace(out=str(out))
   if saved.exists():
     if not resume:
-      raise FlagError(f"--out: {out} already holds a run; pass --resume to continue it or choose "
-                      "another --out")
+      raise FlagError(
+          f"--out: {out} already holds a run; pass --resume to continue it or choose "
+          "another --out"
+      )
     previous = RunConfig.from_json(json.loads(saved.read_text())["run"])
     if previous.short_hash() != config.short_hash():
-      changed = sorted(k for k, v in config.to_json().items()
-                       if k not in _UNHASHED and previous.to_json().get(k) != v)
-      raise FlagError(f"--resume: {out} was started with different settings ({', '.join(changed)}"
-                      "); give the same flags, or another --out")
+      changed = sorted(
+          k
+          for k, v in config.to_json().items()
+          if k not in _UNHASHED and previous.to_json().get(k) != v
+      )
+      raise FlagError(
+          f"--resume: {out} was started with different settings ({', '.join(changed)}"
+          "); give the same flags, or another --out"
+      )
   elif resume and out.exists() and any(out.iterdir()):
     raise FlagError(f"--resume: {out} has no config.json; it is not a run directory")
   return config.replace(out=str(out))
 
 
-def parse(argv: Sequence[str] | None = None, *, preset: str | None = None,
-          check_out: bool = True) -> tuple[RunConfig, bool]:
+def parse(
+    argv: Sequence[str] | None = None, *, preset: str | None = None, check_out: bool = True
+) -> tuple[RunConfig, bool]:
   """`(config with out filled, resume)`; raises FlagError on any bad value.
 
   `preset` is used when no --preset flag is given (None: from the devices).

@@ -44,12 +44,15 @@ STAGES = ("zero_shot", "fine_tuned")
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What a run trains and evaluates on, decided from the config before any model work."""
+
   train_question_ids: tuple[str, ...]
   eval_tasks: Mapping[str, RetrievalTask]
 
   def eval_question_ids(self) -> dict[str, list[str]]:
-    return {name: sorted(np.unique(task.query_id).astype(str).tolist())
-            for name, task in self.eval_tasks.items()}
+    return {
+        name: sorted(np.unique(task.query_id).astype(str).tolist())
+        for name, task in self.eval_tasks.items()
+    }
 
 
 # ---------------------------------------------------------------------- data
@@ -57,8 +60,12 @@ class Plan:
 
 def training_task(config: RunConfig) -> RetrievalTask:
   """The LAReQA task the fine-tune draws its pairs from (`jxr.data.lareqa.training_set`)."""
-  return training_set(config.train_dataset, languages=config.languages,
-                      eval_fraction=config.eval_fraction, split_seed=config.split_seed)
+  return training_set(
+      config.train_dataset,
+      languages=config.languages,
+      eval_fraction=config.eval_fraction,
+      split_seed=config.split_seed,
+  )
 
 
 def training_question_ids(config: RunConfig) -> tuple[str, ...]:
@@ -72,9 +79,14 @@ def training_question_ids(config: RunConfig) -> tuple[str, ...]:
 
 def evaluation_task(config: RunConfig, name: str) -> RetrievalTask:
   """The evaluation set of dataset `name` (`jxr.data.lareqa.evaluation_set`)."""
-  return evaluation_set(name, languages=config.eval_languages, trained_on=config.train_dataset,
-                        eval_fraction=config.eval_fraction, split_seed=config.split_seed,
-                        questions=config.eval_questions)
+  return evaluation_set(
+      name,
+      languages=config.eval_languages,
+      trained_on=config.train_dataset,
+      eval_fraction=config.eval_fraction,
+      split_seed=config.split_seed,
+      questions=config.eval_questions,
+  )
 
 
 def make_plan(config: RunConfig) -> Plan:
@@ -84,8 +96,10 @@ def make_plan(config: RunConfig) -> Plan:
   for name, task in tasks.items():
     leaked = seen.intersection(np.unique(task.query_id).astype(str))
     if leaked:
-      raise ValueError(f"eval_data: {len(leaked)} question(s) of {name} are also trained on "
-                       f"(e.g. {sorted(leaked)[:3]}); evaluate on another dataset or split")
+      raise ValueError(
+          f"eval_data: {len(leaked)} question(s) of {name} are also trained on "
+          f"(e.g. {sorted(leaked)[:3]}); evaluate on another dataset or split"
+      )
   return Plan(train_ids, tasks)
 
 
@@ -117,10 +131,14 @@ def encode_task(encoder, task: RetrievalTask, config: RunConfig) -> tuple[np.nda
   """Query and candidate embeddings of a task, as the run's lengths and context say."""
   from jxr.eval import embed_task
 
-  return embed_task(encoder, task, query_length=config.max_query_length,
-                    passage_length=config.max_passage_length,
-                    contexts=with_context(config),
-                    batch_size=config.eval_batch_size)
+  return embed_task(
+      encoder,
+      task,
+      query_length=config.max_query_length,
+      passage_length=config.max_passage_length,
+      contexts=with_context(config),
+      batch_size=config.eval_batch_size,
+  )
 
 
 def evaluate_encoder(encoder, task: RetrievalTask, config: RunConfig) -> dict[str, Any]:
@@ -133,12 +151,15 @@ def evaluate_encoder(encoder, task: RetrievalTask, config: RunConfig) -> dict[st
   return report
 
 
-def token_lengths(encoder, texts: Sequence[str], kind: str, max_length: int,
-                  contexts: Sequence[str] | None = None) -> list[int]:
+def token_lengths(
+    encoder, texts: Sequence[str], kind: str, max_length: int, contexts: Sequence[str] | None = None
+) -> list[int]:
   """Real token counts (specials and prefixes included) as the encoder would see them."""
   contexts = None if contexts is None else list(contexts)
-  return [len(x) for x in encoder.token_ids(list(texts), kind=kind, contexts=contexts,
-                                            max_length=max_length)]
+  return [
+      len(x)
+      for x in encoder.token_ids(list(texts), kind=kind, contexts=contexts, max_length=max_length)
+  ]
 
 
 def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]:
@@ -154,18 +175,26 @@ def attended_fractions(encoder, plan: Plan, config: RunConfig) -> dict[str, Any]
   fraction = lambda lengths: pallas_kernels.attended_fraction(mask, lengths, heads)  # noqa: E731
   cands, queries = {}, {}
   for name, task in plan.eval_tasks.items():
-    cands[name] = fraction(token_lengths(encoder, task.cand_text, "passage",
-                                         config.max_passage_length,
-                                         candidate_contexts(task, config)))
-    queries[name] = fraction(token_lengths(encoder, task.query_text, "query",
-                                           config.max_query_length))
+    cands[name] = fraction(
+        token_lengths(
+            encoder,
+            task.cand_text,
+            "passage",
+            config.max_passage_length,
+            candidate_contexts(task, config),
+        )
+    )
+    queries[name] = fraction(
+        token_lengths(encoder, task.query_text, "query", config.max_query_length)
+    )
   train = None
   if config.train_dataset is not None:
     task = training_task(config)
     rows = np.random.default_rng(0).permutation(task.num_candidates)[:2000]
     contexts = task.cand_context[rows] if with_context(config) else None
-    train = fraction(token_lengths(encoder, task.cand_text[rows], "passage",
-                                   config.max_passage_length, contexts))
+    train = fraction(
+        token_lengths(encoder, task.cand_text[rows], "passage", config.max_passage_length, contexts)
+    )
   return {"candidates": cands, "queries": queries, "train": train}
 
 
@@ -199,23 +228,39 @@ def train_config(config: RunConfig, out: pathlib.Path):
   from jxr.train import TrainConfig
 
   return TrainConfig(
-      model=config.model, attention=config.attention, train_data=config.train_data,
-      languages=config.languages, mono_prob=config.mono_prob, steps=config.train_steps,
-      batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
-      max_query_length=config.max_query_length, max_passage_length=config.max_passage_length,
-      candidate_context=with_context(config), mesh=config.mesh,
-      seed=config.seed, out_dir=str(out / "train"), checkpoint_every=config.checkpoint_every,
+      model=config.model,
+      attention=config.attention,
+      train_data=config.train_data,
+      languages=config.languages,
+      mono_prob=config.mono_prob,
+      steps=config.train_steps,
+      batch_size=config.batch_size,
+      lr=config.lr,
+      warmup_steps=config.warmup_steps,
+      max_query_length=config.max_query_length,
+      max_passage_length=config.max_passage_length,
+      candidate_context=with_context(config),
+      mesh=config.mesh,
+      seed=config.seed,
+      out_dir=str(out / "train"),
+      checkpoint_every=config.checkpoint_every,
       checkpoint_minutes=config.checkpoint_minutes,
-      eval_every=config.curve_every, log_every=max(1, config.train_steps // 100),
-      eval_fraction=config.eval_fraction, split_seed=config.split_seed)
+      eval_every=config.curve_every,
+      log_every=max(1, config.train_steps // 100),
+      eval_fraction=config.eval_fraction,
+      split_seed=config.split_seed,
+  )
 
 
 def load_model(config: RunConfig):
   from jxr.model import load_encoder
 
-  return load_encoder(config.model, attention=config.attention,
-                      max_length=max(config.max_query_length, config.max_passage_length),
-                      seed=config.seed)
+  return load_encoder(
+      config.model,
+      attention=config.attention,
+      max_length=max(config.max_query_length, config.max_passage_length),
+      seed=config.seed,
+  )
 
 
 def curve_task(plan: Plan, config: RunConfig) -> tuple[str, RetrievalTask]:
@@ -233,9 +278,16 @@ def curve_hook(plan: Plan, config: RunConfig) -> Callable[[int, Any], dict[str, 
   def hook(step: int, encoder) -> dict[str, Any]:
     start = time.perf_counter()
     report = evaluate(task, *encode_task(encoder, task, config))
-    return {"learning_curve": {"dataset": name, "step": step, **{
-        key: report["summary"][key] for key in ("multi_macro", "multi_micro")},
-        "per_query": report["per_query"], "seconds": time.perf_counter() - start}}
+    return {
+        "learning_curve": {
+            "dataset": name,
+            "step": step,
+            **{key: report["summary"][key] for key in ("multi_macro", "multi_micro")},
+            "per_query": report["per_query"],
+            "seconds": time.perf_counter() - start,
+        }
+    }
+
   return hook
 
 
@@ -253,9 +305,14 @@ def read_curve(train_dir: pathlib.Path) -> list[dict[str, Any]]:
   return [points[step] for step in sorted(points)]
 
 
-def _evaluate_stage(encoder_fn: Callable[[], Any], plan: Plan, config: RunConfig,
-                    stage_dir: pathlib.Path, label: str, log: Callable[[str], None]
-                    ) -> dict[str, Any]:
+def _evaluate_stage(
+    encoder_fn: Callable[[], Any],
+    plan: Plan,
+    config: RunConfig,
+    stage_dir: pathlib.Path,
+    label: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
   """Reports of one stage, computing only datasets without a saved report."""
   from jxr.eval import write_report
 
@@ -270,14 +327,21 @@ def _evaluate_stage(encoder_fn: Callable[[], Any], plan: Plan, config: RunConfig
     report = evaluate_encoder(encoder, task, config)
     _failpoints.reached(label)
     write_report(report, stage_dir / name)
-    log(f"{label} {name}: {task.num_queries} queries, {task.num_candidates} candidates, "
-        f"{time.perf_counter() - start:.0f} s")
+    log(
+        f"{label} {name}: {task.num_queries} queries, {task.num_candidates} candidates, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     reports[name] = report
   return reports
 
 
-def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print, *,
-        with_zero_shot: bool = True) -> dict[str, Any]:
+def run(
+    config: RunConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    *,
+    with_zero_shot: bool = True,
+) -> dict[str, Any]:
   """Runs (or resumes) the experiment in `config.out`; returns results.json's content.
 
   Stages, each skipped on resume when its output exists: zero-shot evaluation
@@ -298,11 +362,19 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   train_done, train_started = done_marker.is_file(), (train_dir / "config.json").is_file()
   plan = make_plan(config)
   _failpoints.reached("data_loaded")
-  config_json = {"run": config.to_json(), "train_question_ids": list(plan.train_question_ids),
-                 "eval_question_ids": plan.eval_question_ids(),
-                 "eval_sizes": {name: {"queries": t.num_queries, "candidates": t.num_candidates,
-                                       "languages": list(t.languages)}
-                                for name, t in plan.eval_tasks.items()}}
+  config_json = {
+      "run": config.to_json(),
+      "train_question_ids": list(plan.train_question_ids),
+      "eval_question_ids": plan.eval_question_ids(),
+      "eval_sizes": {
+          name: {
+              "queries": t.num_queries,
+              "candidates": t.num_candidates,
+              "languages": list(t.languages),
+          }
+          for name, t in plan.eval_tasks.items()
+      },
+  }
   from jxr.train import train
 
   tconfig = train_config(config, out)
@@ -310,9 +382,11 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   write_json(out / "config.json", config_json)
 
   t = time.perf_counter()  # the zero-shot encoder is freed when its stage returns
-  zero_shot = (_evaluate_stage(lambda: load_model(config), plan, config, out / "zero_shot",
-                               "zero_shot", log)
-               if with_zero_shot else {})
+  zero_shot = (
+      _evaluate_stage(lambda: load_model(config), plan, config, out / "zero_shot", "zero_shot", log)
+      if with_zero_shot
+      else {}
+  )
   seconds["zero_shot"] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -322,9 +396,13 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   else:
     hook = curve_hook(plan, config) if config.curve_every else None
     result = train(tconfig, resume=train_started, eval_hook=hook)
-    train_summary = {"steps": result.steps, "skipped_steps": result.skipped_steps,
-                     "final_loss": result.final_loss, "seconds": time.perf_counter() - t,
-                     "resumed_from_steps": list(result.resumed_from_steps)}
+    train_summary = {
+        "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
+        "final_loss": result.final_loss,
+        "seconds": time.perf_counter() - t,
+        "resumed_from_steps": list(result.resumed_from_steps),
+    }
     write_json(done_marker, train_summary)
     encoder_fn = lambda: result.encoder  # noqa: E731
   if is_primary() and (train_dir / "metrics.jsonl").is_file():
@@ -339,8 +417,14 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
   eval_only, seconds["eval_only"] = {}, {}
   for spec in config.eval_only:  # the fine-tuned weights under another mask: no training
     t = time.perf_counter()
-    reports = _evaluate_stage(lambda spec=spec: _load_trained(train_dir, spec), plan, config,
-                              out / "eval_only" / spec.label, f"eval_only {spec.label}", log)
+    reports = _evaluate_stage(
+        lambda spec=spec: _load_trained(train_dir, spec),
+        plan,
+        config,
+        out / "eval_only" / spec.label,
+        f"eval_only {spec.label}",
+        log,
+    )
     eval_only[spec.label] = {"attention": spec.to_json(), "reports": reports}
     seconds["eval_only"][spec.label] = time.perf_counter() - t
 
@@ -355,16 +439,24 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
 
   if zero_shot:
     for name in fine_tuned:
-      compare({"zero-shot": zero_shot[name], "fine-tuned": fine_tuned[name]},
-              out / "comparison" / name)
+      compare(
+          {"zero-shot": zero_shot[name], "fine-tuned": fine_tuned[name]}, out / "comparison" / name
+      )
     write_text(out / "comparison.md", comparison_markdown(zero_shot, fine_tuned))
 
   seconds["total_this_session"] = time.perf_counter() - started
-  results = {"attention": config.attention.to_json(), "zero_shot": zero_shot,
-             "fine_tuned": fine_tuned, "eval_only": eval_only, "learning_curve": curve,
-             "train": train_summary, "attended_fraction": fractions["candidates"],
-             "attended_fraction_queries": fractions["queries"],
-             "attended_fraction_train": fractions["train"], "seconds": seconds}
+  results = {
+      "attention": config.attention.to_json(),
+      "zero_shot": zero_shot,
+      "fine_tuned": fine_tuned,
+      "eval_only": eval_only,
+      "learning_curve": curve,
+      "train": train_summary,
+      "attended_fraction": fractions["candidates"],
+      "attended_fraction_queries": fractions["queries"],
+      "attended_fraction_train": fractions["train"],
+      "seconds": seconds,
+  }
   write_json(out / "results.json", results)
   return results
 
@@ -389,19 +481,25 @@ def headline(results: Mapping[str, Any], out: str | os.PathLike) -> str:
   lines = []
   for name in results["fine_tuned"]:
     before, after = results["zero_shot"][name], results["fine_tuned"][name]
-    lines.append(f"{name} ({before['num_queries']} queries, {before['num_candidates']} candidates,"
-                 f" {' '.join(before['languages'])}):")
+    lines.append(
+        f"{name} ({before['num_queries']} queries, {before['num_candidates']} candidates,"
+        f" {' '.join(before['languages'])}):"
+    )
     for label, r in (("zero-shot ", before), ("fine-tuned", after)):
       s = r["summary"]
-      lines.append(f"  {label}  Mo. {_f(s['mono'])}  Cr. {_f(s['cross'])}  Mul. (macro) "
-                   f"{_f(s['multi_macro'])}  pooled mAP {_f(s['multi_micro'])}   rank distance "
-                   f"{_f(r['bias']['rank_distance'], 1)}")
+      lines.append(
+          f"  {label}  Mo. {_f(s['mono'])}  Cr. {_f(s['cross'])}  Mul. (macro) "
+          f"{_f(s['multi_macro'])}  pooled mAP {_f(s['multi_micro'])}   rank distance "
+          f"{_f(r['bias']['rank_distance'], 1)}"
+      )
     diff = after["summary"]["multi_macro"] - before["summary"]["multi_macro"]
     lines.append(f"  difference  Mul. (macro) {diff:+.4f}")
   fractions = results.get("attended_fraction") or {}
   if fractions:
-    lines.append("attended fraction of query-key pairs: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in fractions.items()))
+    lines.append(
+        "attended fraction of query-key pairs: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in fractions.items())
+    )
   lines.append(f"run directory: {out}")
   return "\n".join(lines)
 

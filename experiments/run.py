@@ -24,9 +24,12 @@ _VERDICT_BYTES = 4096  # the longest flag error process 0 sends to the others
 def _multi_process() -> bool:
   """Whether the environment describes a multi-process (pod) run."""
   env = os.environ
-  return (bool(env.get("JAX_COORDINATOR_ADDRESS")) or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-          or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-          or env.get("JXR_DISTRIBUTED") == "1")
+  return (
+      bool(env.get("JAX_COORDINATOR_ADDRESS"))
+      or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+      or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+      or env.get("JXR_DISTRIBUTED") == "1"
+  )
 
 
 def _start_distributed() -> None:
@@ -57,7 +60,7 @@ def _agreed(error: str | None) -> str | None:
 
   mine = np.zeros(_VERDICT_BYTES, np.uint8)
   text = (error or "").encode()[:_VERDICT_BYTES]
-  mine[:len(text)] = np.frombuffer(text, np.uint8)
+  mine[: len(text)] = np.frombuffer(text, np.uint8)
   verdict = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine))).rstrip(b"\0").decode()
   return verdict or error
 
@@ -77,16 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   error = _agreed(error)
   if error:
     parser.error(error)
-  print(f"experiments.run: preset {config.preset}, attention {config.attention.label}, "
-        f"run directory {config.out}", flush=True)
+  print(
+      f"experiments.run: preset {config.preset}, attention {config.attention.label}, "
+      f"run directory {config.out}",
+      flush=True,
+  )
   try:
     with signals.terminate_as_exception():  # preemption (SIGTERM) stops like Ctrl-C
       results = pipeline.run(config, resume=resume, log=lambda m: print(m, flush=True))
   except KeyboardInterrupt as stop:
     terminated = isinstance(stop, signals.Terminated)
-    print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the run is resumable "
-          f"with\n  python -m experiments.run {' '.join(_resume_args(argv, config.out))}",
-          file=sys.stderr, flush=True)
+    print(
+        f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: the run is resumable "
+        f"with\n  python -m experiments.run {' '.join(_resume_args(argv, config.out))}",
+        file=sys.stderr,
+        flush=True,
+    )
     return signals.EXIT_TERMINATED if terminated else signals.EXIT_INTERRUPTED
   print(pipeline.headline(results, config.out), flush=True)
   return 0

@@ -53,6 +53,7 @@ MATCH_TOLERANCE = 0.02  # largest allowed gap in attended fraction within a matc
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """A block-sparse structure whose random-block fraction is solved per level."""
+
   block_size: int
   band: int
   global_blocks: int
@@ -61,6 +62,7 @@ class Layout:
 @dataclasses.dataclass(frozen=True)
 class Level:
   """A matched-compute level: one local window and these block-sparse layouts, one fraction."""
+
   target: float
   layouts: tuple[Layout, ...]
 
@@ -73,8 +75,9 @@ class Study:
   of `main`; the other levels run on `other_levels`. Counts are numbers of
   training languages; each maps to the seeds it runs.
   """
-  name: str                              # the sweep's --preset
-  preset: str                            # the experiments.run preset every cell starts from
+
+  name: str  # the sweep's --preset
+  preset: str  # the experiments.run preset every cell starts from
   overrides: tuple[tuple[str, Any], ...]
   levels: tuple[Level, ...]
   main: tuple[tuple[int, tuple[int, ...]], ...]
@@ -88,6 +91,7 @@ class Study:
 @dataclasses.dataclass(frozen=True)
 class CellSpec:
   """One run of the grid."""
+
   attention: AttentionConfig
   num_languages: int
   seed: int
@@ -105,6 +109,7 @@ class CellSpec:
 @dataclasses.dataclass(frozen=True)
 class Arms:
   """The solved arms: per level, the local window and its matched block-sparse layouts."""
+
   levels: tuple[tuple[float, AttentionConfig, tuple[AttentionConfig, ...]], ...]
 
   @property
@@ -119,6 +124,7 @@ class Arms:
 @dataclasses.dataclass(frozen=True)
 class Grid:
   """A solved study: its cells, the matched pairs and the primary contrast."""
+
   study: Study
   arms: Arms
   cells: tuple[CellSpec, ...]
@@ -132,40 +138,76 @@ class Grid:
     _, local, layouts = self.arms.levels[0]
     return report.Design(
         matched=tuple((bs.label, lo.label, level) for bs, lo, level in self.arms.matched()),
-        primary=(layouts[0].label, local.label))
+        primary=(layouts[0].label, local.label),
+    )
 
 
 # 128-token passages: 8-token blocks with a band and a global block alone attend 0.29.
-_CPU_LEVELS = (Level(0.25, (Layout(8, 1, 0),)),
-               Level(0.5, (Layout(8, 1, 1), Layout(8, 1, 0))))
+_CPU_LEVELS = (Level(0.25, (Layout(8, 1, 0),)), Level(0.5, (Layout(8, 1, 1), Layout(8, 1, 0))))
 # 256-token passages: 16-token blocks with a band and a global block alone attend ~0.3.
-_GPU_LEVELS = (Level(0.25, (Layout(8, 1, 1),)),
-               Level(0.5, (Layout(16, 1, 1), Layout(16, 1, 0))))
+_GPU_LEVELS = (Level(0.25, (Layout(8, 1, 1),)), Level(0.5, (Layout(16, 1, 1), Layout(16, 1, 0))))
 # The largest count first: a sweep cut short still has the primary contrast.
 _FULL_AXIS = ((11, (0, 1, 2)), (2, (0, 1, 2)), (4, (0, 1, 2)), (7, (0, 1, 2)))
 
 STUDIES: dict[str, Study] = {
     # 2 CPU cores, at most 6 hours: 30-step warm starts, 100 questions per dataset.
     "study-cpu": Study(
-        "study-cpu", "cpu", (("eval_data", ("mlqa-r", "xquad-r")), ("eval_languages", None),
-                ("eval_questions", 100), ("curve_questions", 30)),
-        _CPU_LEVELS, main=((11, (0, 1)), (2, (0, 1)), (4, (0,)), (7, (0,))),
-        other_levels=((11, (0, 1)),), eval_only=((11, (0, 1)),), curve_every=10),
+        "study-cpu",
+        "cpu",
+        (
+            ("eval_data", ("mlqa-r", "xquad-r")),
+            ("eval_languages", None),
+            ("eval_questions", 100),
+            ("curve_questions", 30),
+        ),
+        _CPU_LEVELS,
+        main=((11, (0, 1)), (2, (0, 1)), (4, (0,)), (7, (0,))),
+        other_levels=((11, (0, 1)),),
+        eval_only=((11, (0, 1)),),
+        curve_every=10,
+    ),
     # One GPU, the same design at full size: all of MLQA-R and the held-out XQuAD-R.
-    "gpu": Study("gpu", "gpu", (("eval_data", ("mlqa-r", "xquad-r")),), _GPU_LEVELS, main=_FULL_AXIS,
-                 other_levels=_FULL_AXIS, eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
-                 curve_every=100, budget_hours=8.0),
-    "pod": Study("pod", "pod", (("eval_data", ("mlqa-r", "xquad-r")),), _GPU_LEVELS, main=_FULL_AXIS,
-                 other_levels=_FULL_AXIS, eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
-                 curve_every=100, budget_hours=8.0),
+    "gpu": Study(
+        "gpu",
+        "gpu",
+        (("eval_data", ("mlqa-r", "xquad-r")),),
+        _GPU_LEVELS,
+        main=_FULL_AXIS,
+        other_levels=_FULL_AXIS,
+        eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
+        curve_every=100,
+        budget_hours=8.0,
+    ),
+    "pod": Study(
+        "pod",
+        "pod",
+        (("eval_data", ("mlqa-r", "xquad-r")),),
+        _GPU_LEVELS,
+        main=_FULL_AXIS,
+        other_levels=_FULL_AXIS,
+        eval_only=((2, (0, 1, 2)), (11, (0, 1, 2))),
+        curve_every=100,
+        budget_hours=8.0,
+    ),
     # Tests: the random 2-layer encoder, 48-token passages (hence 4-token blocks), one level
     # with and without global blocks, seconds a cell.
     "tiny": Study(
-        "tiny", "tiny", (("eval_data", ("mlqa-r", "xquad-r")), ("eval_languages", None),
-                         ("eval_questions", 8), ("curve_questions", 4)),
+        "tiny",
+        "tiny",
+        (
+            ("eval_data", ("mlqa-r", "xquad-r")),
+            ("eval_languages", None),
+            ("eval_questions", 8),
+            ("curve_questions", 4),
+        ),
         (Level(0.4, (Layout(4, 1, 0), Layout(4, 1, 1))),),
-        main=((2, (0,)), (4, (0,))), other_levels=(), mono_probs=(1.0,),
-        eval_only=((4, (0,)),), curve_every=1, budget_hours=0.5),
+        main=((2, (0,)), (4, (0,))),
+        other_levels=(),
+        mono_probs=(1.0,),
+        eval_only=((4, (0,)),),
+        curve_every=1,
+        budget_hours=0.5,
+    ),
 }
 
 
@@ -190,10 +232,12 @@ def solve_window(target: float, lengths: Sequence[int]) -> AttentionConfig:
   low, high = 0, max(lengths)  # fraction(low) <= target < fraction(high) == 1
   while high - low > 1:
     mid = (low + high) // 2
-    low, high = (mid, high) if fraction_of(AttentionConfig.local(mid), lengths) <= target else (
-        low, mid)
-  nearest = min((low, high), key=lambda w: abs(fraction_of(AttentionConfig.local(w), lengths)
-                                               - target))
+    low, high = (
+        (mid, high) if fraction_of(AttentionConfig.local(mid), lengths) <= target else (low, mid)
+    )
+  nearest = min(
+      (low, high), key=lambda w: abs(fraction_of(AttentionConfig.local(w), lengths) - target)
+  )
   return AttentionConfig.local(max(1, nearest))
 
 
@@ -203,10 +247,14 @@ def solve_layout(layout: Layout, target: float, lengths: Sequence[int]) -> Atten
   import pallas_kernels
 
   random = pallas_kernels.random_for_density(
-      target, lengths, block=layout.block_size, local=layout.band, global_=layout.global_blocks)
-  return AttentionConfig.block_sparse(layout.block_size, band=layout.band,
-                                      global_blocks=layout.global_blocks,
-                                      random=round(random, 6))
+      target, lengths, block=layout.block_size, local=layout.band, global_=layout.global_blocks
+  )
+  return AttentionConfig.block_sparse(
+      layout.block_size,
+      band=layout.band,
+      global_blocks=layout.global_blocks,
+      random=round(random, 6),
+  )
 
 
 def solve_arms(levels: Sequence[Level], lengths: Sequence[int]) -> Arms:
@@ -220,8 +268,10 @@ def solve_arms(levels: Sequence[Level], lengths: Sequence[int]) -> Arms:
       spec = solve_layout(layout, goal, lengths)
       gap = abs(fraction_of(spec, lengths) - goal)
       if gap > MATCH_TOLERANCE:
-        raise ValueError(f"levels: {spec.label} attends {gap:.3f} more or less than {local.label}"
-                         f" ({goal:.3f}); use smaller blocks for a finer match")
+        raise ValueError(
+            f"levels: {spec.label} attends {gap:.3f} more or less than {local.label}"
+            f" ({goal:.3f}); use smaller blocks for a finer match"
+        )
       layouts.append(spec)
     solved.append((level.target, local, tuple(layouts)))
   return Arms(tuple(solved))
@@ -239,10 +289,16 @@ def study_cells(study: Study, arms: Arms) -> tuple[CellSpec, ...]:
     for seed in seeds:
       for spec in primary:
         dense = spec == DENSE
-        cells.append(CellSpec(
-            spec, n, seed, zero_shot=dense and n == first and seed == min(seeds),
-            eval_only=arms.sparse if dense and (n, seed) in eval_only_at else (),
-            curve=study.curve_every is not None and n == largest and seed == 0))
+        cells.append(
+            CellSpec(
+                spec,
+                n,
+                seed,
+                zero_shot=dense and n == first and seed == min(seeds),
+                eval_only=arms.sparse if dense and (n, seed) in eval_only_at else (),
+                curve=study.curve_every is not None and n == largest and seed == 0,
+            )
+        )
   for _, local_other, layouts_other in arms.levels[1:]:
     for n, seeds in study.other_levels:
       cells += [CellSpec(spec, n, seed) for seed in seeds for spec in (local_other, *layouts_other)]
@@ -266,10 +322,16 @@ def candidate_lengths(study: Study) -> dict[str, list[int]]:
   config = base_config(study)
   plan = pipeline.make_plan(config.replace(languages=LANGUAGE_ORDER[:2]))
   encoder = pipeline.load_model(config)
-  return {name: pipeline.token_lengths(encoder, task.cand_text, "passage",
-                                       config.max_passage_length,
-                                       pipeline.candidate_contexts(task, config))
-          for name, task in plan.eval_tasks.items()}
+  return {
+      name: pipeline.token_lengths(
+          encoder,
+          task.cand_text,
+          "passage",
+          config.max_passage_length,
+          pipeline.candidate_contexts(task, config),
+      )
+      for name, task in plan.eval_tasks.items()
+  }
 
 
 def make_grid(study: Study, lengths: Mapping[str, Sequence[int]]) -> Grid:
@@ -283,10 +345,15 @@ def cell_config(grid: Grid, cell: CellSpec, out: pathlib.Path) -> options.RunCon
   if not 1 <= cell.num_languages <= len(LANGUAGE_ORDER):
     raise ValueError(f"num_languages: expected 1..{len(LANGUAGE_ORDER)}, got {cell.num_languages}")
   return base_config(grid.study).replace(
-      attention=cell.attention, seed=cell.seed, mono_prob=cell.mono_prob, train_data="xquad-r",
-      languages=LANGUAGE_ORDER[:cell.num_languages], eval_only=cell.eval_only,
+      attention=cell.attention,
+      seed=cell.seed,
+      mono_prob=cell.mono_prob,
+      train_data="xquad-r",
+      languages=LANGUAGE_ORDER[: cell.num_languages],
+      eval_only=cell.eval_only,
       curve_every=grid.study.curve_every if cell.curve else None,
-      out=str(out / "cells" / cell.name))
+      out=str(out / "cells" / cell.name),
+  )
 
 
 # ---------------------------------------------------------------------- running
@@ -298,32 +365,50 @@ def load_cells(out: pathlib.Path, grid: Grid) -> list[report.Cell]:
   for cell in grid.cells:
     path = out / "cells" / cell.name / "results.json"
     if path.is_file():
-      cells.append(report.Cell(
-          name=cell.name, kind=cell.attention.label, attention=cell.attention.to_json(),
-          num_languages=cell.num_languages,
-          training_languages=LANGUAGE_ORDER[:cell.num_languages], seed=cell.seed,
-          mono_prob=cell.mono_prob, results=json.loads(path.read_text())))
+      cells.append(
+          report.Cell(
+              name=cell.name,
+              kind=cell.attention.label,
+              attention=cell.attention.to_json(),
+              num_languages=cell.num_languages,
+              training_languages=LANGUAGE_ORDER[: cell.num_languages],
+              seed=cell.seed,
+              mono_prob=cell.mono_prob,
+              results=json.loads(path.read_text()),
+          )
+      )
   return cells
 
 
-def write_sweep_report(out: pathlib.Path, grid: Grid, num_samples: int = 2000
-                       ) -> pathlib.Path | None:
+def write_sweep_report(
+    out: pathlib.Path, grid: Grid, num_samples: int = 2000
+) -> pathlib.Path | None:
   cells = load_cells(out, grid)
   if not cells:
     return None
   if not is_primary():  # on a pod, process 0 writes
     return out / "report.md"
-  header = [f"Grid `{grid.preset}`: {len(cells)} of {len(grid.cells)} cells finished. Training "
-            f"languages and evaluation pools are prefixes of {' '.join(LANGUAGE_ORDER)}.", ""]
+  header = [
+      f"Grid `{grid.preset}`: {len(cells)} of {len(grid.cells)} cells finished. Training "
+      f"languages and evaluation pools are prefixes of {' '.join(LANGUAGE_ORDER)}.",
+      "",
+  ]
   return report.write_report(cells, out, grid.design(), num_samples=num_samples, header=header)
 
 
 Runner = Callable[..., dict]
 
 
-def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = None,
-              keep_checkpoints: bool = False, runner: Runner = pipeline.run,
-              log: Callable[[str], None] = print, num_samples: int = 2000) -> pathlib.Path | None:
+def run_sweep(
+    grid: Grid,
+    out: pathlib.Path,
+    *,
+    only: Sequence[str] | None = None,
+    keep_checkpoints: bool = False,
+    runner: Runner = pipeline.run,
+    log: Callable[[str], None] = print,
+    num_samples: int = 2000,
+) -> pathlib.Path | None:
   """Runs every unfinished cell (or those named in `only`), rebuilding the report after each."""
   todo = list(grid.cells)
   if only:
@@ -341,8 +426,9 @@ def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = Non
       continue
     start = time.perf_counter()
     log(f"[{i + 1}/{len(todo)}] {cell.name}: running")
-    runner(config, resume=(cell_dir / "config.json").is_file(), log=log,
-           with_zero_shot=cell.zero_shot)
+    runner(
+        config, resume=(cell_dir / "config.json").is_file(), log=log, with_zero_shot=cell.zero_shot
+    )
     if not keep_checkpoints:  # the exported model stays; optimizer state is large
       shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
     log(f"[{i + 1}/{len(todo)}] {cell.name}: {time.perf_counter() - start:.0f} s")
@@ -351,11 +437,20 @@ def run_sweep(grid: Grid, out: pathlib.Path, *, only: Sequence[str] | None = Non
 
 
 def sweep_json(grid: Grid) -> dict[str, Any]:
-  return json.loads(json.dumps({
-      "preset": grid.preset, "cells": [c.name for c in grid.cells],
-      "overrides": dict(grid.study.overrides), "language_order": LANGUAGE_ORDER,
-      "levels": [{"target": t, "local": lo.to_json(), "block_sparse": [b.to_json() for b in bs]}
-                 for t, lo, bs in grid.arms.levels]}))
+  return json.loads(
+      json.dumps(
+          {
+              "preset": grid.preset,
+              "cells": [c.name for c in grid.cells],
+              "overrides": dict(grid.study.overrides),
+              "language_order": LANGUAGE_ORDER,
+              "levels": [
+                  {"target": t, "local": lo.to_json(), "block_sparse": [b.to_json() for b in bs]}
+                  for t, lo, bs in grid.arms.levels
+              ],
+          }
+      )
+  )
 
 
 def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
@@ -366,14 +461,17 @@ def _check_sweep_file(out: pathlib.Path, grid: Grid) -> None:
   if path.is_file():
     saved = json.loads(path.read_text())
     if saved.get("preset") != grid.preset or saved.get("cells") != data["cells"]:
-      raise ValueError(f"out: {out} holds another sweep (preset {saved.get('preset')!r}, "
-                       f"{len(saved.get('cells', []))} cells); choose another --out")
+      raise ValueError(
+          f"out: {out} holds another sweep (preset {saved.get('preset')!r}, "
+          f"{len(saved.get('cells', []))} cells); choose another --out"
+      )
   out.mkdir(parents=True, exist_ok=True)
   pipeline.write_json(path, data)
 
 
-def publish(out: pathlib.Path, grid: Grid, dest: pathlib.Path, num_samples: int = 2000
-            ) -> list[pathlib.Path]:
+def publish(
+    out: pathlib.Path, grid: Grid, dest: pathlib.Path, num_samples: int = 2000
+) -> list[pathlib.Path]:
   """Copies what a reader needs into `dest`: the report and its plots, and per finished cell
   its `config.json` (enough to rerun it) and gzipped `results.json` (per-query AP included).
 
@@ -439,54 +537,88 @@ def cell_seconds(cell: CellSpec, profile: Mapping[str, Any]) -> float:
   train = float((profile.get("train") or {}).get("seconds") or seconds.get("train", 0.0))
   evaluation = float(seconds.get("fine_tuned", 0.0))
   if train <= 0 or evaluation <= 0:
-    raise ValueError("profile: expected a finished cell's results.json with seconds.train and "
-                     "seconds.fine_tuned > 0")
+    raise ValueError(
+        "profile: expected a finished cell's results.json with seconds.train and "
+        "seconds.fine_tuned > 0"
+    )
   # The profiled training includes its learning curve's evaluations (if any): count them apart.
   curve = sum(float(p.get("seconds", 0.0)) for p in profile.get("learning_curve") or [])
   stages = 1 + int(cell.zero_shot) + len(cell.eval_only)
   return train - curve + stages * evaluation + (curve if cell.curve else 0.0)
 
 
-def plan_rows(grid: Grid, lengths: Mapping[str, Sequence[int]],
-              profile: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def plan_rows(
+    grid: Grid, lengths: Mapping[str, Sequence[int]], profile: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
   """One row per cell: its arm, language count, seed, attended fractions and expected seconds."""
-  fractions = {spec: {name: fraction_of(spec, values) for name, values in lengths.items()}
-               for spec in {c.attention for c in grid.cells}}
-  return [{"name": c.name, "attention": c.attention.label, "num_languages": c.num_languages,
-           "seed": c.seed, "mono_prob": c.mono_prob, "eval_only": len(c.eval_only),
-           "zero_shot": c.zero_shot, "curve": c.curve, "attended_fraction": fractions[c.attention],
-           "seconds": cell_seconds(c, profile) if profile else None} for c in grid.cells]
+  fractions = {
+      spec: {name: fraction_of(spec, values) for name, values in lengths.items()}
+      for spec in {c.attention for c in grid.cells}
+  }
+  return [
+      {
+          "name": c.name,
+          "attention": c.attention.label,
+          "num_languages": c.num_languages,
+          "seed": c.seed,
+          "mono_prob": c.mono_prob,
+          "eval_only": len(c.eval_only),
+          "zero_shot": c.zero_shot,
+          "curve": c.curve,
+          "attended_fraction": fractions[c.attention],
+          "seconds": cell_seconds(c, profile) if profile else None,
+      }
+      for c in grid.cells
+  ]
 
 
-def plan_text(grid: Grid, rows: Sequence[Mapping[str, Any]],
-              lengths: Mapping[str, Sequence[int]], profile_dir: pathlib.Path | None) -> str:
+def plan_text(
+    grid: Grid,
+    rows: Sequence[Mapping[str, Any]],
+    lengths: Mapping[str, Sequence[int]],
+    profile_dir: pathlib.Path | None,
+) -> str:
   datasets = list(lengths)
-  lines = [f"Grid {grid.preset}: {len(rows)} cells. Attended fraction = allowed query-key pairs "
-           "over all real-token pairs of each dataset's evaluation candidates "
-           f"({', '.join(f'{n}: {len(v)} candidates' for n, v in lengths.items())}).", "",
-           "Matched pairs (block-sparse vs local):"]
+  lines = [
+      f"Grid {grid.preset}: {len(rows)} cells. Attended fraction = allowed query-key pairs "
+      "over all real-token pairs of each dataset's evaluation candidates "
+      f"({', '.join(f'{n}: {len(v)} candidates' for n, v in lengths.items())}).",
+      "",
+      "Matched pairs (block-sparse vs local):",
+  ]
   for bs, local, level in grid.arms.matched():
-    parts = [f"{n} {fraction_of(bs, lengths[n]):.3f} vs {fraction_of(local, lengths[n]):.3f}"
-             for n in datasets]
+    parts = [
+        f"{n} {fraction_of(bs, lengths[n]):.3f} vs {fraction_of(local, lengths[n]):.3f}"
+        for n in datasets
+    ]
     lines.append(f"  level {level:.2f}: {bs.label} vs {local.label}: {'; '.join(parts)}")
   header = f"{'cell':<52} {'mono':>4} {'evals':>5} " + " ".join(f"{n:>8}" for n in datasets)
   lines += ["", header + f" {'minutes':>8}"]
   for r in rows:
     evals = 1 + r["eval_only"] + int(r["zero_shot"])
     minutes = "n/a" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
-    lines.append(f"{r['name']:<52} {r['mono_prob']:>4g} {evals:>5} "
-                 + " ".join(f"{r['attended_fraction'][n]:>8.3f}" for n in datasets)
-                 + f" {minutes:>8}" + ("  +curve" if r["curve"] else ""))
+    lines.append(
+        f"{r['name']:<52} {r['mono_prob']:>4g} {evals:>5} "
+        + " ".join(f"{r['attended_fraction'][n]:>8.3f}" for n in datasets)
+        + f" {minutes:>8}"
+        + ("  +curve" if r["curve"] else "")
+    )
   if profile_dir is None:
     first = grid.cells[0].name
-    lines += ["", f"No profiled cell: run one (--only {first}), then --plan again for the "
-              "estimated total time."]
+    lines += [
+        "",
+        f"No profiled cell: run one (--only {first}), then --plan again for the "
+        "estimated total time.",
+    ]
   else:
     total = sum(r["seconds"] for r in rows) / 3600
     verdict = "fits" if total <= grid.study.budget_hours else "does NOT fit"
-    lines += ["", f"Estimated total: {total:.2f} h from the profiled cell {profile_dir} (its "
-              f"training and one evaluation, scaled per cell); the {grid.study.budget_hours:g}-hour"
-              f" budget {verdict}."]
+    lines += [
+        "",
+        f"Estimated total: {total:.2f} h from the profiled cell {profile_dir} (its "
+        f"training and one evaluation, scaled per cell); the {grid.study.budget_hours:g}-hour"
+        f" budget {verdict}.",
+    ]
   return "\n".join(lines)
 
 
@@ -502,24 +634,49 @@ def find_profile(out: pathlib.Path, grid: Grid) -> pathlib.Path | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
-  p.add_argument("--preset", choices=sorted(STUDIES), help="study grid (default: study-cpu "
-                 "without an accelerator, gpu with one, pod across processes or on a TPU)")
+  p = argparse.ArgumentParser(
+      prog="python -m experiments.sweep", description=__doc__.split("\n")[0]
+  )
+  p.add_argument(
+      "--preset",
+      choices=sorted(STUDIES),
+      help="study grid (default: study-cpu "
+      "without an accelerator, gpu with one, pod across processes or on a TPU)",
+  )
   p.add_argument("--out", help="sweep directory (default runs/sweep-<preset>)")
   p.add_argument("--only", help="comma-separated cell names to run (e.g. dense-L11-s0)")
-  p.add_argument("--model", help="encoder for every cell instead of the preset's (a name, "
-                 "checkpoint directory or HF id, as experiments.run --model)")
-  p.add_argument("--plan", action="store_true", help="print the cells, their attended fractions "
-                 "and the estimated time (from --profile or the first finished cell), run nothing")
+  p.add_argument(
+      "--model",
+      help="encoder for every cell instead of the preset's (a name, "
+      "checkpoint directory or HF id, as experiments.run --model)",
+  )
+  p.add_argument(
+      "--plan",
+      action="store_true",
+      help="print the cells, their attended fractions "
+      "and the estimated time (from --profile or the first finished cell), run nothing",
+  )
   p.add_argument("--profile", metavar="CELL_DIR", help="finished cell to scale --plan's time from")
-  p.add_argument("--report-only", action="store_true", help="rebuild the report from finished "
-                 "cells")
-  p.add_argument("--publish", metavar="DIR", help="rebuild the report and copy it, its plots and "
-                 "each finished cell's config.json and gzipped results.json into DIR")
-  p.add_argument("--restore", metavar="DIR", help="first take the finished cells published in "
-                 "DIR (by --publish) as finished cells of --out, e.g. on a fresh checkout")
-  p.add_argument("--keep-checkpoints", action="store_true",
-                 help="keep each cell's optimizer checkpoints (large) after it finishes")
+  p.add_argument(
+      "--report-only", action="store_true", help="rebuild the report from finished " "cells"
+  )
+  p.add_argument(
+      "--publish",
+      metavar="DIR",
+      help="rebuild the report and copy it, its plots and "
+      "each finished cell's config.json and gzipped results.json into DIR",
+  )
+  p.add_argument(
+      "--restore",
+      metavar="DIR",
+      help="first take the finished cells published in "
+      "DIR (by --publish) as finished cells of --out, e.g. on a fresh checkout",
+  )
+  p.add_argument(
+      "--keep-checkpoints",
+      action="store_true",
+      help="keep each cell's optimizer checkpoints (large) after it finishes",
+  )
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
   return p
 
@@ -580,11 +737,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   only = [s for s in (args.only or "").split(",") if s] or None
   try:
-    path = run_sweep(grid, out, only=only, keep_checkpoints=args.keep_checkpoints,
-                     num_samples=args.bootstrap, log=lambda m: print(m, flush=True))
+    path = run_sweep(
+        grid,
+        out,
+        only=only,
+        keep_checkpoints=args.keep_checkpoints,
+        num_samples=args.bootstrap,
+        log=lambda m: print(m, flush=True),
+    )
   except KeyboardInterrupt:
-    print("\ninterrupted: rerun the same command to resume (finished cells are skipped)",
-          file=sys.stderr)
+    print(
+        "\ninterrupted: rerun the same command to resume (finished cells are skipped)",
+        file=sys.stderr,
+    )
     return 130
   except ValueError as e:
     parser.error(str(e))

@@ -20,8 +20,12 @@ from collections.abc import Sequence
 from tokenizers import Encoding, Tokenizer
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int,
-           contexts: Sequence[str | None] | None = None) -> list[Encoding]:
+def encode(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    contexts: Sequence[str | None] | None = None,
+) -> list[Encoding]:
   """Encodings (ids, type ids, attention mask) of `texts`, paired with `contexts[i]` where it is
   non-empty, each at most `max_length` tokens long under the rule above."""
   if not isinstance(tokenizer, Tokenizer):
@@ -32,13 +36,17 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int,
   paired = any(contexts)
   specials = tokenizer.num_special_tokens_to_add(paired)
   if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= specials:
-    raise ValueError(f"max_length: expected an int > {specials} (this tokenizer adds {specials} "
-                     f"special tokens to a {'pair' if paired else 'text'}), got {max_length!r}")
+    raise ValueError(
+        f"max_length: expected an int > {specials} (this tokenizer adds {specials} "
+        f"special tokens to a {'pair' if paired else 'text'}), got {max_length!r}"
+    )
   firsts = tokenizer.encode_batch(list(texts), add_special_tokens=False)
   seconds: list[Encoding | None] = [None] * len(texts)
   with_context = [i for i, context in enumerate(contexts) if context]
-  for i, encoding in zip(with_context, tokenizer.encode_batch(
-      [contexts[i] for i in with_context], add_special_tokens=False)):
+  for i, encoding in zip(
+      with_context,
+      tokenizer.encode_batch([contexts[i] for i in with_context], add_special_tokens=False),
+  ):
     seconds[i] = encoding
   single_budget = max_length - tokenizer.num_special_tokens_to_add(False)
   pair_budget = max_length - tokenizer.num_special_tokens_to_add(True)

@@ -22,23 +22,34 @@ import numpy as np
 
 from pallas_kernels.block_sizes import BlockSizes
 from pallas_kernels.masks import (
-  AndMask,
-  BlockSparseMask,
-  BlockSparsePattern,
-  BlockTable,
-  DenseMask,
-  LocalMask,
-  Mask,
-  OrMask,
-  attended_fraction,
-  random_for_density,
+    AndMask,
+    BlockSparseMask,
+    BlockSparsePattern,
+    BlockTable,
+    DenseMask,
+    LocalMask,
+    Mask,
+    OrMask,
+    attended_fraction,
+    random_for_density,
 )
 from pallas_kernels.reference import reference_attention
 
 __all__ = [
-    "attention", "reference_attention", "Mask", "DenseMask", "LocalMask", "BlockSparseMask",
-    "BlockSparsePattern", "AndMask", "OrMask", "BlockSizes", "BlockTable", "IMPLEMENTATIONS",
-    "attended_fraction", "random_for_density",
+    "attention",
+    "reference_attention",
+    "Mask",
+    "DenseMask",
+    "LocalMask",
+    "BlockSparseMask",
+    "BlockSparsePattern",
+    "AndMask",
+    "OrMask",
+    "BlockSizes",
+    "BlockTable",
+    "IMPLEMENTATIONS",
+    "attended_fraction",
+    "random_for_density",
 ]
 
 IMPLEMENTATIONS = ("pallas", "xla", "splash", "reference")
@@ -50,9 +61,20 @@ def default_implementation(backend: str | None = None) -> str:
   return {"gpu": "pallas", "cuda": "pallas", "rocm": "pallas", "tpu": "splash"}.get(backend, "xla")
 
 
-def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_ids=None,
-              kv_segment_ids=None, scale: float | None = None, block_sizes: BlockSizes | None = None,
-              implementation: str | None = None, interpret: bool = False) -> jax.Array:
+def attention(
+    q,
+    k,
+    v,
+    mask: Mask = DenseMask(),
+    *,
+    kv_lengths=None,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    scale: float | None = None,
+    block_sizes: BlockSizes | None = None,
+    implementation: str | None = None,
+    interpret: bool = False,
+) -> jax.Array:
   """Masked multi-head attention; see docs/DESIGN.md ("pallas_kernels") for the contract.
 
   Args:
@@ -69,14 +91,23 @@ def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_i
   Returns:
     `[B, Lq, H, D]` in the dtype of `q`. Query rows with no allowed key are zeros.
   """
-  implementation = _check_inputs(q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids,
-                                 block_sizes, implementation)
+  implementation = _check_inputs(
+      q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, block_sizes, implementation
+  )
   batch, q_len, num_heads, head_dim = q.shape
   kv_len = k.shape[1]
   scale = float(head_dim**-0.5 if scale is None else scale)
   if implementation == "reference":
-    return reference_attention(q, k, v, mask, kv_lengths=kv_lengths, q_segment_ids=q_segment_ids,
-                               kv_segment_ids=kv_segment_ids, scale=scale)
+    return reference_attention(
+        q,
+        k,
+        v,
+        mask,
+        kv_lengths=kv_lengths,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+        scale=scale,
+    )
 
   if kv_lengths is not None:
     kv_lengths = jnp.minimum(jnp.asarray(kv_lengths, jnp.int32), kv_len)
@@ -88,26 +119,51 @@ def attention(q, k, v, mask: Mask = DenseMask(), *, kv_lengths=None, q_segment_i
 
   if implementation == "xla":
     from pallas_kernels import xla
-    return xla.blocked_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
-                                 block_sizes=block_sizes, **segments)
+
+    return xla.blocked_attention(
+        q, k, v, mask, kv_lengths=kv_lengths, scale=scale, block_sizes=block_sizes, **segments
+    )
   if implementation == "pallas":
     from pallas_kernels import flash
+
     if kv_lengths is None:  # the kernel takes lengths always
       kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
-    return flash.flash_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
-                                 block_sizes=block_sizes, interpret=interpret, **segments)
+    return flash.flash_attention(
+        q,
+        k,
+        v,
+        mask,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        block_sizes=block_sizes,
+        interpret=interpret,
+        **segments,
+    )
   from pallas_kernels import splash
-  return splash.splash_attention(q, k, v, mask, kv_lengths=kv_lengths, scale=scale,
-                                 block_sizes=block_sizes, interpret=interpret, **segments)
+
+  return splash.splash_attention(
+      q,
+      k,
+      v,
+      mask,
+      kv_lengths=kv_lengths,
+      scale=scale,
+      block_sizes=block_sizes,
+      interpret=interpret,
+      **segments,
+  )
 
 
-def _check_inputs(q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, block_sizes,
-                  implementation) -> str:
+def _check_inputs(
+    q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, block_sizes, implementation
+) -> str:
   """Raises ValueError naming the argument, before anything is traced; returns the implementation."""
   for name, x in (("q", q), ("k", k), ("v", v)):
     if getattr(x, "ndim", None) != 4:
-      raise ValueError(f"{name}: expected a [batch, length, heads, head_dim] array, got shape "
-                       f"{getattr(x, 'shape', type(x).__name__)}")
+      raise ValueError(
+          f"{name}: expected a [batch, length, heads, head_dim] array, got shape "
+          f"{getattr(x, 'shape', type(x).__name__)}"
+      )
     if jnp.dtype(x.dtype) not in _DTYPES:
       raise ValueError(f"{name}: expected float32 or bfloat16, got {x.dtype}")
   if not (q.dtype == k.dtype == v.dtype):
@@ -126,19 +182,28 @@ def _check_inputs(q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, bloc
   if kv_lengths is not None:
     shape = np.shape(kv_lengths)
     if shape != (batch,) or not jnp.issubdtype(jnp.result_type(kv_lengths), jnp.integer):
-      raise ValueError(f"kv_lengths: expected an int array of shape ({batch},), got "
-                       f"{jnp.result_type(kv_lengths)} {shape}")
+      raise ValueError(
+          f"kv_lengths: expected an int array of shape ({batch},), got "
+          f"{jnp.result_type(kv_lengths)} {shape}"
+      )
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("q_segment_ids, kv_segment_ids: give both or neither")
   if q_segment_ids is not None:
-    for name, ids, length in (("q_segment_ids", q_segment_ids, q_len), ("kv_segment_ids", kv_segment_ids, k.shape[1])):
+    for name, ids, length in (
+        ("q_segment_ids", q_segment_ids, q_len),
+        ("kv_segment_ids", kv_segment_ids, k.shape[1]),
+    ):
       if np.shape(ids) != (batch, length) or not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
-        raise ValueError(f"{name}: expected an int array of shape ({batch}, {length}), got "
-                         f"{jnp.result_type(ids)} {np.shape(ids)}")
+        raise ValueError(
+            f"{name}: expected an int array of shape ({batch}, {length}), got "
+            f"{jnp.result_type(ids)} {np.shape(ids)}"
+        )
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes: expected a BlockSizes, got {type(block_sizes).__name__}")
   if implementation is None:
     implementation = default_implementation()
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation: expected None or one of {IMPLEMENTATIONS}, got {implementation!r}")
+    raise ValueError(
+        f"implementation: expected None or one of {IMPLEMENTATIONS}, got {implementation!r}"
+    )
   return implementation

@@ -63,9 +63,12 @@ def check_block_sizes(block_sizes: BlockSizes) -> None:
       raise ValueError(
           f"block_sizes: {name}={value}: the Pallas Triton kernel needs power-of-two tiles "
           f">= {MIN_TRITON_BLOCK} (a block-sparse layout block must be a multiple of 16 too); "
-          f"got {block_sizes}")
+          f"got {block_sizes}"
+      )
   if block_sizes.num_warps & (block_sizes.num_warps - 1) or block_sizes.num_warps > 32:
-    raise ValueError(f"block_sizes: num_warps must be a power of two <= 32, got {block_sizes.num_warps}")
+    raise ValueError(
+        f"block_sizes: num_warps must be a power of two <= 32, got {block_sizes.num_warps}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +121,12 @@ class _Walk:
 
   block_q: int
   block_k: int
-  rows: int          # table rows (query blocks, or key blocks for dk/dv), padding included
-  heavy: int         # how many rows launch first (`order[:heavy]`); 0: plain row order
-  per_head: bool     # one table row set per head (else shared by all heads)
-  contiguous: bool   # every row's visited blocks are consecutive: index = first + step
+  rows: int  # table rows (query blocks, or key blocks for dk/dv), padding included
+  heavy: int  # how many rows launch first (`order[:heavy]`); 0: plain row order
+  per_head: bool  # one table row set per head (else shared by all heads)
+  contiguous: bool  # every row's visited blocks are consecutive: index = first + step
   any_partial: bool  # some visited tile needs the mask's element predicate
-  has_bits: bool     # the mask has block-sparse leaves (tile_allowed reads their bits)
+  has_bits: bool  # the mask has block-sparse leaves (tile_allowed reads their bits)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,8 +160,9 @@ def _launch_order(count: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables:
   """The per-query-block (`"kv"`) or per-key-block (`"q"`) side of `table`, padded to `rows`."""
-  index, count, partial, bits = (getattr(table, f"{direction}_{name}")
-                                 for name in ("index", "count", "partial", "bits"))
+  index, count, partial, bits = (
+      getattr(table, f"{direction}_{name}") for name in ("index", "count", "partial", "bits")
+  )
   steps = np.arange(index.shape[-1])
   listed = steps < count[..., None]
   extra = rows - count.shape[1]  # fully padded blocks: nothing to visit
@@ -168,19 +172,25 @@ def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables
     return np.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)) if extra else a
 
   order, heavy = _launch_order(pad(count))
-  walk = _Walk(block_q=table.block_q, block_k=table.block_k, rows=rows, heavy=heavy,
-               per_head=index.shape[0] > 1,
-               contiguous=bool(np.all(~listed | (index == index[..., :1] + steps))),
-               any_partial=bool(partial.any()), has_bits=bool(mask.layout_leaves()))
+  walk = _Walk(
+      block_q=table.block_q,
+      block_k=table.block_k,
+      rows=rows,
+      heavy=heavy,
+      per_head=index.shape[0] > 1,
+      contiguous=bool(np.all(~listed | (index == index[..., :1] + steps))),
+      any_partial=bool(partial.any()),
+      has_bits=bool(mask.layout_leaves()),
+  )
   return _Tables(walk, pad(index), pad(count), pad(partial), pad(bits), order)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Plan:
   problem: _Problem
-  forward: _Tables   # per query block, (block_q, block_k)
-  dkv: _Tables       # per key block, (block_q_dkv, block_k_dkv)
-  dq: _Tables        # per query block, (block_q_dq, block_k_dq)
+  forward: _Tables  # per query block, (block_q, block_k)
+  dkv: _Tables  # per key block, (block_q_dkv, block_k_dkv)
+  dq: _Tables  # per query block, (block_q_dq, block_k_dq)
 
 
 def _plan(problem: _Problem) -> _Plan:
@@ -192,8 +202,12 @@ def _plan(problem: _Problem) -> _Plan:
   return _Plan(
       problem=p,
       forward=_tables(table(bs.block_q, bs.block_k), "kv", p.q_len_padded // bs.block_q, p.mask),
-      dkv=_tables(table(bs.block_q_dkv, bs.block_k_dkv), "q", p.kv_len_padded // bs.block_k_dkv, p.mask),
-      dq=_tables(table(bs.block_q_dq, bs.block_k_dq), "kv", p.q_len_padded // bs.block_q_dq, p.mask),
+      dkv=_tables(
+          table(bs.block_q_dkv, bs.block_k_dkv), "q", p.kv_len_padded // bs.block_k_dkv, p.mask
+      ),
+      dq=_tables(
+          table(bs.block_q_dq, bs.block_k_dq), "kv", p.q_len_padded // bs.block_q_dq, p.mask
+      ),
   )
 
 
@@ -253,8 +267,9 @@ class _Visits:
     return partial, bits
 
 
-def _mask_scores(s, problem: _Problem, walk: _Walk, q_start, kv_start, length, partial, bits,
-                 q_seg, kv_seg):
+def _mask_scores(
+    s, problem: _Problem, walk: _Walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg
+):
   """`s` (the tile at `q_start`, `kv_start`) with disallowed pairs set to MASKED.
 
   The element work runs only on tiles that need it: partial tiles, tiles that
@@ -324,13 +339,18 @@ def _forward_kernel(*refs, plan: _Plan):
     acc = acc * correction[:, None] + _dot(p.astype(v.dtype), v, problem.precision)
     return acc, new_max, row_sum * correction + p.sum(axis=1)
 
-  init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
-          jnp.full((block_q,), MASKED, jnp.float32), jnp.zeros((block_q,), jnp.float32))
+  init = (
+      jnp.zeros((block_q, q.shape[-1]), jnp.float32),
+      jnp.full((block_q,), MASKED, jnp.float32),
+      jnp.zeros((block_q,), jnp.float32),
+  )
   acc, row_max, row_sum = lax.fori_loop(0, visits.count, body, init)
   # A row whose max never rose above MASKED saw no allowed key.
   has_key = row_max > MASKED / 2
   row_sum = jnp.where(has_key, row_sum, 1.0)
-  o_ref[b, q_slice, h, :] = jnp.where(has_key[:, None], acc / row_sum[:, None], 0.0).astype(o_ref.dtype)
+  o_ref[b, q_slice, h, :] = jnp.where(has_key[:, None], acc / row_sum[:, None], 0.0).astype(
+      o_ref.dtype
+  )
   lse_ref[b, h, q_slice] = jnp.where(has_key, row_max + jnp.log2(row_sum), EMPTY_ROW_LSE)
 
 
@@ -432,22 +452,39 @@ def _call(kernel, plan: _Plan, tables: _Tables, inputs, segments, out_shape, nam
 
 def _forward_call(plan: _Plan, q, k, v, lengths, segments):
   batch, lq, heads, _ = q.shape
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((batch, heads, lq), jnp.float32)]
-  return _call(_forward_kernel, plan, plan.forward, (lengths, q, k, v), segments, out_shape,
-               "flash_forward")
+  out_shape = [
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct((batch, heads, lq), jnp.float32),
+  ]
+  return _call(
+      _forward_kernel, plan, plan.forward, (lengths, q, k, v), segments, out_shape, "flash_forward"
+  )
 
 
 def _dkv_call(plan: _Plan, q, k, v, d_out, lse, delta, lengths, segments):
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
-  return _call(_dkv_kernel, plan, plan.dkv, (lengths, q, k, v, d_out, lse, delta), segments,
-               out_shape, "flash_backward_dkv")
+  return _call(
+      _dkv_kernel,
+      plan,
+      plan.dkv,
+      (lengths, q, k, v, d_out, lse, delta),
+      segments,
+      out_shape,
+      "flash_backward_dkv",
+  )
 
 
 def _dq_call(plan: _Plan, q, k, v, d_out, lse, delta, lengths, segments):
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-  return _call(_dq_kernel, plan, plan.dq, (lengths, q, k, v, d_out, lse, delta), segments,
-               out_shape, "flash_backward_dq")[0]
+  return _call(
+      _dq_kernel,
+      plan,
+      plan.dq,
+      (lengths, q, k, v, d_out, lse, delta),
+      segments,
+      out_shape,
+      "flash_backward_dq",
+  )[0]
 
 
 # -- Padding and the differentiable function. ---------------------------------------
@@ -470,11 +507,14 @@ def _attention_fn(problem: _Problem) -> Callable:
     k, v = (_pad_to(x, {1: lk, 3: dim}) for x in (k, v))
     segments = ()
     if problem.has_segments:
-      segments = (_pad_to(q_seg.astype(jnp.int32), {1: lq}), _pad_to(kv_seg.astype(jnp.int32), {1: lk}))
+      segments = (
+          _pad_to(q_seg.astype(jnp.int32), {1: lq}),
+          _pad_to(kv_seg.astype(jnp.int32), {1: lk}),
+      )
     return q, k, v, segments
 
   def unpad(x, length):
-    return x[:, :length, :, :problem.head_dim]
+    return x[:, :length, :, : problem.head_dim]
 
   def forward(q, k, v, lengths, q_seg, kv_seg):
     q, k, v, segments = pad_inputs(q, k, v, q_seg, kv_seg)
@@ -492,15 +532,32 @@ def _attention_fn(problem: _Problem) -> Callable:
     delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32))
     dk, dv = _dkv_call(plan, q, k, v, d_out, lse, delta, lengths, segments)
     dq = _dq_call(plan, q, k, v, d_out, lse, delta, lengths, segments)
-    return (unpad(dq, problem.q_len), unpad(dk, problem.kv_len), unpad(dv, problem.kv_len),
-            None, None, None)
+    return (
+        unpad(dq, problem.q_len),
+        unpad(dk, problem.kv_len),
+        unpad(dv, problem.kv_len),
+        None,
+        None,
+        None,
+    )
 
   attend.defvjp(forward, backward)
   return attend
 
 
-def flash_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids=None, kv_segment_ids=None,
-                    scale: float, block_sizes: BlockSizes, interpret: bool = False) -> jax.Array:
+def flash_attention(
+    q,
+    k,
+    v,
+    mask: Mask,
+    *,
+    kv_lengths,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    scale: float,
+    block_sizes: BlockSizes,
+    interpret: bool = False,
+) -> jax.Array:
   """Masked attention with the Pallas kernels; differentiable in q, k, v.
 
   Called by `pallas_kernels.attention(..., implementation="pallas")`, which has
@@ -521,9 +578,18 @@ def flash_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids=None, kv_s
   """
   check_block_sizes(block_sizes)
   batch, q_len, num_heads, head_dim = q.shape
-  problem = _Problem(batch=batch, q_len=q_len, kv_len=k.shape[1], num_heads=num_heads,
-                     head_dim=head_dim, dtype=jnp.dtype(q.dtype).name, mask=mask, scale=float(scale),
-                     block_sizes=block_sizes, has_segments=q_segment_ids is not None,
-                     interpret=bool(interpret))
+  problem = _Problem(
+      batch=batch,
+      q_len=q_len,
+      kv_len=k.shape[1],
+      num_heads=num_heads,
+      head_dim=head_dim,
+      dtype=jnp.dtype(q.dtype).name,
+      mask=mask,
+      scale=float(scale),
+      block_sizes=block_sizes,
+      has_segments=q_segment_ids is not None,
+      interpret=bool(interpret),
+  )
   lengths = jnp.asarray(kv_lengths, jnp.int32)
   return _attention_fn(problem)(q, k, v, lengths, q_segment_ids, kv_segment_ids)

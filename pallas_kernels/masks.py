@@ -62,7 +62,9 @@ class Mask(abc.ABC):
     """
     _check_lengths(q_len, kv_len)
     self.validate(q_len, kv_len, num_heads)
-    return self._dense_at(np.arange(q_len)[:, None], np.arange(kv_len)[None, :], q_len, kv_len, num_heads)
+    return self._dense_at(
+        np.arange(q_len)[:, None], np.arange(kv_len)[None, :], q_len, kv_len, num_heads
+    )
 
   @abc.abstractmethod
   def _dense_at(self, q_pos, kv_pos, q_len: int, kv_len: int, num_heads: int) -> np.ndarray:
@@ -101,8 +103,9 @@ class Mask(abc.ABC):
     allowed, _ = self._tile_allowed(q_pos, kv_pos, bits, 0, xp)
     return allowed
 
-  def block_table(self, q_len: int, kv_len: int, block_q: int, block_k: int,
-                  num_heads: int = 1) -> BlockTable:
+  def block_table(
+      self, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int = 1
+  ) -> BlockTable:
     """The tiles kernels visit, forward (per query block) and transposed (per key block)."""
     return _block_table(self, q_len, kv_len, block_q, block_k, num_heads)
 
@@ -122,8 +125,9 @@ class Mask(abc.ABC):
       allowed, heads = allowed + int(chunk.sum(dtype=np.int64)), chunk.shape[0]
     return allowed / (heads * q_len * kv_len)
 
-  def visited_fraction(self, q_len: int, kv_len: int, block_q: int, block_k: int,
-                       num_heads: int = 1) -> float:
+  def visited_fraction(
+      self, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int = 1
+  ) -> float:
     """Fraction of `block_q x block_k` tiles a kernel visits: its cost relative to dense."""
     table = self.block_table(q_len, kv_len, block_q, block_k, num_heads)
     return float(table.kv_count.sum()) / (table.kv_count.size * table.num_kv_blocks)
@@ -233,8 +237,10 @@ class LocalMask(Mask):
 def _as_layout(layout: Any) -> np.ndarray:
   array = np.asarray(layout)
   if array.ndim not in (2, 3) or array.size == 0:
-    raise ValueError(f"BlockSparseMask.layout: expected a non-empty bool array [nqb, nkb] or [H, nqb, nkb], "
-                     f"got shape {array.shape}")
+    raise ValueError(
+        f"BlockSparseMask.layout: expected a non-empty bool array [nqb, nkb] or [H, nqb, nkb], "
+        f"got shape {array.shape}"
+    )
   if array.dtype != bool:
     if not np.all((array == 0) | (array == 1)):
       raise ValueError("BlockSparseMask.layout: expected booleans (or 0/1)")
@@ -274,7 +280,8 @@ class _LayoutLeaf(Mask):
     if self.block_q % tiling.block_q or self.block_k % tiling.block_k:
       raise ValueError(
           f"block sizes: kernel tiles ({tiling.block_q}, {tiling.block_k}) must divide the layout "
-          f"blocks ({self.block_q}, {self.block_k}) of {type(self).__name__}")
+          f"blocks ({self.block_q}, {self.block_k}) of {type(self).__name__}"
+      )
     layout = self.layout(tiling.q_len, tiling.kv_len, tiling.num_heads)
     rows = (np.arange(tiling.num_q_blocks) * tiling.block_q) // self.block_q
     cols = (np.arange(tiling.num_kv_blocks) * tiling.block_k) // self.block_k
@@ -301,28 +308,42 @@ class BlockSparseMask(_LayoutLeaf):
   def __init__(self, layout: Any, block_q: int, block_k: int | None = None):
     object.__setattr__(self, "layout_array", _as_layout(layout))
     object.__setattr__(self, "block_q", _check_int(block_q, "BlockSparseMask.block_q", 1))
-    object.__setattr__(self, "block_k", _check_int(block_q if block_k is None else block_k,
-                                                   "BlockSparseMask.block_k", 1))
+    object.__setattr__(
+        self,
+        "block_k",
+        _check_int(block_q if block_k is None else block_k, "BlockSparseMask.block_k", 1),
+    )
 
   @staticmethod
-  def pattern(block: int, *, local: int = 1, global_: int = 1, random: float = 0.0, seed: int = 0,
-              per_head: bool = False) -> BlockSparsePattern:
+  def pattern(
+      block: int,
+      *,
+      local: int = 1,
+      global_: int = 1,
+      random: float = 0.0,
+      seed: int = 0,
+      per_head: bool = False,
+  ) -> BlockSparsePattern:
     """BigBird's local + global + random blocks, as a recipe for any length.
 
     `random` is the fraction of the other blocks that are active; to aim at an
     overall density over real sequence lengths, use `random_for_density`.
     """
-    return BlockSparsePattern(block=block, local=local, global_=global_, random=random, seed=seed,
-                              per_head=per_head)
+    return BlockSparsePattern(
+        block=block, local=local, global_=global_, random=random, seed=seed, per_head=per_head
+    )
 
   @property
   def per_head(self) -> bool:
     return self.layout_array.ndim == 3
 
   def __eq__(self, other):
-    return (isinstance(other, BlockSparseMask) and (self.block_q, self.block_k) == (other.block_q, other.block_k)
-            and self.layout_array.shape == other.layout_array.shape
-            and bool(np.array_equal(self.layout_array, other.layout_array)))
+    return (
+        isinstance(other, BlockSparseMask)
+        and (self.block_q, self.block_k) == (other.block_q, other.block_k)
+        and self.layout_array.shape == other.layout_array.shape
+        and bool(np.array_equal(self.layout_array, other.layout_array))
+    )
 
   def __hash__(self):
     return hash((self.block_q, self.block_k, self.layout_array.shape, self.layout_array.tobytes()))
@@ -336,10 +357,14 @@ class BlockSparseMask(_LayoutLeaf):
     expected = (-(-q_len // self.block_q), -(-kv_len // self.block_k))
     got = self.layout_array.shape
     if got[-2:] != expected:
-      raise ValueError(f"BlockSparseMask.layout: expected shape [..., {expected[0]}, {expected[1]}] for "
-                       f"Lq={q_len}, Lk={kv_len} and blocks ({self.block_q}, {self.block_k}), got {list(got)}")
+      raise ValueError(
+          f"BlockSparseMask.layout: expected shape [..., {expected[0]}, {expected[1]}] for "
+          f"Lq={q_len}, Lk={kv_len} and blocks ({self.block_q}, {self.block_k}), got {list(got)}"
+      )
     if len(got) == 3 and got[0] != num_heads:
-      raise ValueError(f"BlockSparseMask.layout: per-head layout has {got[0]} heads, the inputs have {num_heads}")
+      raise ValueError(
+          f"BlockSparseMask.layout: per-head layout has {got[0]} heads, the inputs have {num_heads}"
+      )
 
   def layout(self, q_len, kv_len, num_heads=1):
     self.validate(q_len, kv_len, num_heads)
@@ -373,10 +398,15 @@ class BlockSparsePattern(_LayoutLeaf):
     for name in ("local", "global_", "seed"):
       _check_int(getattr(self, name), f"BlockSparsePattern.{name}", 0)
     random = self.random
-    if (not isinstance(random, numbers.Real) or isinstance(random, (bool, np.bool_))
-        or not 0.0 <= float(random) <= 1.0):
-      raise ValueError(f"BlockSparseMask.pattern: random: expected a fraction in [0, 1] of the blocks "
-                       f"outside the band and global blocks, got {random!r}")
+    if (
+        not isinstance(random, numbers.Real)
+        or isinstance(random, (bool, np.bool_))
+        or not 0.0 <= float(random) <= 1.0
+    ):
+      raise ValueError(
+          f"BlockSparseMask.pattern: random: expected a fraction in [0, 1] of the blocks "
+          f"outside the band and global blocks, got {random!r}"
+      )
     object.__setattr__(self, "random", float(random))
     if not isinstance(self.per_head, (bool, np.bool_)):
       raise ValueError(f"BlockSparsePattern.per_head: expected a bool, got {self.per_head!r}")
@@ -391,8 +421,9 @@ class BlockSparsePattern(_LayoutLeaf):
     return self.block
 
   def layout(self, q_len, kv_len, num_heads=1):
-    return _pattern_layout(self, -(-q_len // self.block), -(-kv_len // self.block),
-                           num_heads if self.per_head else 1)
+    return _pattern_layout(
+        self, -(-q_len // self.block), -(-kv_len // self.block), num_heads if self.per_head else 1
+    )
 
   def _fixed(self, nqb: int, nkb: int) -> np.ndarray:
     """bool `[nqb, nkb]`: the band and global blocks, active whatever `random` is."""
@@ -402,7 +433,9 @@ class BlockSparsePattern(_LayoutLeaf):
 
 @functools.lru_cache(maxsize=256)
 def _pattern_layout(pattern: BlockSparsePattern, nqb: int, nkb: int, heads: int) -> np.ndarray:
-  layout = pattern._fixed(nqb, nkb)[None] | (_uniforms(pattern.seed, heads, nqb, nkb) < pattern.random)
+  layout = pattern._fixed(nqb, nkb)[None] | (
+      _uniforms(pattern.seed, heads, nqb, nkb) < pattern.random
+  )
   layout.setflags(write=False)
   return layout
 
@@ -439,9 +472,13 @@ def _check_sequence_lengths(lengths: Any) -> tuple[np.ndarray, np.ndarray]:
   """The distinct lengths and how often each occurs; ValueError unless positive ints."""
   array = np.asarray(lengths)
   if array.ndim != 1 or array.size == 0:
-    raise ValueError(f"lengths: expected a non-empty list of sequence lengths, got shape {array.shape}")
+    raise ValueError(
+        f"lengths: expected a non-empty list of sequence lengths, got shape {array.shape}"
+    )
   if not np.issubdtype(array.dtype, np.integer) or array.min() < 1:
-    raise ValueError(f"lengths: expected positive ints, got {array.dtype} with minimum {array.min()!r}")
+    raise ValueError(
+        f"lengths: expected positive ints, got {array.dtype} with minimum {array.min()!r}"
+    )
   return np.unique(array.astype(np.int64), return_counts=True)
 
 
@@ -457,13 +494,23 @@ def attended_fraction(mask: Mask, lengths: Sequence[int], num_heads: int = 1) ->
   _check_int(num_heads, "num_heads", 1)
   values, counts = _check_sequence_lengths(lengths)
   squares = values.astype(np.float64) ** 2
-  allowed = sum(mask.density(int(n), int(n), num_heads) * sq * c for n, sq, c in zip(values, squares, counts))
+  allowed = sum(
+      mask.density(int(n), int(n), num_heads) * sq * c for n, sq, c in zip(values, squares, counts)
+  )
   return float(allowed / np.sum(counts * squares))
 
 
-def random_for_density(density: float, lengths: Sequence[int], *, block: int, local: int = 1,
-                       global_: int = 1, seed: int = 0, per_head: bool = False,
-                       num_heads: int = 1) -> float:
+def random_for_density(
+    density: float,
+    lengths: Sequence[int],
+    *,
+    block: int,
+    local: int = 1,
+    global_: int = 1,
+    seed: int = 0,
+    per_head: bool = False,
+    num_heads: int = 1,
+) -> float:
   """The `random` of `BlockSparseMask.pattern` whose realised `attended_fraction` is closest to `density`.
 
   Over `lengths`, the attended fraction is a nondecreasing step function of
@@ -474,12 +521,16 @@ def random_for_density(density: float, lengths: Sequence[int], *, block: int, lo
 
   Raises ValueError if the band and global blocks alone attend more than `density`.
   """
-  if (not isinstance(density, numbers.Real) or isinstance(density, (bool, np.bool_))
-      or not 0.0 < float(density) <= 1.0):
+  if (
+      not isinstance(density, numbers.Real)
+      or isinstance(density, (bool, np.bool_))
+      or not 0.0 < float(density) <= 1.0
+  ):
     raise ValueError(f"density: expected a fraction in (0, 1], got {density!r}")
   density = float(density)
-  pattern = BlockSparsePattern(block=block, local=local, global_=global_, random=0.0, seed=seed,
-                               per_head=per_head)
+  pattern = BlockSparsePattern(
+      block=block, local=local, global_=global_, random=0.0, seed=seed, per_head=per_head
+  )
   _check_int(num_heads, "num_heads", 1)
   values, counts = _check_sequence_lengths(lengths)
   heads = num_heads if per_head else 1
@@ -497,7 +548,8 @@ def random_for_density(density: float, lengths: Sequence[int], *, block: int, lo
     raise ValueError(
         f"density: requested {density}, but the band and global blocks alone attend {floor:.3f} of the "
         f"real-token pairs (block size {block}, band local={local}, {global_} global blocks, {span}); "
-        f"lower the floor with fewer band or global blocks, or smaller blocks")
+        f"lower the floor with fewer band or global blocks, or smaller blocks"
+    )
   free = np.broadcast_to(~fixed & (pairs > 0), (heads, nb, nb))
   u = _uniforms(seed, heads, nb, nb)[free]
   weight = np.broadcast_to(pairs, (heads, nb, nb))[free] / heads
@@ -539,8 +591,10 @@ class _Combined(Mask):
     """Combines two tile-state arrays (EMPTY < PARTIAL < FULL)."""
 
   def _dense_at(self, q_pos, kv_pos, q_len, kv_len, num_heads):
-    return self._join(self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads),
-                      self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads))
+    return self._join(
+        self.left._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads),
+        self.right._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads),
+    )
 
   def layout_leaves(self):
     return self.left.layout_leaves() + self.right.layout_leaves()
@@ -652,8 +706,9 @@ def _readonly(*arrays):
 
 
 @functools.lru_cache(maxsize=512)
-def _block_table(mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int,
-                 num_heads: int) -> BlockTable:
+def _block_table(
+    mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int
+) -> BlockTable:
   _check_lengths(q_len, kv_len)
   _check_int(block_q, "block_q", 1)
   _check_int(block_k, "block_k", 1)
@@ -667,7 +722,9 @@ def _block_table(mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int
   visited_kv = np.flatnonzero((states != EMPTY).any(axis=(0, 1)))
   visited_q = np.flatnonzero((states != EMPTY).any(axis=(0, 2)))
   kv = _compress(states, bits, int(visited_kv[0]) if visited_kv.size else 0)
-  q = _compress(states.transpose(0, 2, 1), bits.transpose(0, 2, 1), int(visited_q[0]) if visited_q.size else 0)
+  q = _compress(
+      states.transpose(0, 2, 1), bits.transpose(0, 2, 1), int(visited_q[0]) if visited_q.size else 0
+  )
   return BlockTable(q_len, kv_len, block_q, block_k, *_readonly(*kv), *_readonly(*q))
 
 
@@ -680,4 +737,7 @@ def layout_block_sizes(mask: Mask) -> tuple[int, int]:
   leaves = mask.layout_leaves()
   if not leaves:
     return 0, 0
-  return (math.gcd(*(leaf.block_q for leaf in leaves)), math.gcd(*(leaf.block_k for leaf in leaves)))
+  return (
+      math.gcd(*(leaf.block_q for leaf in leaves)),
+      math.gcd(*(leaf.block_k for leaf in leaves)),
+  )

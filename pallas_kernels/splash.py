@@ -42,13 +42,13 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 
 from pallas_kernels.block_sizes import BlockSizes
 from pallas_kernels.masks import (
-  AndMask,
-  BlockSparseMask,
-  BlockSparsePattern,
-  DenseMask,
-  LocalMask,
-  Mask,
-  OrMask,
+    AndMask,
+    BlockSparseMask,
+    BlockSparsePattern,
+    DenseMask,
+    LocalMask,
+    Mask,
+    OrMask,
 )
 
 # Splash tiles are multiples of the TPU lane width.
@@ -79,9 +79,15 @@ class SplashTiling:
 
   def block_sizes(self) -> splash_lib.BlockSizes:
     return splash_lib.BlockSizes(
-        block_q=self.block_q, block_kv=self.block_kv, block_kv_compute=self.block_kv,
-        block_q_dkv=self.block_q, block_kv_dkv=self.block_kv, block_kv_dkv_compute=self.block_kv,
-        block_q_dq=self.block_q, block_kv_dq=self.block_kv)
+        block_q=self.block_q,
+        block_kv=self.block_kv,
+        block_kv_compute=self.block_kv,
+        block_q_dkv=self.block_q,
+        block_kv_dkv=self.block_kv,
+        block_kv_dkv_compute=self.block_kv,
+        block_q_dq=self.block_q,
+        block_kv_dq=self.block_kv,
+    )
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -136,15 +142,21 @@ class _LayoutMask(splash_lib.Mask):
     return cells, np.diff(edges)
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, _LayoutMask) and self._hash == other._hash and self._blocks == other._blocks
-            and self._shape == other._shape and np.array_equal(self._layout, other._layout))
+    return (
+        isinstance(other, _LayoutMask)
+        and self._hash == other._hash
+        and self._blocks == other._blocks
+        and self._shape == other._shape
+        and np.array_equal(self._layout, other._layout)
+    )
 
   def __hash__(self) -> int:
     return self._hash
 
 
-def splash_mask(mask: Mask, q_len: int, kv_len: int, num_heads: int,
-                tiling: SplashTiling) -> splash_lib.MultiHeadMask:
+def splash_mask(
+    mask: Mask, q_len: int, kv_len: int, num_heads: int, tiling: SplashTiling
+) -> splash_lib.MultiHeadMask:
   """Our mask as splash's `MultiHeadMask` over the padded `[H, tiling.q_len, tiling.kv_len]` problem.
 
   Inside the real `q_len x kv_len` region it allows exactly what `mask` allows.
@@ -155,19 +167,25 @@ def splash_mask(mask: Mask, q_len: int, kv_len: int, num_heads: int,
   if not mask.per_head:
     head_mask = _head_mask(mask, 0, q_len, kv_len, num_heads, shape)
     return splash_lib.MultiHeadMask([head_mask] * num_heads)
-  return splash_lib.MultiHeadMask([_head_mask(mask, head, q_len, kv_len, num_heads, shape)
-                                   for head in range(num_heads)])
+  return splash_lib.MultiHeadMask(
+      [_head_mask(mask, head, q_len, kv_len, num_heads, shape) for head in range(num_heads)]
+  )
 
 
-def _head_mask(mask: Mask, head: int, q_len: int, kv_len: int, num_heads: int,
-               shape: tuple[int, int]) -> splash_lib.Mask:
-  if isinstance(mask, DenseMask) or (isinstance(mask, LocalMask) and mask.left is None and mask.right is None):
+def _head_mask(
+    mask: Mask, head: int, q_len: int, kv_len: int, num_heads: int, shape: tuple[int, int]
+) -> splash_lib.Mask:
+  if isinstance(mask, DenseMask) or (
+      isinstance(mask, LocalMask) and mask.left is None and mask.right is None
+  ):
     return splash_lib.FullMask(shape)
   if isinstance(mask, LocalMask):
     return splash_lib.LocalMask(shape, window_size=(mask.left, mask.right), offset=0)
   if isinstance(mask, (BlockSparseMask, BlockSparsePattern)):
     layout = mask.layout(q_len, kv_len, num_heads)
-    return _LayoutMask(layout[head if layout.shape[0] > 1 else 0], mask.block_q, mask.block_k, shape)
+    return _LayoutMask(
+        layout[head if layout.shape[0] > 1 else 0], mask.block_q, mask.block_k, shape
+    )
   if isinstance(mask, (AndMask, OrMask)):
     left = _head_mask(mask.left, head, q_len, kv_len, num_heads, shape)
     right = _head_mask(mask.right, head, q_len, kv_len, num_heads, shape)
@@ -176,23 +194,33 @@ def _head_mask(mask: Mask, head: int, q_len: int, kv_len: int, num_heads: int,
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(mask: Mask, q_len: int, kv_len: int, num_heads: int, tiling: SplashTiling,
-                   interpret: bool) -> splash_lib.splash_attention_kernel.SplashAttentionKernel:
+def _splash_kernel(
+    mask: Mask, q_len: int, kv_len: int, num_heads: int, tiling: SplashTiling, interpret: bool
+) -> splash_lib.splash_attention_kernel.SplashAttentionKernel:
   """Builds (on the host, once per shape) splash's kernel and its block metadata."""
   # The kernel keeps its block metadata as arrays; make them concrete even when
   # first built under a trace, so the cached kernel never holds a tracer.
   with jax.ensure_compile_time_eval():
-    return splash_lib.make_splash_mha(splash_mask(mask, q_len, kv_len, num_heads, tiling),
-                                      block_sizes=tiling.block_sizes(), head_shards=1, q_seq_shards=1,
-                                      interpret=interpret)
+    return splash_lib.make_splash_mha(
+        splash_mask(mask, q_len, kv_len, num_heads, tiling),
+        block_sizes=tiling.block_sizes(),
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
 
 
 # -- Segment ids. ------------------------------------------------------------------
 
 
-def splash_segment_ids(kv_lengths: jax.Array, q_segment_ids: jax.Array | None,
-                       kv_segment_ids: jax.Array | None, q_len: int, kv_len: int,
-                       tiling: SplashTiling) -> tuple[jax.Array, jax.Array]:
+def splash_segment_ids(
+    kv_lengths: jax.Array,
+    q_segment_ids: jax.Array | None,
+    kv_segment_ids: jax.Array | None,
+    q_len: int,
+    kv_len: int,
+    tiling: SplashTiling,
+) -> tuple[jax.Array, jax.Array]:
   """int32 `[B, tiling.q_len]`, `[B, tiling.kv_len]`: padding, lengths and segments as splash segment ids.
 
   Query `i` may see key `j` exactly when the ids are equal. User ids are
@@ -204,7 +232,9 @@ def splash_segment_ids(kv_lengths: jax.Array, q_segment_ids: jax.Array | None,
     q_ids = jnp.zeros((batch, q_len), jnp.int32)
     kv_ids = jnp.zeros((batch, kv_len), jnp.int32)
   else:
-    q_ids, kv_ids = jax.vmap(_rank_segments)(jnp.asarray(q_segment_ids), jnp.asarray(kv_segment_ids))
+    q_ids, kv_ids = jax.vmap(_rank_segments)(
+        jnp.asarray(q_segment_ids), jnp.asarray(kv_segment_ids)
+    )
   kv_ids = jnp.where(jnp.arange(kv_len)[None, :] < kv_lengths[:, None], kv_ids, _NO_SEGMENT)
   q_ids = jnp.pad(q_ids, ((0, 0), (0, tiling.q_len - q_len)))
   kv_ids = jnp.pad(kv_ids, ((0, 0), (0, tiling.kv_len - kv_len)), constant_values=_NO_SEGMENT)
@@ -223,11 +253,19 @@ def _rank_segments(q_ids: jax.Array, kv_ids: jax.Array) -> tuple[jax.Array, jax.
 # -- Attention. --------------------------------------------------------------------
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
-                     kv_lengths: jax.Array | None = None,
-                     q_segment_ids: jax.Array | None = None, kv_segment_ids: jax.Array | None = None,
-                     scale: float, block_sizes: BlockSizes | None = None,
-                     interpret: bool = False) -> jax.Array:
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: Mask,
+    *,
+    kv_lengths: jax.Array | None = None,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    scale: float,
+    block_sizes: BlockSizes | None = None,
+    interpret: bool = False,
+) -> jax.Array:
   """Masked attention through splash for `[B, L, H, D]` inputs; see the module docstring.
 
   Inputs are validated by `pallas_kernels.attention`. `kv_lengths` is int32
@@ -247,8 +285,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
   else:
     if kv_lengths is None:
       kv_lengths = jnp.full((batch,), kv_len, jnp.int32)
-    q_ids, kv_ids = splash_segment_ids(jnp.asarray(kv_lengths, jnp.int32), q_segment_ids, kv_segment_ids,
-                                       q_len, kv_len, tiling)
+    q_ids, kv_ids = splash_segment_ids(
+        jnp.asarray(kv_lengths, jnp.int32), q_segment_ids, kv_segment_ids, q_len, kv_len, tiling
+    )
     segment_ids = splash_lib.SegmentIds(q=q_ids, kv=kv_ids)
   sinks = jnp.full((num_heads,), _SINK_LOGIT, jnp.float32)
 
@@ -261,6 +300,10 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, *,
 
   # Splash applies no softmax scale; scale in float32 so bfloat16 q is rounded once.
   scaled_q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  out = jax.vmap(one_example)(heads_major(scaled_q, tiling.q_len), heads_major(k, tiling.kv_len),
-                              heads_major(v, tiling.kv_len), segment_ids)
+  out = jax.vmap(one_example)(
+      heads_major(scaled_q, tiling.q_len),
+      heads_major(k, tiling.kv_len),
+      heads_major(v, tiling.kv_len),
+      segment_ids,
+  )
   return out[:, :, :q_len].transpose(0, 2, 1, 3).astype(q.dtype)

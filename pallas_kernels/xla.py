@@ -36,8 +36,18 @@ _MASKED = -1e30
 _MAX_PATTERNS = 8
 
 
-def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segment_ids,
-                      scale: float, block_sizes: BlockSizes) -> jax.Array:
+def blocked_attention(
+    q,
+    k,
+    v,
+    mask: Mask,
+    *,
+    kv_lengths,
+    q_segment_ids,
+    kv_segment_ids,
+    scale: float,
+    block_sizes: BlockSizes,
+) -> jax.Array:
   """`[B, Lq, H, D]` attention over the tiles `mask` visits; see `pallas_kernels.attention`.
 
   `kv_lengths` may be None (no padding), which keeps unpadded inputs free of masking work.
@@ -49,12 +59,15 @@ def blocked_attention(q, k, v, mask: Mask, *, kv_lengths, q_segment_ids, kv_segm
 
   # Compute in float32 (CPU matmuls in bf16 are slow and the contract wants f32 statistics).
   f32 = jnp.float32
-  blocks = _Blocks(q=_to_blocks(q.astype(f32) * scale, table.block_q),
-                   k=_to_blocks(k.astype(f32), table.block_k),
-                   v=_to_blocks(v.astype(f32), table.block_k),
-                   kv_len=kv_len, kv_lengths=kv_lengths,
-                   q_segments=_pad_segments(q_segment_ids, table.num_q_blocks * table.block_q),
-                   kv_segments=_pad_segments(kv_segment_ids, table.num_kv_blocks * table.block_k))
+  blocks = _Blocks(
+      q=_to_blocks(q.astype(f32) * scale, table.block_q),
+      k=_to_blocks(k.astype(f32), table.block_k),
+      v=_to_blocks(v.astype(f32), table.block_k),
+      kv_len=kv_len,
+      kv_lengths=kv_lengths,
+      q_segments=_pad_segments(q_segment_ids, table.num_q_blocks * table.block_q),
+      kv_segments=_pad_segments(kv_segment_ids, table.num_kv_blocks * table.block_k),
+  )
   if _visits_every_block_in_order(table):
     out = _dense(mask, table, blocks)
   else:
@@ -82,13 +95,21 @@ def _dense(mask: Mask, table: BlockTable, x: _Blocks):
   q_pos = _q_positions(q_blocks, block_q)
   kv_pos = np.arange(table.num_kv_blocks * table.block_k)[None, None, :]  # [1, 1, Lk_pad]
   bits = table.kv_bits[0][:, None, :].repeat(table.block_k, axis=-1)  # [nqb, 1, Lk_pad]
-  static = _static_allowed(mask, table.any_partial, q_pos, kv_pos, bits, np.ones((1, 1), bool), x.kv_len)
+  static = _static_allowed(
+      mask, table.any_partial, q_pos, kv_pos, bits, np.ones((1, 1), bool), x.kv_len
+  )
   view = (batch, heads, nqb, block_q, kv_pos.shape[-1])
   bias, row_ok = _masking(static, q_pos, kv_pos, q_blocks, x)
   # Scores are [B * H, Lq_pad, Lk_pad]: one dot per head.
   bias = None if bias is None else _merge_axes(bias, view, ((0, 1), (2, 3), (4,)))
-  return _attend(x.q.reshape(batch * heads, -1, dim), x.k.reshape(batch * heads, -1, dim),
-                 x.v.reshape(batch * heads, -1, dim), view, bias, row_ok)
+  return _attend(
+      x.q.reshape(batch * heads, -1, dim),
+      x.k.reshape(batch * heads, -1, dim),
+      x.v.reshape(batch * heads, -1, dim),
+      view,
+      bias,
+      row_ok,
+  )
 
 
 def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
@@ -105,17 +126,30 @@ def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
   for rows, visits in _row_groups(count):
     if visits == 0:  # rows with nothing to visit output zeros
       order.append(rows)
-      outs.append(jnp.zeros((batch, 1 if per_head else heads, len(rows), block_q, dim), jnp.float32))
+      outs.append(
+          jnp.zeros((batch, 1 if per_head else heads, len(rows), block_q, dim), jnp.float32)
+      )
       continue
     _, qb = np.divmod(rows, nqb)
-    kv_pos = (index[rows, :visits, None] * block_k + np.arange(block_k)).reshape(len(rows), 1, -1)  # [R, 1, W]
-    static = _static_allowed(mask, bool(partial[rows, :visits].any()), _q_positions(qb, block_q), kv_pos,
-                             bits[rows, :visits, None].repeat(block_k, -1).reshape(len(rows), 1, -1),
-                             (np.arange(visits) < count[rows, None]).repeat(block_k, -1), x.kv_len)
+    kv_pos = (index[rows, :visits, None] * block_k + np.arange(block_k)).reshape(
+        len(rows), 1, -1
+    )  # [R, 1, W]
+    static = _static_allowed(
+        mask,
+        bool(partial[rows, :visits].any()),
+        _q_positions(qb, block_q),
+        kv_pos,
+        bits[rows, :visits, None].repeat(block_k, -1).reshape(len(rows), 1, -1),
+        (np.arange(visits) < count[rows, None]).repeat(block_k, -1),
+        x.kv_len,
+    )
     for part, part_static in _pattern_groups(static):
       order.append(rows[part])
-      outs.append(_attend_rows(rows[part], index[rows[part], :visits], kv_pos[part], part_static, nqb,
-                               per_head, x))
+      outs.append(
+          _attend_rows(
+              rows[part], index[rows[part], :visits], kv_pos[part], part_static, nqb, per_head, x
+          )
+      )
   # Put the groups' rows back in (h', qb) order.
   out = jnp.concatenate(outs, axis=2)[:, :, np.argsort(np.concatenate(order))]
   if per_head:
@@ -132,7 +166,9 @@ def _attend_rows(rows, visited, kv_pos, static, nqb: int, per_head: bool, x: _Bl
   head, qb = np.divmod(rows, nqb)
   if per_head:
     queries = x.q[:, head, qb][:, None]  # [B, 1, R, bq, D]
-    keys, values = (blocks[:, head[:, None], visited][:, None] for blocks in (x.k, x.v))  # [B, 1, R, V, bk, D]
+    keys, values = (
+        blocks[:, head[:, None], visited][:, None] for blocks in (x.k, x.v)
+    )  # [B, 1, R, V, bk, D]
   else:
     queries = x.q[:, :, qb]  # [B, H, R, bq, D]
     keys, values = x.k[:, :, visited], x.v[:, :, visited]  # [B, H, R, V, bk, D]
@@ -140,8 +176,14 @@ def _attend_rows(rows, visited, kv_pos, static, nqb: int, per_head: bool, x: _Bl
   bias, row_ok = _masking(static, _q_positions(qb, block_q), kv_pos, qb, x)
   # Scores are [B * H * R, bq, W]: one small dot per (batch, head, query block).
   bias = None if bias is None else _merge_axes(bias, view, ((0, 1, 2), (3,), (4,)))
-  return _attend(queries.reshape(-1, block_q, dim), keys.reshape(-1, view[-1], dim),
-                 values.reshape(-1, view[-1], dim), view, bias, row_ok)
+  return _attend(
+      queries.reshape(-1, block_q, dim),
+      keys.reshape(-1, view[-1], dim),
+      values.reshape(-1, view[-1], dim),
+      view,
+      bias,
+      row_ok,
+  )
 
 
 def _row_groups(count: np.ndarray) -> list[tuple[np.ndarray, int]]:
@@ -153,10 +195,12 @@ def _row_groups(count: np.ndarray) -> list[tuple[np.ndarray, int]]:
   groups = [(np.flatnonzero(count == c), int(c)) for c in np.unique(count) if c]
   while len(groups) > _MAX_GROUPS:
     # Merging group i into i + 1 pads group i's rows up to group i + 1's count.
-    waste = [len(rows) * (groups[i + 1][1] - visits) for i, (rows, visits) in enumerate(groups[:-1])]
+    waste = [
+        len(rows) * (groups[i + 1][1] - visits) for i, (rows, visits) in enumerate(groups[:-1])
+    ]
     i = int(np.argmin(waste))
     merged = (np.concatenate([groups[i][0], groups[i + 1][0]]), groups[i + 1][1])
-    groups[i:i + 2] = [merged]
+    groups[i : i + 2] = [merged]
   empty = np.flatnonzero(count == 0)  # kept apart: they cost nothing
   return groups + [(empty, 0)] if empty.size else groups
 
@@ -228,8 +272,9 @@ def _softmax_attention_bwd(residuals, d_out):
   # dk = ds^T q and dv = p^T do contract over queries, a form XLA:CPU runs several
   # times slower; computing dk^T = q^T ds from a materialised q^T avoids it (the
   # barriers stop XLA folding the transposes back into the dots).
-  queries_t, d_out_t = jax.lax.optimization_barrier((queries.swapaxes(1, 2),
-                                                     (d_out * inv_total).swapaxes(1, 2)))
+  queries_t, d_out_t = jax.lax.optimization_barrier(
+      (queries.swapaxes(1, 2), (d_out * inv_total).swapaxes(1, 2))
+  )
   d_keys_t = _batched_dot(queries_t, d_scores, contract=(2, 1))
   d_values_t = _batched_dot(d_out_t, weights, contract=(2, 1))
   d_keys_t, d_values_t = jax.lax.optimization_barrier((d_keys_t, d_values_t))
@@ -241,14 +286,18 @@ _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 def _batched_dot(a, b, contract: tuple[int, int]):
   """`a [N, m, k]` times `b [N, ., .]` over one contracting dim each, batched over N."""
-  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((0,), (0,))), precision=_HIGHEST)
+  return jax.lax.dot_general(
+      a, b, (((contract[0],), (contract[1],)), ((0,), (0,))), precision=_HIGHEST
+  )
 
 
 def _q_positions(q_blocks: np.ndarray, block_q: int) -> np.ndarray:
   return q_blocks[:, None] * block_q + np.arange(block_q)  # [R, bq]
 
 
-def _static_allowed(mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, kv_len: int) -> np.ndarray:
+def _static_allowed(
+    mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, kv_len: int
+) -> np.ndarray:
   """What the host knows: `[R|1, bq|1, W]` bool for query positions `q_pos [R, bq]`.
 
   The rows visit key positions `kv_pos [R|1, 1, W]` with layout bits `bits [R, 1, W]`;
@@ -275,7 +324,9 @@ def _masking(static, q_pos, kv_pos, q_blocks, x: _Blocks):
     key_ok = jnp.asarray(kv_pos) < x.kv_lengths[:, None, None, None]  # [B, R|1, 1, W]
     bias = _add(bias, _bias(key_ok)[:, None])
   if x.q_segments is not None:
-    q_seg = x.q_segments.reshape(x.q_segments.shape[0], -1, q_pos.shape[-1])[:, q_blocks]  # [B, R, bq]
+    q_seg = x.q_segments.reshape(x.q_segments.shape[0], -1, q_pos.shape[-1])[
+        :, q_blocks
+    ]  # [B, R, bq]
     same = q_seg[..., None] == x.kv_segments[:, kv_pos[:, 0]][:, :, None]  # [B, R, bq, W]
     bias = _add(bias, _bias(same)[:, None])
     allowed = _and(same & jnp.asarray(static), key_ok)
@@ -333,8 +384,11 @@ def _from_blocks(x, length: int):
 
 def _visits_every_block_in_order(table: BlockTable) -> bool:
   full_rows = table.kv_count == table.num_kv_blocks
-  return (bool(full_rows.all()) and table.kv_index.shape[0] == 1
-          and table.kv_index.shape[-1] == table.num_kv_blocks)
+  return (
+      bool(full_rows.all())
+      and table.kv_index.shape[0] == 1
+      and table.kv_index.shape[-1] == table.num_kv_blocks
+  )
 
 
 def _pad_segments(ids, length: int):

@@ -16,6 +16,7 @@ PREFIXES = ("query: ", "passage: ")
 @pytest.fixture(scope="module")
 def encoder():
   import jxr.model
+
   return jxr.model.load_encoder("tiny", prefixes=PREFIXES)
 
 
@@ -39,31 +40,48 @@ def candidates(lareqa_dir):
 @pytest.mark.parametrize("max_length", [128, 48])
 def test_collation_and_encoding_agree_on_lareqa_candidates(encoder, candidates, max_length):
   texts, contexts = candidates
-  trained = collation.encode(encoder.tokenizer, [PREFIXES[1] + t for t in texts], max_length,
-                             contexts)
+  trained = collation.encode(
+      encoder.tokenizer, [PREFIXES[1] + t for t in texts], max_length, contexts
+  )
   encoded = encoder.token_ids(texts, kind="passage", contexts=contexts, max_length=max_length)
   assert trained == encoded
   assert all(len(ids) <= max_length for ids in encoded)
   # The case that used to differ occurred: a sentence that fills the pair's whole budget.
-  sentences = encoder.tokenizer.encode_batch([PREFIXES[1] + t for t in texts],
-                                             add_special_tokens=False)
+  sentences = encoder.tokenizer.encode_batch(
+      [PREFIXES[1] + t for t in texts], add_special_tokens=False
+  )
   budget = max_length - encoder.tokenizer.num_special_tokens_to_add(True)
   assert sum(len(s.ids) >= budget for s in sentences) > 0
-  assert len(tokens.encode(encoder.tokenizer, [PREFIXES[1] + texts[0]], 10**6,
-                           [contexts[0]])[0].ids) > max_length  # the longest pair was cut
+  assert (
+      len(tokens.encode(encoder.tokenizer, [PREFIXES[1] + texts[0]], 10**6, [contexts[0]])[0].ids)
+      > max_length
+  )  # the longest pair was cut
 
 
 def test_a_collated_batch_is_what_the_encoder_encodes(encoder, lareqa_dir):
   task = jxr.data.load_lareqa("mlqa-r", data_dir=lareqa_dir)
   sampler = jxr.data.HybridSampler(jxr.data.training_pairs(task), batch_size=16, seed=0)
   batch = next(sampler)
-  out = jxr.data.collate(batch, encoder.tokenizer, 32, 40, query_prefix=PREFIXES[0],
-                         passage_prefix=PREFIXES[1], pad_id=encoder.pad_id)
-  passages = encoder.tokenize(list(batch.positive_text), kind="passage",
-                              contexts=list(batch.positive_context), max_length=40)
+  out = jxr.data.collate(
+      batch,
+      encoder.tokenizer,
+      32,
+      40,
+      query_prefix=PREFIXES[0],
+      passage_prefix=PREFIXES[1],
+      pad_id=encoder.pad_id,
+  )
+  passages = encoder.tokenize(
+      list(batch.positive_text),
+      kind="passage",
+      contexts=list(batch.positive_context),
+      max_length=40,
+  )
   queries = encoder.tokenize(list(batch.query_text), kind="query", max_length=32)
-  for mine, theirs, mask in ((out.passage_input_ids, passages, out.passage_attention_mask),
-                             (out.query_input_ids, queries, out.query_attention_mask)):
+  for mine, theirs, mask in (
+      (out.passage_input_ids, passages, out.passage_attention_mask),
+      (out.query_input_ids, queries, out.query_attention_mask),
+  ):
     width = theirs["input_ids"].shape[1]
     np.testing.assert_array_equal(mine[:, :width], theirs["input_ids"])
     np.testing.assert_array_equal(mask[:, :width], theirs["attention_mask"])

@@ -28,35 +28,42 @@ class TokenizedBatch:
 
 
 def collate(
-  batch: Batch,
-  tokenizer,
-  max_query_length: int,
-  max_passage_length: int,
-  candidate_context: bool = True,
-  *,
-  query_prefix: str = "",
-  passage_prefix: str = "",
-  pad_id: int | None = None,
+    batch: Batch,
+    tokenizer,
+    max_query_length: int,
+    max_passage_length: int,
+    candidate_context: bool = True,
+    *,
+    query_prefix: str = "",
+    passage_prefix: str = "",
+    pad_id: int | None = None,
 ) -> TokenizedBatch:
   """Tokenises `batch`'s queries and positives (with their paragraph when `candidate_context`).
 
   `query_prefix`/`passage_prefix` are prepended to the texts (e5 models expect
   `"query: "` and `"passage: "`). `pad_id` defaults to the tokenizer's `<pad>`.
   """
-  for name, value in (("max_query_length", max_query_length), ("max_passage_length", max_passage_length)):
+  for name, value in (
+      ("max_query_length", max_query_length),
+      ("max_passage_length", max_passage_length),
+  ):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
       raise ValueError(f"{name}: expected an int >= 2, got {value!r}")
   pad_id = _pad_id(tokenizer) if pad_id is None else pad_id
   queries = [query_prefix + text for text in batch.query_text]
   sentences = [passage_prefix + text for text in batch.positive_text]
   contexts = list(batch.positive_context) if candidate_context else [""] * len(sentences)
-  query_ids, query_mask = pad(encode(tokenizer, queries, max_query_length), max_query_length, pad_id)
+  query_ids, query_mask = pad(
+      encode(tokenizer, queries, max_query_length), max_query_length, pad_id
+  )
   passages = encode(tokenizer, sentences, max_passage_length, contexts)
   passage_ids, passage_mask = pad(passages, max_passage_length, pad_id)
   return TokenizedBatch(query_ids, query_mask, passage_ids, passage_mask)
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None) -> list[list[int]]:
+def encode(
+    tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None
+) -> list[list[int]]:
   """Token ids of `texts` (or of the pairs `(texts[i], pairs[i])` where `pairs[i]` is
   non-empty), each cut to `max_length` by `jxr.tokens`' rule."""
   return [encoding.ids for encoding in tokens.encode(tokenizer, texts, max_length, pairs)]

@@ -50,8 +50,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str, *, timeout: float = 60
       raise DownloadError(f"{url}: truncated download, got {received} of {expected_size} bytes")
     if digest != sha256:
       raise DownloadError(
-        f"{url}: sha256 mismatch ({received} bytes): expected {sha256}, got {digest}; "
-        "the file was not saved"
+          f"{url}: sha256 mismatch ({received} bytes): expected {sha256}, got {digest}; "
+          "the file was not saved"
       )
     os.replace(tmp_name, dest)
   except BaseException:
@@ -80,8 +80,8 @@ def _stream(url: str, out, *, timeout: float, desc: str) -> tuple[int, int | Non
     raise DownloadError(f"{url}: could not connect ({e.reason})") from e
   except http.client.IncompleteRead as e:
     raise DownloadError(
-      f"{url}: truncated download, got {received + len(e.partial)} bytes"
-      + (f" of {received + len(e.partial) + e.expected}" if e.expected else "")
+        f"{url}: truncated download, got {received + len(e.partial)} bytes"
+        + (f" of {received + len(e.partial) + e.expected}" if e.expected else "")
     ) from e
   except (http.client.HTTPException, OSError) as e:
     raise DownloadError(f"{url}: download failed after {received} bytes ({e!r})") from e

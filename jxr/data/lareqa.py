@@ -23,35 +23,35 @@ from jxr.data import download
 from jxr.data.task import RetrievalTask
 
 LANGUAGES: dict[str, tuple[str, ...]] = {
-  "xquad-r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
-  "mlqa-r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
+    "xquad-r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
+    "mlqa-r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
 }
 
 # Raw files of google-research-datasets/lareqa; MLQA-R was removed after 354d67d.
 BASE_URL = "https://raw.githubusercontent.com/google-research-datasets/lareqa"
 COMMITS = {
-  "xquad-r": "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c",
-  "mlqa-r": "354d67d1cd066854cdfbf5ad0e6105528976141d",
+    "xquad-r": "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c",
+    "mlqa-r": "354d67d1cd066854cdfbf5ad0e6105528976141d",
 }
 SHA256 = {
-  "xquad-r/ar.json": "c52922d3b8ac1ae03ed5ac38647ad59870dca3dda2beefe18ecdc30729acb69d",
-  "xquad-r/de.json": "16fb0f4bf4916154b585a20c24c66074591c9718a1affe764ff4697572328949",
-  "xquad-r/el.json": "163fd43ee785a30eb534ae2061e9eaa766a7ee4e8ffce5e4b422480c150f64b6",
-  "xquad-r/en.json": "7b0954f39297c27a31fef610f0883337dd2907fa8699151dc922afdd0fa12ffe",
-  "xquad-r/es.json": "f8e836b2d91009c4363e04315f7ede363eedbbb49c67dda60de6c4aa782f58de",
-  "xquad-r/hi.json": "ea45ba8ae4513d1533b222bebdc02a90bc319c055d3aeea68584a053d2e92872",
-  "xquad-r/ru.json": "7f4dff853538b9a5fcc28c070b8bb983a5c5d190ac747b8e005a1ada9cab18f1",
-  "xquad-r/th.json": "c3a041864c3a9fb0b4dd91cfdf99cf36b411b3e704c58a303c97bc6dc786cfe4",
-  "xquad-r/tr.json": "f3e8c13002bbce154a4578f535f7533cb70f3da08840e6b62735935baec7bd94",
-  "xquad-r/vi.json": "e35926bf5cc6fc6ecbdfca49467aabeb454f08d152d7818143a906bd31dde995",
-  "xquad-r/zh.json": "80c2cde7b9c2fb134c303cbb52f2ba396ead9eb0014aec43993543d2ba9e93ed",
-  "mlqa-r/ar.json": "2132fbc03208535c0fe01f2e2c5121d06f9c2aa799af93b0a719dbc105bdf137",
-  "mlqa-r/de.json": "ce9454dc5aa6f2d85c23cd6e49cb367fbb7c4c6e62d7f71e355c6b5dae4d0886",
-  "mlqa-r/en.json": "fedd9a5cc0848dda80caf84aa36f482adaae230526a3f6e9e86926a93ef3b1e4",
-  "mlqa-r/es.json": "70ecba276b8c96a692b120693a595d076ce94ad21d4b28311538a9fcbfe0f9d7",
-  "mlqa-r/hi.json": "4dd0fb3c06f737a5481d705bc1dcac7876712a5815c9265908fbb3a0696cb654",
-  "mlqa-r/vi.json": "9d3baff6ba03e6793b25594217265ea59a136b9733833dca8a9582a84a78ff85",
-  "mlqa-r/zh.json": "57f01d2fff50cf3392805635b01445339f225ad5bf28ba8443b12f8dbd1e69dc",
+    "xquad-r/ar.json": "c52922d3b8ac1ae03ed5ac38647ad59870dca3dda2beefe18ecdc30729acb69d",
+    "xquad-r/de.json": "16fb0f4bf4916154b585a20c24c66074591c9718a1affe764ff4697572328949",
+    "xquad-r/el.json": "163fd43ee785a30eb534ae2061e9eaa766a7ee4e8ffce5e4b422480c150f64b6",
+    "xquad-r/en.json": "7b0954f39297c27a31fef610f0883337dd2907fa8699151dc922afdd0fa12ffe",
+    "xquad-r/es.json": "f8e836b2d91009c4363e04315f7ede363eedbbb49c67dda60de6c4aa782f58de",
+    "xquad-r/hi.json": "ea45ba8ae4513d1533b222bebdc02a90bc319c055d3aeea68584a053d2e92872",
+    "xquad-r/ru.json": "7f4dff853538b9a5fcc28c070b8bb983a5c5d190ac747b8e005a1ada9cab18f1",
+    "xquad-r/th.json": "c3a041864c3a9fb0b4dd91cfdf99cf36b411b3e704c58a303c97bc6dc786cfe4",
+    "xquad-r/tr.json": "f3e8c13002bbce154a4578f535f7533cb70f3da08840e6b62735935baec7bd94",
+    "xquad-r/vi.json": "e35926bf5cc6fc6ecbdfca49467aabeb454f08d152d7818143a906bd31dde995",
+    "xquad-r/zh.json": "80c2cde7b9c2fb134c303cbb52f2ba396ead9eb0014aec43993543d2ba9e93ed",
+    "mlqa-r/ar.json": "2132fbc03208535c0fe01f2e2c5121d06f9c2aa799af93b0a719dbc105bdf137",
+    "mlqa-r/de.json": "ce9454dc5aa6f2d85c23cd6e49cb367fbb7c4c6e62d7f71e355c6b5dae4d0886",
+    "mlqa-r/en.json": "fedd9a5cc0848dda80caf84aa36f482adaae230526a3f6e9e86926a93ef3b1e4",
+    "mlqa-r/es.json": "70ecba276b8c96a692b120693a595d076ce94ad21d4b28311538a9fcbfe0f9d7",
+    "mlqa-r/hi.json": "4dd0fb3c06f737a5481d705bc1dcac7876712a5815c9265908fbb3a0696cb654",
+    "mlqa-r/vi.json": "9d3baff6ba03e6793b25594217265ea59a136b9733833dca8a9582a84a78ff85",
+    "mlqa-r/zh.json": "57f01d2fff50cf3392805635b01445339f225ad5bf28ba8443b12f8dbd1e69dc",
 }
 
 
@@ -76,7 +76,9 @@ def check_languages(name: str, languages: Sequence[str] | None) -> tuple[str, ..
   if languages is None:
     return known
   if isinstance(languages, str):
-    raise ValueError(f"languages: expected a sequence of language codes, got the string {languages!r}")
+    raise ValueError(
+        f"languages: expected a sequence of language codes, got the string {languages!r}"
+    )
   languages = tuple(languages)
   unknown = [lang for lang in languages if lang not in known]
   if unknown:
@@ -86,7 +88,9 @@ def check_languages(name: str, languages: Sequence[str] | None) -> tuple[str, ..
   return languages
 
 
-def ensure_files(name: str, languages: Sequence[str], data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def ensure_files(
+    name: str, languages: Sequence[str], data_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
   """Returns the data directory holding `<name>/<lang>.json` for `languages`.
 
   Files already there are used as they are (so a user's own files in the same
@@ -99,9 +103,9 @@ def ensure_files(name: str, languages: Sequence[str], data_dir: str | os.PathLik
     return root
   expected = ", ".join(f"{name}/{lang}.json" for lang in missing)
   hint = (
-    f"LAReQA files missing in {root}: {expected}. Put the LAReQA release there "
-    f"(XQuAD-R at commit {COMMITS['xquad-r'][:7]}, MLQA-R at {COMMITS['mlqa-r'][:7]} of "
-    "github.com/google-research-datasets/lareqa), or pass data_dir= / set JXR_DATA_DIR"
+      f"LAReQA files missing in {root}: {expected}. Put the LAReQA release there "
+      f"(XQuAD-R at commit {COMMITS['xquad-r'][:7]}, MLQA-R at {COMMITS['mlqa-r'][:7]} of "
+      "github.com/google-research-datasets/lareqa), or pass data_dir= / set JXR_DATA_DIR"
   )
   if os.environ.get("JXR_OFFLINE", "") not in ("", "0"):
     raise FileNotFoundError(hint + " (JXR_OFFLINE is set, so nothing was downloaded).")
@@ -179,8 +183,8 @@ def read_file(path: str | os.PathLike) -> list[Paragraph]:
         sentence = _answer_sentence(breaks, start)
         if sentence is None:
           raise ValueError(
-            f"{path}: question {qid!r}: answer_start {start} falls in no sentence of its paragraph "
-            f"({where}, sentence_breaks {list(breaks)})"
+              f"{path}: question {qid!r}: answer_start {start} falls in no sentence of its paragraph "
+              f"({where}, sentence_breaks {list(breaks)})"
           )
         qids.append(qid)
         questions.append(_get(qa, "question", str, path, f"question {qid!r}"))
@@ -188,10 +192,17 @@ def read_file(path: str | os.PathLike) -> list[Paragraph]:
         starts.append(start)
         answer_sentences.append(sentence)
       paragraphs.append(
-        Paragraph(
-          title, _get(paragraph, "context", str, path, where), tuple(sentences), breaks,
-          tuple(qids), tuple(questions), tuple(texts), tuple(starts), tuple(answer_sentences),
-        )
+          Paragraph(
+              title,
+              _get(paragraph, "context", str, path, where),
+              tuple(sentences),
+              breaks,
+              tuple(qids),
+              tuple(questions),
+              tuple(texts),
+              tuple(starts),
+              tuple(answer_sentences),
+          )
       )
   return paragraphs
 
@@ -201,7 +212,9 @@ def _get(obj, key: str, kind: type, path: pathlib.Path, where: str):
     raise ValueError(f"{path}: {where}: missing field {key!r}")
   value = obj[key]
   if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-    raise ValueError(f"{path}: {where}: field {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    raise ValueError(
+        f"{path}: {where}: field {key!r} should be {kind.__name__}, got {type(value).__name__}"
+    )
   return value
 
 
@@ -213,7 +226,7 @@ def _answer_sentence(breaks: Sequence[tuple[int, int]], start: int) -> int | Non
 
 
 def load_lareqa(
-  name: str, data_dir: str | os.PathLike | None = None, languages: Sequence[str] | None = None
+    name: str, data_dir: str | os.PathLike | None = None, languages: Sequence[str] | None = None
 ) -> RetrievalTask:
   """Loads XQuAD-R or MLQA-R as a `RetrievalTask` (see docs/DESIGN.md, jxr.data).
 
@@ -244,28 +257,28 @@ def load_lareqa(
   query_id = np.asarray(queries["id"], dtype=str)
   rel_indptr, rel_indices = relevance_by_question(query_id, np.asarray(queries["answer"], np.int64))
   return RetrievalTask(
-    name=name,
-    languages=languages,
-    query_id=query_id,
-    query_lang=np.asarray(queries["lang"], dtype=str),
-    query_text=_object_array(queries["text"]),
-    query_article=np.asarray(queries["article"], dtype=str),
-    cand_lang=np.asarray(cands["lang"], dtype=str),
-    cand_text=_object_array(cands["text"]),
-    cand_context=_object_array(cands["context"]),
-    cand_article=np.asarray(cands["article"], dtype=str),
-    rel_indptr=rel_indptr,
-    rel_indices=rel_indices,
+      name=name,
+      languages=languages,
+      query_id=query_id,
+      query_lang=np.asarray(queries["lang"], dtype=str),
+      query_text=_object_array(queries["text"]),
+      query_article=np.asarray(queries["article"], dtype=str),
+      cand_lang=np.asarray(cands["lang"], dtype=str),
+      cand_text=_object_array(cands["text"]),
+      cand_context=_object_array(cands["context"]),
+      cand_article=np.asarray(cands["article"], dtype=str),
+      rel_indptr=rel_indptr,
+      rel_indices=rel_indices,
   )
 
 
 def training_set(
-  name: str,
-  *,
-  languages: Sequence[str] | None = None,
-  eval_fraction: float = 0.5,
-  split_seed: int = 0,
-  data_dir: str | os.PathLike | None = None,
+    name: str,
+    *,
+    languages: Sequence[str] | None = None,
+    eval_fraction: float = 0.5,
+    split_seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
 ) -> RetrievalTask:
   """The articles of dataset `name` a run trains on: the side `split_by_article(task,
   eval_fraction, split_seed)` keeps for training (`evaluation_set` holds out the rest)."""
@@ -276,14 +289,14 @@ def training_set(
 
 
 def evaluation_set(
-  name: str,
-  *,
-  languages: Sequence[str] | None = None,
-  trained_on: str | None = None,
-  eval_fraction: float = 0.5,
-  split_seed: int = 0,
-  questions: int | None = None,
-  data_dir: str | os.PathLike | None = None,
+    name: str,
+    *,
+    languages: Sequence[str] | None = None,
+    trained_on: str | None = None,
+    eval_fraction: float = 0.5,
+    split_seed: int = 0,
+    questions: int | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> RetrievalTask:
   """Dataset `name` as a run evaluates it (experiments.run, `python -m jxr.eval --run`).
 
@@ -303,7 +316,9 @@ def evaluation_set(
   return task
 
 
-def relevance_by_question(query_id: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def relevance_by_question(
+    query_id: np.ndarray, answer: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """CSR relevance: query `q` is relevant to the answers of every query sharing its id.
 
   Args:

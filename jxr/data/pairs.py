@@ -39,11 +39,17 @@ class TrainingPairs:
     p = len(self.query_index)
     for field in ("positive_index", "question_id", "query_lang", "positive_lang", "kind"):
       if len(getattr(self, field)) != p:
-        raise ValueError(f"TrainingPairs.{field}: expected {p} rows (as query_index), got {len(getattr(self, field))}")
+        raise ValueError(
+            f"TrainingPairs.{field}: expected {p} rows (as query_index), got {len(getattr(self, field))}"
+        )
     if len(self.passage_context) != len(self.passage_text):
       raise ValueError("TrainingPairs.passage_context: expected one row per passage_text row")
-    if self.negative_indptr.shape != (p + 1,) or self.negative_indptr[-1] != len(self.negative_index):
-      raise ValueError(f"TrainingPairs.negative_indptr: expected shape ({p + 1},) ending at len(negative_index)")
+    if self.negative_indptr.shape != (p + 1,) or self.negative_indptr[-1] != len(
+        self.negative_index
+    ):
+      raise ValueError(
+          f"TrainingPairs.negative_indptr: expected shape ({p + 1},) ending at len(negative_index)"
+      )
 
   def __len__(self) -> int:
     return len(self.query_index)
@@ -51,7 +57,15 @@ class TrainingPairs:
   @property
   def languages(self) -> tuple[str, ...]:
     """Every query or positive language, sorted."""
-    return tuple(sorted({str(lang) for column in (self.query_lang, self.positive_lang) for lang in np.unique(column)}))
+    return tuple(
+        sorted(
+            {
+                str(lang)
+                for column in (self.query_lang, self.positive_lang)
+                for lang in np.unique(column)
+            }
+        )
+    )
 
   def negatives(self, pair: int) -> np.ndarray:
     """Rows of `passage_text` given as hard negatives of pair `pair`."""
@@ -75,17 +89,17 @@ def training_pairs(task: RetrievalTask) -> TrainingPairs:
   query_lang = task.query_lang[query_index]
   positive_lang = task.cand_lang[positive_index]
   return TrainingPairs(
-    query_index=query_index,
-    positive_index=positive_index,
-    question_id=task.query_id[query_index],
-    query_lang=query_lang,
-    positive_lang=positive_lang,
-    kind=_kind(query_lang, positive_lang),
-    query_text=task.query_text,
-    passage_text=task.cand_text,
-    passage_context=task.cand_context,
-    negative_indptr=np.zeros(len(query_index) + 1, np.int64),
-    negative_index=np.zeros(0, np.int64),
+      query_index=query_index,
+      positive_index=positive_index,
+      question_id=task.query_id[query_index],
+      query_lang=query_lang,
+      positive_lang=positive_lang,
+      kind=_kind(query_lang, positive_lang),
+      query_text=task.query_text,
+      passage_text=task.cand_text,
+      passage_context=task.cand_context,
+      negative_indptr=np.zeros(len(query_index) + 1, np.int64),
+      negative_index=np.zeros(0, np.int64),
   )
 
 
@@ -117,7 +131,9 @@ def read_pairs(path: str | os.PathLike) -> TrainingPairs:
       columns["id"].append(str(record["id"]) if "id" in record else f"query:{query}")
       columns["query_lang"].append(record["query_lang"])
       columns["positive_lang"].append(record["positive_lang"])
-      row_negatives = [passages.setdefault(text, len(passages)) for text in record.get("negatives", ())]
+      row_negatives = [
+          passages.setdefault(text, len(passages)) for text in record.get("negatives", ())
+      ]
       negative_counts.append(len(row_negatives))
       negatives += row_negatives
   if not columns["query"]:
@@ -128,17 +144,17 @@ def read_pairs(path: str | os.PathLike) -> TrainingPairs:
   np.cumsum(negative_counts, out=negative_indptr[1:])
   passage_text = _object_array(list(passages))
   return TrainingPairs(
-    query_index=np.asarray(columns["query"], np.int64),
-    positive_index=np.asarray(columns["positive"], np.int64),
-    question_id=np.asarray(columns["id"], dtype=str),
-    query_lang=query_lang,
-    positive_lang=positive_lang,
-    kind=_kind(query_lang, positive_lang),
-    query_text=_object_array(list(queries)),
-    passage_text=passage_text,
-    passage_context=_object_array([""] * len(passage_text)),
-    negative_indptr=negative_indptr,
-    negative_index=np.asarray(negatives, np.int64),
+      query_index=np.asarray(columns["query"], np.int64),
+      positive_index=np.asarray(columns["positive"], np.int64),
+      question_id=np.asarray(columns["id"], dtype=str),
+      query_lang=query_lang,
+      positive_lang=positive_lang,
+      kind=_kind(query_lang, positive_lang),
+      query_text=_object_array(list(queries)),
+      passage_text=passage_text,
+      passage_context=_object_array([""] * len(passage_text)),
+      negative_indptr=negative_indptr,
+      negative_index=np.asarray(negatives, np.int64),
   )
 
 
@@ -155,12 +171,17 @@ def _parse_line(line: str, path: pathlib.Path, line_number: int) -> dict:
     raise ValueError(f"{where}: unknown field(s) {unknown}; expected {sorted(_FIELDS)}")
   for key in ("query", "positive", "query_lang", "positive_lang"):
     if not isinstance(record.get(key), str) or not record[key].strip():
-      raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}")
+      raise ValueError(
+          f"{where}: field {key!r} must be a non-empty string, got {record.get(key)!r}"
+      )
   if "negatives" in record and (
-    not isinstance(record["negatives"], list) or not all(isinstance(t, str) and t.strip() for t in record["negatives"])
+      not isinstance(record["negatives"], list)
+      or not all(isinstance(t, str) and t.strip() for t in record["negatives"])
   ):
     raise ValueError(f"{where}: field 'negatives' must be a list of non-empty strings")
-  if "id" in record and (isinstance(record["id"], bool) or not isinstance(record["id"], (str, int))):
+  if "id" in record and (
+      isinstance(record["id"], bool) or not isinstance(record["id"], (str, int))
+  ):
     raise ValueError(f"{where}: field 'id' must be a string, got {record['id']!r}")
   return record
 

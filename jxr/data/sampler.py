@@ -66,37 +66,47 @@ class HybridSampler(Iterator[Batch]):
   """
 
   def __init__(
-    self,
-    pairs: TrainingPairs,
-    batch_size: int,
-    mono_prob: float = 0.5,
-    seed: int = 0,
-    languages: Sequence[str] | None = None,
-    language_weighting: str = "uniform",
-    process_index: int = 0,
-    process_count: int = 1,
+      self,
+      pairs: TrainingPairs,
+      batch_size: int,
+      mono_prob: float = 0.5,
+      seed: int = 0,
+      languages: Sequence[str] | None = None,
+      language_weighting: str = "uniform",
+      process_index: int = 0,
+      process_count: int = 1,
   ):
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, 0)
     _check_int("process_count", process_count, 1)
     _check_int("process_index", process_index, 0)
     if process_index >= process_count:
-      raise ValueError(f"process_index: expected < process_count={process_count}, got {process_index}")
+      raise ValueError(
+          f"process_index: expected < process_count={process_count}, got {process_index}"
+      )
     if batch_size % process_count:
-      raise ValueError(f"batch_size: expected a multiple of process_count={process_count}, got {batch_size}")
+      raise ValueError(
+          f"batch_size: expected a multiple of process_count={process_count}, got {batch_size}"
+      )
     if not isinstance(mono_prob, (int, float)) or not 0.0 <= mono_prob <= 1.0:
       raise ValueError(f"mono_prob: expected a probability in [0, 1], got {mono_prob!r}")
     if language_weighting not in _WEIGHTINGS:
-      raise ValueError(f"language_weighting: expected one of {_WEIGHTINGS}, got {language_weighting!r}")
+      raise ValueError(
+          f"language_weighting: expected one of {_WEIGHTINGS}, got {language_weighting!r}"
+      )
     available = pairs.languages
     if languages is None:
       languages = available
     elif isinstance(languages, str):
-      raise ValueError(f"languages: expected a sequence of language codes, got the string {languages!r}")
+      raise ValueError(
+          f"languages: expected a sequence of language codes, got the string {languages!r}"
+      )
     languages = tuple(str(lang) for lang in languages)
     missing = [lang for lang in languages if lang not in available]
     if missing or not languages:
-      raise ValueError(f"languages: {list(languages)} must be non-empty and among the pairs' {list(available)}")
+      raise ValueError(
+          f"languages: {list(languages)} must be non-empty and among the pairs' {list(available)}"
+      )
 
     self.pairs = pairs
     self.batch_size = batch_size
@@ -127,13 +137,15 @@ class HybridSampler(Iterator[Batch]):
     """Fails early when a pool cannot fill a batch with conflict-free rows."""
     if self.mono_prob > 0:
       if not self._mono_pools:
-        raise ValueError(f"mono_prob: {self.mono_prob} > 0 but the pairs have no mono pairs in {self.languages}")
+        raise ValueError(
+            f"mono_prob: {self.mono_prob} > 0 but the pairs have no mono pairs in {self.languages}"
+        )
       for lang, pool in zip(self._mono_languages, self._mono_pools):
         self._check_pool(pool, f"mono pairs in {lang!r}")
     if self.mono_prob < 1:
       if not len(self._cross_pool):
         raise ValueError(
-          f"mono_prob: {self.mono_prob} < 1 but the pairs have no cross-lingual pairs among {self.languages}"
+            f"mono_prob: {self.mono_prob} < 1 but the pairs have no cross-lingual pairs among {self.languages}"
         )
       self._check_pool(self._cross_pool, "cross-lingual pairs")
 
@@ -147,14 +159,18 @@ class HybridSampler(Iterator[Batch]):
       if found == self.batch_size:
         return
     raise ValueError(
-      f"batch_size: {self.batch_size} is too large for the {what}: at most {found} of them were found to share "
-      "a batch without sharing a question, a query or an answer sentence; use a smaller batch_size or drop "
-      "that language"
+        f"batch_size: {self.batch_size} is too large for the {what}: at most {found} of them were found to share "
+        "a batch without sharing a question, a query or an answer sentence; use a smaller batch_size or drop "
+        "that language"
     )
 
   def _greedy(self, candidates: np.ndarray, used: set, chosen: list) -> list:
     """Appends to `chosen` each candidate pair whose keys are all unused, up to batch_size."""
-    positive_keys, query_key, positive = self._positive_keys, self._query_key, self.pairs.positive_index
+    positive_keys, query_key, positive = (
+        self._positive_keys,
+        self._query_key,
+        self.pairs.positive_index,
+    )
     for pair in candidates.tolist():
       row_keys = positive_keys[positive[pair]]
       if query_key[pair] not in used and used.isdisjoint(row_keys):
@@ -178,7 +194,9 @@ class HybridSampler(Iterator[Batch]):
       self._greedy(pool[rng.permutation(n)], used, chosen)
     if len(chosen) == b:
       return np.asarray(chosen, np.int64)
-    raise RuntimeError(f"step {step}: could not draw {b} conflict-free pairs; use a smaller batch_size")
+    raise RuntimeError(
+        f"step {step}: could not draw {b} conflict-free pairs; use a smaller batch_size"
+    )
 
   def global_batch(self, step: int) -> tuple[str, str | None, np.ndarray]:
     """`(kind, language, pair rows)` of global batch `step`, the same on every process."""
@@ -197,19 +215,19 @@ class HybridSampler(Iterator[Batch]):
     p = self.pairs
     query, positive = p.query_index[rows], p.positive_index[rows]
     return Batch(
-      step=step,
-      kind=kind,
-      language=language,
-      global_batch_size=self.batch_size,
-      pair_index=rows,
-      query_ids=query,
-      positive_ids=positive,
-      question_id=p.question_id[rows],
-      query_lang=p.query_lang[rows],
-      positive_lang=p.positive_lang[rows],
-      query_text=p.query_text[query],
-      positive_text=p.passage_text[positive],
-      positive_context=p.passage_context[positive],
+        step=step,
+        kind=kind,
+        language=language,
+        global_batch_size=self.batch_size,
+        pair_index=rows,
+        query_ids=query,
+        positive_ids=positive,
+        question_id=p.question_id[rows],
+        query_lang=p.query_lang[rows],
+        positive_lang=p.positive_lang[rows],
+        query_text=p.query_text[query],
+        positive_text=p.passage_text[positive],
+        positive_context=p.passage_context[positive],
     )
 
   def __iter__(self) -> HybridSampler:
@@ -235,15 +253,22 @@ class HybridSampler(Iterator[Batch]):
       raise ValueError(f"state: expected a dict with keys 'step' and 'fingerprint', got {state!r}")
     if state["fingerprint"] != self._fingerprint:
       raise ValueError(
-        "state: it comes from a sampler with other pairs, batch_size, mono_prob, seed, languages or "
-        "language_weighting; resuming would not continue the same batches"
+          "state: it comes from a sampler with other pairs, batch_size, mono_prob, seed, languages or "
+          "language_weighting; resuming would not continue the same batches"
       )
     _check_int("state['step']", state["step"], 0)
     self._step = int(state["step"])
 
   def _make_fingerprint(self) -> str:
     digest = hashlib.sha256()
-    setup = (self.batch_size, self.mono_prob, self.seed, self.languages, self.language_weighting, len(self.pairs))
+    setup = (
+        self.batch_size,
+        self.mono_prob,
+        self.seed,
+        self.languages,
+        self.language_weighting,
+        len(self.pairs),
+    )
     digest.update(repr(setup).encode())
     for column in (self.pairs.query_index, self.pairs.positive_index, self.pairs.question_id):
       digest.update(np.ascontiguousarray(column).tobytes())

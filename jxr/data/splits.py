@@ -10,7 +10,10 @@ from jxr.data.task import RetrievalTask
 
 
 def select(
-  task: RetrievalTask, query_rows: np.ndarray, cand_rows: np.ndarray, languages: Sequence[str] | None = None
+    task: RetrievalTask,
+    query_rows: np.ndarray,
+    cand_rows: np.ndarray,
+    languages: Sequence[str] | None = None,
 ) -> RetrievalTask:
   """The task on the given query and candidate rows, in that order, relevance re-indexed.
 
@@ -23,7 +26,9 @@ def select(
   new_index[cand_rows] = np.arange(len(cand_rows))
   starts, ends = task.rel_indptr[query_rows], task.rel_indptr[query_rows + 1]
   sizes = ends - starts
-  flat = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())  # CSR gather
+  flat = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(
+      sizes.sum()
+  )  # CSR gather
   mapped = new_index[task.rel_indices[flat]]
   kept = mapped >= 0
   row_of_entry = np.repeat(np.arange(len(query_rows)), sizes)
@@ -35,27 +40,27 @@ def select(
     present = set(task.query_lang[query_rows]) | set(task.cand_lang[cand_rows])
     languages = tuple(lang for lang in task.languages if lang in present)
   return RetrievalTask(
-    name=task.name,
-    languages=tuple(languages),
-    query_id=task.query_id[query_rows],
-    query_lang=task.query_lang[query_rows],
-    query_text=task.query_text[query_rows],
-    query_article=task.query_article[query_rows],
-    cand_lang=task.cand_lang[cand_rows],
-    cand_text=task.cand_text[cand_rows],
-    cand_context=task.cand_context[cand_rows],
-    cand_article=task.cand_article[cand_rows],
-    rel_indptr=rel_indptr,
-    rel_indices=mapped,
+      name=task.name,
+      languages=tuple(languages),
+      query_id=task.query_id[query_rows],
+      query_lang=task.query_lang[query_rows],
+      query_text=task.query_text[query_rows],
+      query_article=task.query_article[query_rows],
+      cand_lang=task.cand_lang[cand_rows],
+      cand_text=task.cand_text[cand_rows],
+      cand_context=task.cand_context[cand_rows],
+      cand_article=task.cand_article[cand_rows],
+      rel_indptr=rel_indptr,
+      rel_indices=mapped,
   )
 
 
 def restrict(
-  task: RetrievalTask,
-  languages: Sequence[str] | None = None,
-  questions: int | None = None,
-  seed: int = 0,
-  candidates: str = "all",
+    task: RetrievalTask,
+    languages: Sequence[str] | None = None,
+    questions: int | None = None,
+    seed: int = 0,
+    candidates: str = "all",
 ) -> RetrievalTask:
   """The task on some languages and/or a seeded subset of its question ids.
 
@@ -66,7 +71,9 @@ def restrict(
   """
   if languages is not None:
     if isinstance(languages, str):
-      raise ValueError(f"languages: expected a sequence of language codes, got the string {languages!r}")
+      raise ValueError(
+          f"languages: expected a sequence of language codes, got the string {languages!r}"
+      )
     languages = tuple(languages)
     unknown = [lang for lang in languages if lang not in task.languages]
     if unknown or not languages or len(set(languages)) != len(languages):
@@ -79,7 +86,9 @@ def restrict(
   if questions is not None:
     ids = np.unique(task.query_id[query_keep])
     if not isinstance(questions, (int, np.integer)) or not 0 < questions <= len(ids):
-      raise ValueError(f"questions: expected an int in [1, {len(ids)}] (question ids in the task), got {questions!r}")
+      raise ValueError(
+          f"questions: expected an int in [1, {len(ids)}] (question ids in the task), got {questions!r}"
+      )
     chosen = np.random.default_rng(seed).choice(ids, size=int(questions), replace=False)
     query_keep &= np.isin(task.query_id, chosen)
   cand_keep = np.isin(task.cand_lang, languages)
@@ -87,12 +96,18 @@ def restrict(
     kept_lang, kept_article = task.query_lang[query_keep], task.query_article[query_keep]
     cand_keep &= _pairs_in(task.cand_lang, task.cand_article, kept_lang, kept_article)
   # Rows follow the requested language order, then the task's order.
-  query_rows = np.concatenate([np.flatnonzero(query_keep & (task.query_lang == lang)) for lang in languages])
-  cand_rows = np.concatenate([np.flatnonzero(cand_keep & (task.cand_lang == lang)) for lang in languages])
+  query_rows = np.concatenate(
+      [np.flatnonzero(query_keep & (task.query_lang == lang)) for lang in languages]
+  )
+  cand_rows = np.concatenate(
+      [np.flatnonzero(cand_keep & (task.cand_lang == lang)) for lang in languages]
+  )
   return select(task, query_rows, cand_rows, languages=languages)
 
 
-def _pairs_in(lang: np.ndarray, article: np.ndarray, keep_lang: np.ndarray, keep_article: np.ndarray) -> np.ndarray:
+def _pairs_in(
+    lang: np.ndarray, article: np.ndarray, keep_lang: np.ndarray, keep_article: np.ndarray
+) -> np.ndarray:
   keys = np.char.add(np.char.add(lang.astype(str), "\x00"), article.astype(str))
   wanted = np.char.add(np.char.add(keep_lang.astype(str), "\x00"), keep_article.astype(str))
   return np.isin(keys, wanted)
@@ -109,7 +124,9 @@ def article_groups(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray, np.ndar
     `(titles [T] sorted, group [T] int, query_group [Q])`, groups numbered in
     the order of their smallest title.
   """
-  titles, inverse = np.unique(np.concatenate([task.query_article, task.cand_article]).astype(str), return_inverse=True)
+  titles, inverse = np.unique(
+      np.concatenate([task.query_article, task.cand_article]).astype(str), return_inverse=True
+  )
   query_title = inverse[: task.num_queries]
   parent = np.arange(len(titles))
 
@@ -134,7 +151,7 @@ def article_groups(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def split_by_article(
-  task: RetrievalTask, eval_fraction: float = 0.5, seed: int = 0
+    task: RetrievalTask, eval_fraction: float = 0.5, seed: int = 0
 ) -> tuple[RetrievalTask, RetrievalTask]:
   """`(train, eval)`: whole articles held out for evaluation (docs/DESIGN.md, jxr.data).
 

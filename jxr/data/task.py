@@ -34,12 +34,18 @@ class RetrievalTask:
     q, c = len(self.query_id), len(self.cand_lang)
     for field in ("query_lang", "query_text", "query_article"):
       if len(getattr(self, field)) != q:
-        raise ValueError(f"RetrievalTask.{field}: expected {q} rows (as query_id), got {len(getattr(self, field))}")
+        raise ValueError(
+            f"RetrievalTask.{field}: expected {q} rows (as query_id), got {len(getattr(self, field))}"
+        )
     for field in ("cand_text", "cand_context", "cand_article"):
       if len(getattr(self, field)) != c:
-        raise ValueError(f"RetrievalTask.{field}: expected {c} rows (as cand_lang), got {len(getattr(self, field))}")
+        raise ValueError(
+            f"RetrievalTask.{field}: expected {c} rows (as cand_lang), got {len(getattr(self, field))}"
+        )
     if self.rel_indptr.shape != (q + 1,) or self.rel_indptr[-1] != len(self.rel_indices):
-      raise ValueError(f"RetrievalTask.rel_indptr: expected shape ({q + 1},) ending at len(rel_indices)")
+      raise ValueError(
+          f"RetrievalTask.rel_indptr: expected shape ({q + 1},) ending at len(rel_indices)"
+      )
 
   @property
   def num_queries(self) -> int:

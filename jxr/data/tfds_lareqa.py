@@ -46,8 +46,12 @@ class Lareqa(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "XQuAD-R at 9bc8c7f, MLQA-R at 354d67d."}
   BUILDER_CONFIGS = [
-    LareqaConfig(name="xquad_r", dataset="xquad-r", description="XQuAD-R: 11 languages, 11-way parallel."),
-    LareqaConfig(name="mlqa_r", dataset="mlqa-r", description="MLQA-R: 7 languages, 2 to 4 per question."),
+      LareqaConfig(
+          name="xquad_r", dataset="xquad-r", description="XQuAD-R: 11 languages, 11-way parallel."
+      ),
+      LareqaConfig(
+          name="mlqa_r", dataset="mlqa-r", description="MLQA-R: 7 languages, 2 to 4 per question."
+      ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
@@ -58,29 +62,29 @@ class Lareqa(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
     return tfds.core.DatasetInfo(
-      builder=self,
-      description="LAReQA: language-agnostic answer retrieval from a multilingual pool (arXiv 2004.05484).",
-      features=tfds.features.FeaturesDict(
-        {
-          "title": text,
-          "context": text,
-          "sentences": tfds.features.Sequence(text),
-          "sentence_breaks": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
-          "questions": tfds.features.Sequence(
+        builder=self,
+        description="LAReQA: language-agnostic answer retrieval from a multilingual pool (arXiv 2004.05484).",
+        features=tfds.features.FeaturesDict(
             {
-              "id": text,
-              "question": text,
-              "answer_text": text,
-              "answer_start": np.int32,
-              "answer_sentence": np.int32,
+                "title": text,
+                "context": text,
+                "sentences": tfds.features.Sequence(text),
+                "sentence_breaks": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+                "questions": tfds.features.Sequence(
+                    {
+                        "id": text,
+                        "question": text,
+                        "answer_text": text,
+                        "answer_start": np.int32,
+                        "answer_sentence": np.int32,
+                    }
+                ),
             }
-          ),
-        }
-      ),
-      homepage="https://github.com/google-research-datasets/lareqa",
-      disable_shuffling=True,  # keep file order, as load_lareqa's rows
-      citation="@article{roy2020lareqa, title={LAReQA: Language-agnostic answer retrieval from a "
-      "multilingual pool}, author={Roy, Uma and others}, journal={arXiv preprint arXiv:2004.05484}, year={2020}}",
+        ),
+        homepage="https://github.com/google-research-datasets/lareqa",
+        disable_shuffling=True,  # keep file order, as load_lareqa's rows
+        citation="@article{roy2020lareqa, title={LAReQA: Language-agnostic answer retrieval from a "
+        "multilingual pool}, author={Roy, Uma and others}, journal={arXiv preprint arXiv:2004.05484}, year={2020}}",
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -92,17 +96,17 @@ class Lareqa(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, path: pathlib.Path):
     for index, paragraph in enumerate(lareqa.read_file(path)):
       yield index, {
-        "title": paragraph.title,
-        "context": paragraph.context,
-        "sentences": list(paragraph.sentences),
-        "sentence_breaks": np.asarray(paragraph.sentence_breaks, np.int32).reshape(-1, 2),
-        "questions": {
-          "id": list(paragraph.question_ids),
-          "question": list(paragraph.questions),
-          "answer_text": list(paragraph.answer_texts),
-          "answer_start": np.asarray(paragraph.answer_starts, np.int32),
-          "answer_sentence": np.asarray(paragraph.answer_sentences, np.int32),
-        },
+          "title": paragraph.title,
+          "context": paragraph.context,
+          "sentences": list(paragraph.sentences),
+          "sentence_breaks": np.asarray(paragraph.sentence_breaks, np.int32).reshape(-1, 2),
+          "questions": {
+              "id": list(paragraph.question_ids),
+              "question": list(paragraph.questions),
+              "answer_text": list(paragraph.answer_texts),
+              "answer_start": np.asarray(paragraph.answer_starts, np.int32),
+              "answer_sentence": np.asarray(paragraph.answer_sentences, np.int32),
+          },
       }
 
 

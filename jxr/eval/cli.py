@@ -46,8 +46,9 @@ def _languages(values: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog=PROG, description=(
-      "LAReQA retrieval evaluation: mAP, language matrices, bias."))
+  parser = argparse.ArgumentParser(
+      prog=PROG, description=("LAReQA retrieval evaluation: mAP, language matrices, bias.")
+  )
   a = parser.add_argument
   a("--dataset", choices=("xquad-r", "mlqa-r"), help="required unless --run")
   a("--data-dir", default=None, help="LAReQA directory (default: $JXR_DATA_DIR, then the cache)")
@@ -55,15 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
   a("--query-emb", type=pathlib.Path, help=".npy, one row per query of the task")
   a("--cand-emb", type=pathlib.Path, help=".npy, one row per candidate of the task")
   a("--model", default=None, help="embed with jxr.model.load_encoder(MODEL) instead")
-  a("--run", type=pathlib.Path, default=None,
-    help="an experiments.run directory: re-evaluate its exported model as the run did")
+  a(
+      "--run",
+      type=pathlib.Path,
+      default=None,
+      help="an experiments.run directory: re-evaluate its exported model as the run did",
+  )
   a("--batch-size", type=int, default=64, help="encoding batch size (with --model)")
-  a("--save-embeddings", action="store_true",
-    help="with --model: also write query_emb.npy, cand_emb.npy to --out")
+  a(
+      "--save-embeddings",
+      action="store_true",
+      help="with --model: also write query_emb.npy, cand_emb.npy to --out",
+  )
   a("--k", type=int, nargs="+", default=[1, 5, 10, 20], help="recall@k cutoffs")
   a("--chunk-size", type=int, default=None, help="queries scored per device per step")
-  a("--trec", type=int, default=None, metavar="K",
-    help="also write run.trec (top K candidates per query) and qrels.trec")
+  a(
+      "--trec",
+      type=int,
+      default=None,
+      metavar="K",
+      help="also write run.trec (top K candidates per query) and qrels.trec",
+  )
   a("--out", required=True, type=pathlib.Path, help="output directory")
   return parser
 
@@ -71,21 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """Flag combinations and ranges, before any file is read."""
   from_files = args.query_emb is not None or args.cand_emb is not None
-  sources = [name for name, given in (("--model", args.model is not None),
-                                      ("--query-emb/--cand-emb", from_files),
-                                      ("--run", args.run is not None)) if given]
+  sources = [
+      name
+      for name, given in (
+          ("--model", args.model is not None),
+          ("--query-emb/--cand-emb", from_files),
+          ("--run", args.run is not None),
+      )
+      if given
+  ]
   if len(sources) > 1:
-    parser.error(f"give one of --model, --query-emb/--cand-emb or --run, not {' and '.join(sources)}")
+    parser.error(
+        f"give one of --model, --query-emb/--cand-emb or --run, not {' and '.join(sources)}"
+    )
   if not sources or (from_files and (args.query_emb is None or args.cand_emb is None)):
     parser.error("give --query-emb and --cand-emb (saved embeddings), --model, or --run")
   if args.run is None and args.dataset is None:
     parser.error("--dataset: required unless --run")
   if args.run is not None and (args.dataset or args.languages):
-    parser.error("--run: evaluates the run's own datasets and languages; drop --dataset/--languages")
+    parser.error(
+        "--run: evaluates the run's own datasets and languages; drop --dataset/--languages"
+    )
   if args.save_embeddings and args.model is None:
     parser.error("--save-embeddings: needs --model")
-  for flag, value in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size),
-                      ("--trec", args.trec), ("--k", min(args.k))):
+  for flag, value in (
+      ("--batch-size", args.batch_size),
+      ("--chunk-size", args.chunk_size),
+      ("--trec", args.trec),
+      ("--k", min(args.k)),
+  ):
     if value is not None and value < 1:
       parser.error(f"{flag}: expected a positive integer, got {value}")
 
@@ -121,8 +148,10 @@ def _task(name: str, args: argparse.Namespace):
 
 def _check_trec(k: int | None, task) -> None:
   if k is not None and k > task.num_candidates:
-    raise InputError(f"--trec: expected at most {task.num_candidates} (the candidates of "
-                     f"{task.name}), got {k}")
+    raise InputError(
+        f"--trec: expected at most {task.num_candidates} (the candidates of "
+        f"{task.name}), got {k}"
+    )
 
 
 # ---------------------------------------------------------------------- --run
@@ -150,15 +179,23 @@ def run_tasks(config: Mapping[str, Any], data_dir: str | None) -> dict[str, Any]
   tasks = {}
   for name in run["eval_data"]:
     try:
-      task = evaluation_set(name, languages=run["eval_languages"], trained_on=run["train_data"],
-                            eval_fraction=run["eval_fraction"], split_seed=run["split_seed"],
-                            questions=run["eval_questions"], data_dir=data_dir)
+      task = evaluation_set(
+          name,
+          languages=run["eval_languages"],
+          trained_on=run["train_data"],
+          eval_fraction=run["eval_fraction"],
+          split_seed=run["split_seed"],
+          questions=run["eval_questions"],
+          data_dir=data_dir,
+      )
     except OSError as err:
       raise InputError(f"--data-dir: {err}") from None
     recorded = config.get("eval_question_ids", {}).get(name)
     if recorded is not None and sorted(set(task.query_id.tolist())) != sorted(recorded):
-      raise InputError(f"--run: the {name} evaluation set rebuilt here differs from the one in "
-                       f"config.json (other LAReQA files under --data-dir?)")
+      raise InputError(
+          f"--run: the {name} evaluation set rebuilt here differs from the one in "
+          f"config.json (other LAReQA files under --data-dir?)"
+      )
     tasks[name] = task
   return tasks
 
@@ -172,14 +209,20 @@ def reevaluate_run(args: argparse.Namespace) -> int:
   encoder = _load_encoder(args.run / "train" / "model", "--run")
   for name, task in tasks.items():
     query_emb, cand_emb = embed_task(
-        encoder, task, query_length=run["max_query_length"],
+        encoder,
+        task,
+        query_length=run["max_query_length"],
         passage_length=run["max_passage_length"],
-        contexts=run["candidate_context"] == "paragraph", batch_size=run["eval_batch_size"])
+        contexts=run["candidate_context"] == "paragraph",
+        batch_size=run["eval_batch_size"],
+    )
     report = _evaluate_and_write(task, query_emb, cand_emb, args, args.out / name)
     recorded = results["fine_tuned"].get(name, {}).get("multilingual", {}).get("map")
     if recorded is not None:
-      print(f"  run's fine_tuned mAP {recorded:.6f}; |difference| "
-            f"{abs(report['multilingual']['map'] - recorded):.1e}")
+      print(
+          f"  run's fine_tuned mAP {recorded:.6f}; |difference| "
+          f"{abs(report['multilingual']['map'] - recorded):.1e}"
+      )
   return 0
 
 
@@ -193,12 +236,14 @@ def _evaluate_and_write(task, query_emb, cand_emb, args, out: pathlib.Path) -> d
     write_trec(task, query_emb, cand_emb, out, k=args.trec)
   multi, summary, bias = report["multilingual"], report["summary"], report["bias"]
   fmt = lambda value, digits=4: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
-  print(f"{report['dataset']} ({len(report['languages'])} languages, {report['num_queries']} "
-        f"queries, {report['num_candidates']} candidates): mAP {fmt(multi['map'])}, mAP@20 "
-        f"{fmt(multi['map_at_20'])}, Mo. {fmt(summary['mono'])}, Cr. {fmt(summary['cross'])}, "
-        f"Mul. (macro) {fmt(summary['multi_macro'])}, rank distance "
-        f"{fmt(bias['rank_distance'], 2)} ({fmt(bias['rank_distance_normalised'])} of the pool)"
-        f" -> {written}")
+  print(
+      f"{report['dataset']} ({len(report['languages'])} languages, {report['num_queries']} "
+      f"queries, {report['num_candidates']} candidates): mAP {fmt(multi['map'])}, mAP@20 "
+      f"{fmt(multi['map_at_20'])}, Mo. {fmt(summary['mono'])}, Cr. {fmt(summary['cross'])}, "
+      f"Mul. (macro) {fmt(summary['multi_macro'])}, rank distance "
+      f"{fmt(bias['rank_distance'], 2)} ({fmt(bias['rank_distance_normalised'])} of the pool)"
+      f" -> {written}"
+  )
   return report
 
 
@@ -213,8 +258,9 @@ def evaluate_one(args: argparse.Namespace) -> int:
   _check_trec(args.trec, task)
   if from_files:
     try:
-      query_emb, cand_emb = check_pair(task, query_emb, cand_emb,
-                                       names=("--query-emb", "--cand-emb"))
+      query_emb, cand_emb = check_pair(
+          task, query_emb, cand_emb, names=("--query-emb", "--cand-emb")
+      )
     except ValueError as err:
       raise InputError(str(err)) from None
   else:

@@ -65,7 +65,9 @@ def _check_embeddings(name: str, emb: Any, rows: int, rows_from: str) -> np.ndar
   zero = ~np.any(x != 0, axis=1)
   if zero.any():
     bad = np.flatnonzero(zero)
-    raise ValueError(f"{name}: {len(bad)} rows are zero vectors, cosine is undefined (first: row {bad[0]})")
+    raise ValueError(
+        f"{name}: {len(bad)} rows are zero vectors, cosine is undefined (first: row {bad[0]})"
+    )
   return x
 
 
@@ -86,7 +88,9 @@ def _language_ids(task: RetrievalTask) -> tuple[np.ndarray, np.ndarray]:
     column = np.asarray(getattr(task, field))
     unknown = sorted(set(column.tolist()) - set(index))
     if unknown:
-      raise ValueError(f"task.{field}: languages {unknown} are not in task.languages {list(task.languages)}")
+      raise ValueError(
+          f"task.{field}: languages {unknown} are not in task.languages {list(task.languages)}"
+      )
     ids.append(np.array([index[lang] for lang in column.tolist()], dtype=np.int64))
   return ids[0], ids[1]
 
@@ -112,7 +116,10 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 def _multilingual(
-    ranks: RelevantRanks, query_lang: np.ndarray, languages: Sequence[str], k_values: tuple[int, ...]
+    ranks: RelevantRanks,
+    query_lang: np.ndarray,
+    languages: Sequence[str],
+    k_values: tuple[int, ...],
 ) -> tuple[dict[str, Any], np.ndarray]:
   m = metrics.query_metrics(ranks.pooled, ranks.valid, k_values=k_values)
   per_language = {}
@@ -193,7 +200,9 @@ def _summary(matrices: dict[str, Any], multilingual: dict[str, Any]) -> dict[str
   n = len(grid)
   mono = [grid[i][i] for i in range(n) if grid[i][i] is not None]
   cross = [grid[i][j] for i in range(n) for j in range(n) if i != j and grid[i][j] is not None]
-  per_language = [row["map"] for row in multilingual["per_language"].values() if row["map"] is not None]
+  per_language = [
+      row["map"] for row in multilingual["per_language"].values() if row["map"] is not None
+  ]
   return {
       "mono": _mean(np.array(mono)),
       "cross": _mean(np.array(cross)),
@@ -244,20 +253,31 @@ def _nullable_rows(values: np.ndarray) -> list[list[float | None]]:
   return [[None if math.isnan(v) else v for v in row] for row in values.tolist()]
 
 
-def embed_task(encoder, task: RetrievalTask, *, query_length: int | None = None,
-               passage_length: int | None = None, contexts: bool = True, batch_size: int = 64
-               ) -> tuple[np.ndarray, np.ndarray]:
+def embed_task(
+    encoder,
+    task: RetrievalTask,
+    *,
+    query_length: int | None = None,
+    passage_length: int | None = None,
+    contexts: bool = True,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
   """`(query_emb, cand_emb)` of a task from an encoder with `jxr.model.Encoder.encode`.
 
   Lengths default to the encoder's own; `contexts` encodes each candidate sentence with its
   paragraph (LAReQA's setting). Every caller that embeds a task goes through here, so a run and
   its re-evaluation (`python -m jxr.eval --run`) embed alike.
   """
-  queries = encoder.encode(list(task.query_text), kind="query", batch_size=batch_size,
-                           max_length=query_length)
-  cands = encoder.encode(list(task.cand_text), kind="passage",
-                         contexts=list(task.cand_context) if contexts else None,
-                         batch_size=batch_size, max_length=passage_length)
+  queries = encoder.encode(
+      list(task.query_text), kind="query", batch_size=batch_size, max_length=query_length
+  )
+  cands = encoder.encode(
+      list(task.cand_text),
+      kind="passage",
+      contexts=list(task.cand_context) if contexts else None,
+      batch_size=batch_size,
+      max_length=passage_length,
+  )
   return np.asarray(queries), np.asarray(cands)
 
 
@@ -328,14 +348,21 @@ def _check_task(task: Any) -> None:
     raise ValueError(f"task: expected a jxr.data.RetrievalTask, got {type(task).__name__}")
 
 
-def check_pair(task: RetrievalTask, query_emb: Any, cand_emb: Any, *,
-               names: tuple[str, str] = ("query_emb", "cand_emb")) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(
+    task: RetrievalTask,
+    query_emb: Any,
+    cand_emb: Any,
+    *,
+    names: tuple[str, str] = ("query_emb", "cand_emb"),
+) -> tuple[np.ndarray, np.ndarray]:
   """The two embedding arrays, or a ValueError naming (by `names`) the one that does not fit."""
   queries = _check_embeddings(names[0], query_emb, task.num_queries, "task.num_queries")
   cands = _check_embeddings(names[1], cand_emb, task.num_candidates, "task.num_candidates")
   if queries.shape[1] != cands.shape[1]:
-    raise ValueError(f"{names[1]}: expected dimension {queries.shape[1]} (as {names[0]}), "
-                     f"got {cands.shape[1]}")
+    raise ValueError(
+        f"{names[1]}: expected dimension {queries.shape[1]} (as {names[0]}), "
+        f"got {cands.shape[1]}"
+    )
   return queries, cands
 
 
@@ -350,7 +377,9 @@ def _pool_rows(task: RetrievalTask, languages: Sequence[str]) -> tuple[np.ndarra
 def _check_pools(task: RetrievalTask, pools: Any) -> dict[str, tuple[str, ...]]:
   """Each pool's languages in `task.languages` order; ValueErrors name `pools`."""
   if not isinstance(pools, Mapping):
-    raise ValueError(f"pools: expected a mapping of pool name to language codes, got {type(pools).__name__}")
+    raise ValueError(
+        f"pools: expected a mapping of pool name to language codes, got {type(pools).__name__}"
+    )
   query_counts = {lang: int(np.sum(np.asarray(task.query_lang) == lang)) for lang in task.languages}
   checked = {}
   for name, langs in pools.items():

@@ -141,7 +141,9 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
       "",
       "## Per query language",
       "",
-      "| lang | queries | mAP | mAP@20 | " + " | ".join(f"R@{k}" for k in ks) + " | rank distance |",
+      "| lang | queries | mAP | mAP@20 | "
+      + " | ".join(f"R@{k}" for k in ks)
+      + " | rank distance |",
       "|" + " --- |" * (5 + len(ks)),
   ]
   for lang, row in multi["per_language"].items():
@@ -196,13 +198,15 @@ def _headline(report: Mapping[str, Any]) -> dict[str, float | None]:
       "nDCG@10": multi["ndcg_at_10"],
   }
   rows.update({f"R@{k}": v for k, v in multi["recall"].items()})
-  rows.update({
-      "Mo. (mono mAP)": summ["mono"],
-      "Cr. (cross mAP)": summ["cross"],
-      "rank distance": bias["rank_distance"],
-      "rank distance / pool size": bias.get("rank_distance_normalised"),
-      "top-1 same language": bias["top1_same_language"],
-  })
+  rows.update(
+      {
+          "Mo. (mono mAP)": summ["mono"],
+          "Cr. (cross mAP)": summ["cross"],
+          "rank distance": bias["rank_distance"],
+          "rank distance / pool size": bias.get("rank_distance_normalised"),
+          "top-1 same language": bias["top1_same_language"],
+      }
+  )
   return rows
 
 
@@ -210,13 +214,21 @@ def _diff(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None else a - b
 
 
-def _comparison_table(header: str, rows: Mapping[str, Sequence[float | None]], names: Sequence[str]) -> list[str]:
+def _comparison_table(
+    header: str, rows: Mapping[str, Sequence[float | None]], names: Sequence[str]
+) -> list[str]:
   base = names[0]
   cols = [*names, *(f"{n} - {base}" for n in names[1:])]
   lines = [f"| {header} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
   for label, values in rows.items():
     diffs = [_diff(v, values[0]) for v in values[1:]]
-    lines.append(f"| {label} | " + " | ".join(map(_fmt, values)) + " | " + " | ".join(map(_signed, diffs)) + " |")
+    lines.append(
+        f"| {label} | "
+        + " | ".join(map(_fmt, values))
+        + " | "
+        + " | ".join(map(_signed, diffs))
+        + " |"
+    )
   return lines
 
 
@@ -233,7 +245,10 @@ def compare_markdown(reports: Mapping[str, Mapping[str, Any]]) -> str:
     return None if row is None else row[key]
 
   map_rows = {lang: [per_language(r, lang, "map") for r in reports.values()] for lang in languages}
-  bias_rows = {lang: [r["bias"]["rank_distance_per_language"].get(lang) for r in reports.values()] for lang in languages}
+  bias_rows = {
+      lang: [r["bias"]["rank_distance_per_language"].get(lang) for r in reports.values()]
+      for lang in languages
+  }
   datasets = sorted({str(r["dataset"]) for r in reports.values()})
   lines = [
       f"# Comparison: {', '.join(names)} ({', '.join(datasets)})",
@@ -267,8 +282,15 @@ def compare_figure(reports: Mapping[str, Mapping[str, Any]]) -> Figure:
   for i, (name, r) in enumerate(reports.items()):
     heights = [np.nan if r["summary"].get(k) is None else r["summary"][k] for k in keys]
     left.bar(np.arange(len(keys)) + i * width, heights, width, label=name)
-    per_lang = [(r["multilingual"]["per_language"].get(lang) or {}).get("map") for lang in languages]
-    right.bar(np.arange(len(languages)) + i * width, [np.nan if v is None else v for v in per_lang], width, label=name)
+    per_lang = [
+        (r["multilingual"]["per_language"].get(lang) or {}).get("map") for lang in languages
+    ]
+    right.bar(
+        np.arange(len(languages)) + i * width,
+        [np.nan if v is None else v for v in per_lang],
+        width,
+        label=name,
+    )
   labels = ["Mo.", "Cr.", "Mul.\n(macro)", "pooled\n(micro)"]
   left.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, labels=labels)
   left.set_ylabel("mAP")

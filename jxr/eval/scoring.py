@@ -145,7 +145,9 @@ def relevant_ranks(
   """
   devices = tuple(jax.local_devices() if devices is None else devices)
   num_queries, num_cands = query_emb.shape[0], cand_emb.shape[0]
-  per_device = default_chunk_size(num_cands, devices[0].platform) if chunk_size is None else int(chunk_size)
+  per_device = (
+      default_chunk_size(num_cands, devices[0].platform) if chunk_size is None else int(chunk_size)
+  )
   if per_device < 1:
     raise ValueError(f"chunk_size: expected a positive number of queries, got {chunk_size}")
   # Small tasks need no padding beyond one device-multiple of the query count.

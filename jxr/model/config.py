@@ -19,8 +19,7 @@ ATTENTION_KINDS = ("dense", "local", "block_sparse")
 POOLINGS = ("mean", "cls")
 DTYPES = ("float32", "bfloat16")
 # HF activation names -> whether GELU is the tanh approximation.
-_GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True,
-                     "gelu_fast": True}
+_GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 E5_PREFIXES = ("query: ", "passage: ")
 
 
@@ -45,6 +44,7 @@ class AttentionConfig:
   implementation: forwarded to `pallas_kernels.attention` (None: by backend);
     not part of the spec's JSON (it changes speed, not results).
   """
+
   kind: str = "dense"
   window: int | None = None
   block_size: int | None = None
@@ -57,8 +57,10 @@ class AttentionConfig:
   def __post_init__(self):
     if self.kind not in ATTENTION_KINDS:
       raise ValueError(f"attention.kind: expected one of {ATTENTION_KINDS}, got {self.kind!r}")
-    fields = {"local": ("window",),
-              "block_sparse": ("block_size", "band", "global_blocks", "random", "seed")}
+    fields = {
+        "local": ("window",),
+        "block_sparse": ("block_size", "band", "global_blocks", "random", "seed"),
+    }
     used = fields.get(self.kind, ())
     stray = [name for name in _SPEC_FIELDS if name not in used and getattr(self, name) is not None]
     if stray:
@@ -70,8 +72,11 @@ class AttentionConfig:
       _check_spec_int("band", self.band, 0)
       _check_spec_int("global_blocks", self.global_blocks, 0)
       _check_spec_int("seed", self.seed, 0)
-      if (not isinstance(self.random, (int, float)) or isinstance(self.random, bool)
-          or not 0.0 <= float(self.random) <= 1.0):
+      if (
+          not isinstance(self.random, (int, float))
+          or isinstance(self.random, bool)
+          or not 0.0 <= float(self.random) <= 1.0
+      ):
         raise ValueError(f"attention.random: expected a fraction in [0, 1], got {self.random!r}")
       object.__setattr__(self, "random", float(self.random))
 
@@ -84,10 +89,23 @@ class AttentionConfig:
     return cls("local", window=window)
 
   @classmethod
-  def block_sparse(cls, block_size: int = 16, *, band: int = 1, global_blocks: int = 1,
-                   random: float = 0.0, seed: int = 0) -> AttentionConfig:
-    return cls("block_sparse", block_size=block_size, band=band, global_blocks=global_blocks,
-               random=random, seed=seed)
+  def block_sparse(
+      cls,
+      block_size: int = 16,
+      *,
+      band: int = 1,
+      global_blocks: int = 1,
+      random: float = 0.0,
+      seed: int = 0,
+  ) -> AttentionConfig:
+    return cls(
+        "block_sparse",
+        block_size=block_size,
+        band=band,
+        global_blocks=global_blocks,
+        random=random,
+        seed=seed,
+    )
 
   @property
   def label(self) -> str:
@@ -96,13 +114,17 @@ class AttentionConfig:
       return f"local-w{self.window}"
     if self.kind == "block_sparse":
       seed = f"-s{self.seed}" if self.seed else ""
-      return (f"block_sparse-b{self.block_size}-n{self.band}-g{self.global_blocks}"
-              f"-r{self.random:.3f}{seed}")
+      return (
+          f"block_sparse-b{self.block_size}-n{self.band}-g{self.global_blocks}"
+          f"-r{self.random:.3f}{seed}"
+      )
     return "dense"
 
   def to_json(self) -> dict[str, Any]:
-    return {"kind": self.kind, **{name: getattr(self, name) for name in _SPEC_FIELDS
-                                  if getattr(self, name) is not None}}
+    return {
+        "kind": self.kind,
+        **{name: getattr(self, name) for name in _SPEC_FIELDS if getattr(self, name) is not None},
+    }
 
   @classmethod
   def from_json(cls, data: Any) -> AttentionConfig:
@@ -110,8 +132,9 @@ class AttentionConfig:
       raise ValueError(f"attention: expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - {"kind", *_SPEC_FIELDS})
     if unknown:
-      raise ValueError(f"attention: unknown keys {unknown}; expected kind and some of "
-                       f"{list(_SPEC_FIELDS)}")
+      raise ValueError(
+          f"attention: unknown keys {unknown}; expected kind and some of " f"{list(_SPEC_FIELDS)}"
+      )
     return cls(**data)
 
 
@@ -126,6 +149,7 @@ def _check_spec_int(name: str, value: Any, minimum: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """Architecture (HF keys) plus jxr's attention, pooling, prefixes and dtype."""
+
   model_type: str
   vocab_size: int
   hidden_size: int
@@ -148,14 +172,20 @@ class EncoderConfig:
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"config.json: model_type {self.model_type!r} is not supported; "
-                       f"expected one of {SUPPORTED_MODEL_TYPES}")
+      raise ValueError(
+          f"config.json: model_type {self.model_type!r} is not supported; "
+          f"expected one of {SUPPORTED_MODEL_TYPES}"
+      )
     if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"config.json: hidden_size {self.hidden_size} is not a multiple of "
-                       f"num_attention_heads {self.num_attention_heads}")
+      raise ValueError(
+          f"config.json: hidden_size {self.hidden_size} is not a multiple of "
+          f"num_attention_heads {self.num_attention_heads}"
+      )
     if self.hidden_act not in _GELU_APPROXIMATE:
-      raise ValueError(f"config.json: hidden_act {self.hidden_act!r} is not supported; "
-                       f"expected one of {sorted(_GELU_APPROXIMATE)}")
+      raise ValueError(
+          f"config.json: hidden_act {self.hidden_act!r} is not supported; "
+          f"expected one of {sorted(_GELU_APPROXIMATE)}"
+      )
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
     if self.dtype not in DTYPES:
@@ -189,21 +219,39 @@ class EncoderConfig:
       raise ValueError(f"{source}: expected a JSON object")
     model_type = SPARSE_EXPORT_TYPES.get(data.get("model_type"), data.get("model_type"))
     if model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"{source}: model_type {model_type!r} is not supported; expected one "
-                       f"of {SUPPORTED_MODEL_TYPES} (BERT / XLM-RoBERTa encoders)")
+      raise ValueError(
+          f"{source}: model_type {model_type!r} is not supported; expected one "
+          f"of {SUPPORTED_MODEL_TYPES} (BERT / XLM-RoBERTa encoders)"
+      )
     if data.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"{source}: position_embedding_type "
-                       f"{data['position_embedding_type']!r} is not supported (absolute only)")
-    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings")
+      raise ValueError(
+          f"{source}: position_embedding_type "
+          f"{data['position_embedding_type']!r} is not supported (absolute only)"
+      )
+    required = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
     missing = [key for key in required if key not in data]
     if missing:
       raise ValueError(f"{source}: missing keys {missing}")
     jxr = dict(data.get("jxr") or {})
     # architectures and auto_map are rewritten by every export, never carried over
-    known = set(required) | {"model_type", "type_vocab_size", "layer_norm_eps", "pad_token_id",
-                             "hidden_act", "hidden_dropout_prob", "jxr", "architectures",
-                             "auto_map"}
+    known = set(required) | {
+        "model_type",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "jxr",
+        "architectures",
+        "auto_map",
+    }
     extra = {k: v for k, v in data.items() if k not in known}
     default_prefixes = E5_PREFIXES if is_e5_name(str(data.get("_name_or_path", ""))) else ("", "")
     prefixes = jxr.get("prefixes", {})
@@ -234,16 +282,25 @@ class EncoderConfig:
     out: dict[str, Any] = {"architectures": [arch], "position_embedding_type": "absolute"}
     out.update(json.loads(self.extra_json))
     out.update(
-        model_type=self.model_type, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-        num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+        model_type=self.model_type,
+        vocab_size=self.vocab_size,
+        hidden_size=self.hidden_size,
+        num_hidden_layers=self.num_hidden_layers,
+        num_attention_heads=self.num_attention_heads,
         intermediate_size=self.intermediate_size,
         max_position_embeddings=self.max_position_embeddings,
-        type_vocab_size=self.type_vocab_size, layer_norm_eps=self.layer_norm_eps,
-        pad_token_id=self.pad_token_id, hidden_act=self.hidden_act,
+        type_vocab_size=self.type_vocab_size,
+        layer_norm_eps=self.layer_norm_eps,
+        pad_token_id=self.pad_token_id,
+        hidden_act=self.hidden_act,
         hidden_dropout_prob=self.hidden_dropout_prob,
-        jxr={"attention": self.attention.to_json(), "pooling": self.pooling,
-             "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
-             "dtype": self.dtype})
+        jxr={
+            "attention": self.attention.to_json(),
+            "pooling": self.pooling,
+            "prefixes": {"query": self.query_prefix, "passage": self.passage_prefix},
+            "dtype": self.dtype,
+        },
+    )
     out["architectures"] = [arch]
     # jxr never drops attention probabilities; say so rather than carry the source's value.
     out["attention_probs_dropout_prob"] = 0.0

@@ -31,36 +31,52 @@ def attention_mask_for(attention: AttentionConfig) -> pallas_kernels.Mask:
     return pallas_kernels.LocalMask(attention.window, attention.window)
   if attention.kind == "block_sparse":
     return pallas_kernels.BlockSparseMask.pattern(
-        attention.block_size, local=attention.band, global_=attention.global_blocks,
-        random=attention.random, seed=attention.seed)
+        attention.block_size,
+        local=attention.band,
+        global_=attention.global_blocks,
+        random=attention.random,
+        seed=attention.seed,
+    )
   return pallas_kernels.DenseMask()
 
 
-def _dense(in_features: int, out_features: int, axes: tuple, config: EncoderConfig,
-           rngs: nnx.Rngs) -> nnx.Linear:
+def _dense(
+    in_features: int, out_features: int, axes: tuple, config: EncoderConfig, rngs: nnx.Rngs
+) -> nnx.Linear:
   return nnx.Linear(
-      in_features, out_features, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
+      in_features,
+      out_features,
+      dtype=jnp.dtype(config.dtype),
+      param_dtype=jnp.float32,
       kernel_init=nnx.with_partitioning(nnx.initializers.normal(_INIT_STD), axes),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
-      rngs=rngs)
+      rngs=rngs,
+  )
 
 
 def _layer_norm(config: EncoderConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   # Statistics in float32 whatever the compute dtype.
   return nnx.LayerNorm(
-      config.hidden_size, epsilon=config.layer_norm_eps, dtype=jnp.float32,
+      config.hidden_size,
+      epsilon=config.layer_norm_eps,
+      dtype=jnp.float32,
       param_dtype=jnp.float32,
       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
-      rngs=rngs)
+      rngs=rngs,
+  )
 
 
 def _embed(rows: int, config: EncoderConfig, axes: tuple, rngs: nnx.Rngs) -> nnx.Embed:
   # Gathered in float32, cast afterwards: casting a 250k-row table per step is costly.
   return nnx.Embed(
-      rows, config.hidden_size, dtype=jnp.float32, param_dtype=jnp.float32,
+      rows,
+      config.hidden_size,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
       embedding_init=nnx.with_partitioning(nnx.initializers.normal(_INIT_STD), axes),
-      rngs=rngs)
+      rngs=rngs,
+  )
 
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -96,18 +112,29 @@ class SelfAttention(nnx.Module):
     self.value = _dense(hidden, hidden, ("embed", "heads"), config, rngs)
     self.out = _dense(hidden, hidden, ("heads", "embed"), config, rngs)
 
-  def __call__(self, x: jax.Array, kv_lengths: jax.Array, mask: pallas_kernels.Mask,
-               implementation: str | None) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      kv_lengths: jax.Array,
+      mask: pallas_kernels.Mask,
+      implementation: str | None,
+  ) -> jax.Array:
     batch, length, hidden = x.shape
     # One [hidden, 3 * hidden] matmul instead of three: better use of the CPU/GPU.
     projections = (self.query, self.key, self.value)
     kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1)
     bias = jnp.concatenate([p.bias[...] for p in projections])
-    qkv = (x @ kernel.astype(x.dtype) + bias.astype(x.dtype))
+    qkv = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
     q, k, v = jnp.split(qkv.reshape(batch, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
     context = pallas_kernels.attention(
-        q, k, v, mask, kv_lengths=kv_lengths, scale=self.head_dim ** -0.5,
-        implementation=implementation)
+        q,
+        k,
+        v,
+        mask,
+        kv_lengths=kv_lengths,
+        scale=self.head_dim**-0.5,
+        implementation=implementation,
+    )
     return self.out(context.reshape(batch, length, hidden))
 
 
@@ -117,8 +144,12 @@ class Layer(nnx.Module):
   def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
     self.attention = SelfAttention(config, rngs=rngs)
     self.attention_norm = _layer_norm(config, rngs)
-    self.mlp_in = _dense(config.hidden_size, config.intermediate_size, ("embed", "mlp"), config, rngs)
-    self.mlp_out = _dense(config.intermediate_size, config.hidden_size, ("mlp", "embed"), config, rngs)
+    self.mlp_in = _dense(
+        config.hidden_size, config.intermediate_size, ("embed", "mlp"), config, rngs
+    )
+    self.mlp_out = _dense(
+        config.intermediate_size, config.hidden_size, ("mlp", "embed"), config, rngs
+    )
     self.mlp_norm = _layer_norm(config, rngs)
     self.dropout_rate = config.hidden_dropout_prob
     self.gelu_approximate = config.gelu_approximate
@@ -141,9 +172,14 @@ class EncoderModel(nnx.Module):
     self.embeddings = Embeddings(config, rngs=rngs)
     self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               token_type_ids: jax.Array | None = None, *,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      attention_mask: jax.Array,
+      token_type_ids: jax.Array | None = None,
+      *,
+      dropout_key: jax.Array | None = None,
+  ) -> jax.Array:
     config = self.config
     batch, length = input_ids.shape
     if token_type_ids is None:

@@ -21,8 +21,10 @@ from jxr.model.config import SPARSE_EXPORT_TYPES, EncoderConfig
 REMOTE_CODE = pathlib.Path(__file__).with_name("hf_modeling_jxr.py")
 REMOTE_MODULE = "modeling_jxr"
 # The classes of REMOTE_CODE for each model type of a sparse export.
-REMOTE_CLASSES = {"jxr-bert": ("JxrBertConfig", "JxrBertModel"),
-                  "jxr-xlm-roberta": ("JxrXLMRobertaConfig", "JxrXLMRobertaModel")}
+REMOTE_CLASSES = {
+    "jxr-bert": ("JxrBertConfig", "JxrBertModel"),
+    "jxr-xlm-roberta": ("JxrXLMRobertaConfig", "JxrXLMRobertaModel"),
+}
 PROMPTS = ("query", "passage")  # sentence-transformers prompt names for Encoder's two kinds
 
 
@@ -37,9 +39,14 @@ def hf_config(config: EncoderConfig, *, max_length: int, has_pooler: bool) -> di
   if needs_remote_code(config):
     model_type = next(t for t, base in SPARSE_EXPORT_TYPES.items() if base == config.model_type)
     config_class, model_class = REMOTE_CLASSES[model_type]
-    out.update(model_type=model_type, architectures=[model_class],
-               auto_map={"AutoConfig": f"{REMOTE_MODULE}.{config_class}",
-                         "AutoModel": f"{REMOTE_MODULE}.{model_class}"})
+    out.update(
+        model_type=model_type,
+        architectures=[model_class],
+        auto_map={
+            "AutoConfig": f"{REMOTE_MODULE}.{config_class}",
+            "AutoModel": f"{REMOTE_MODULE}.{model_class}",
+        },
+    )
   return out
 
 
@@ -49,32 +56,42 @@ def write_remote_code(directory: pathlib.Path) -> None:
 
 def sentence_transformers_files(config: EncoderConfig, max_length: int) -> dict[str, Any]:
   """Relative path -> JSON content of the sentence-transformers packaging."""
-  modules = [("", "sentence_transformers.models.Transformer"),
-             ("1_Pooling", "sentence_transformers.models.Pooling"),
-             ("2_Normalize", "sentence_transformers.models.Normalize")]
+  modules = [
+      ("", "sentence_transformers.models.Transformer"),
+      ("1_Pooling", "sentence_transformers.models.Pooling"),
+      ("2_Normalize", "sentence_transformers.models.Normalize"),
+  ]
   return {
-      "modules.json": [{"idx": i, "name": str(i), "path": path, "type": kind}
-                       for i, (path, kind) in enumerate(modules)],
+      "modules.json": [
+          {"idx": i, "name": str(i), "path": path, "type": kind}
+          for i, (path, kind) in enumerate(modules)
+      ],
       "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
       "1_Pooling/config.json": {
           "word_embedding_dimension": config.hidden_size,
           "pooling_mode_cls_token": config.pooling == "cls",
           "pooling_mode_mean_tokens": config.pooling == "mean",
-          "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-          "include_prompt": True},  # jxr pools over the prefix too
+          "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False,
+          "include_prompt": True,
+      },  # jxr pools over the prefix too
       "2_Normalize/.keep": None,
       "config_sentence_transformers.json": {
           "model_type": "SentenceTransformer",
           "prompts": dict(zip(PROMPTS, (config.query_prefix, config.passage_prefix))),
-          "default_prompt_name": None, "similarity_fn_name": "cosine"},
+          "default_prompt_name": None,
+          "similarity_fn_name": "cosine",
+      },
   }
 
 
-def write_export_files(directory: pathlib.Path, config: EncoderConfig, *, max_length: int,
-                       has_pooler: bool) -> None:
+def write_export_files(
+    directory: pathlib.Path, config: EncoderConfig, *, max_length: int, has_pooler: bool
+) -> None:
   """Everything but the weights and the tokenizer (which `Encoder.save` writes)."""
-  text = json.dumps(hf_config(config, max_length=max_length, has_pooler=has_pooler), indent=2,
-                    sort_keys=True)
+  text = json.dumps(
+      hf_config(config, max_length=max_length, has_pooler=has_pooler), indent=2, sort_keys=True
+  )
   (directory / "config.json").write_text(text + "\n")
   if needs_remote_code(config):
     write_remote_code(directory)

@@ -85,15 +85,19 @@ class _JxrAttention:
     shaped = input_ids if input_ids is not None else inputs_embeds
     batch, length = shaped.shape[0], shaped.shape[1]
     device = shaped.device
-    keys = (torch.ones(batch, length, dtype=torch.bool, device=device) if attention_mask is None
-            else attention_mask.to(device=device, dtype=torch.bool))
+    keys = (
+        torch.ones(batch, length, dtype=torch.bool, device=device)
+        if attention_mask is None
+        else attention_mask.to(device=device, dtype=torch.bool)
+    )
     pairs = torch.as_tensor(allowed_pairs(self.config.jxr["attention"], length), device=device)
     allowed = pairs[None, None, :, :] & keys[:, None, None, :]
     dtype = self.embeddings.word_embeddings.weight.dtype
     additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
     additive = additive.masked_fill(~allowed, torch.finfo(dtype).min)
-    return super().forward(input_ids=input_ids, attention_mask=additive,
-                           inputs_embeds=inputs_embeds, **kwargs)
+    return super().forward(
+        input_ids=input_ids, attention_mask=additive, inputs_embeds=inputs_embeds, **kwargs
+    )
 
 
 class JxrBertConfig(BertConfig):

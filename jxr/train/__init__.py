@@ -15,5 +15,12 @@ from jxr.train.mesh import make_mesh, maybe_initialize_distributed
 from jxr.train.metrics import read_metrics
 from jxr.train.trainer import train
 
-__all__ = ["TrainConfig", "TrainResult", "train", "info_nce", "make_mesh",
-           "maybe_initialize_distributed", "read_metrics"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "info_nce",
+    "make_mesh",
+    "maybe_initialize_distributed",
+    "read_metrics",
+]

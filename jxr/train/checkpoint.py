@@ -25,8 +25,9 @@ class Checkpoints:
 
   def __init__(self, directory: str | pathlib.Path, keep: int, async_save: bool = True):
     self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def incomplete(self) -> list[pathlib.Path]:
@@ -40,22 +41,28 @@ class Checkpoints:
     """The newest complete checkpoint's step (a cut-off one is skipped, and a warning says so)."""
     step = self.manager.latest_step()
     for path in self.incomplete():
-      log.warning("checkpoint %s was cut off mid-write; resuming from step %s instead",
-                  path, step)
+      log.warning("checkpoint %s was cut off mid-write; resuming from step %s instead", path, step)
     return step
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts saving (async); a step already saved is left alone."""
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
     _failpoints.reached(f"checkpoint_write:{step}")  # the write is still in flight
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """`(state, meta)`; arrays land with the shardings of `abstract_state`'s leaves."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
     return restored["state"], restored["meta"]
 
   def close(self) -> None:
@@ -65,5 +72,6 @@ class Checkpoints:
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
   """`ShapeDtypeStruct`s of `tree` (arrays or shapes) placed with `shardings`."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )

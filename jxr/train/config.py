@@ -28,6 +28,7 @@ class TrainConfig:
   `checkpoint_minutes` also saves when that much wall time passed since the last
   checkpoint (None: by steps only).
   """
+
   model: str = "multilingual-e5-small"
   attention: AttentionConfig = AttentionConfig()
   train_data: str = "xquad-r"
@@ -103,6 +104,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
   """What `train` returns: the trained encoder (ready to `encode`) and where things went."""
+
   encoder: Any  # jxr.model.Encoder
   steps: int
   skipped_steps: int
@@ -129,8 +131,15 @@ def _int(config: TrainConfig, name: str, minimum: int, optional: bool = False) -
     raise ValueError(f"{name}: expected an int >= {minimum}{none}, got {value!r}")
 
 
-def _number(config: TrainConfig, name: str, low: float, high: float = float("inf"), *,
-            low_open: bool = False, optional: bool = False) -> None:
+def _number(
+    config: TrainConfig,
+    name: str,
+    low: float,
+    high: float = float("inf"),
+    *,
+    low_open: bool = False,
+    optional: bool = False,
+) -> None:
   value = getattr(config, name)
   if optional and value is None:
     return
@@ -146,13 +155,19 @@ def validate(config: TrainConfig) -> None:
     if not isinstance(getattr(config, name), str) or not getattr(config, name):
       raise ValueError(f"{name}: expected a non-empty string, got {getattr(config, name)!r}")
   if not isinstance(config.attention, AttentionConfig):  # it validates its own fields
-    raise ValueError(f"attention: expected a jxr.model.AttentionConfig, got "
-                     f"{type(config.attention).__name__}")
+    raise ValueError(
+        f"attention: expected a jxr.model.AttentionConfig, got "
+        f"{type(config.attention).__name__}"
+    )
   if config.languages is not None and (
-      not isinstance(config.languages, tuple) or not config.languages
-      or not all(isinstance(lang, str) and lang for lang in config.languages)):
-    raise ValueError(f"languages: expected None or a non-empty list of language codes, "
-                     f"got {config.languages!r}")
+      not isinstance(config.languages, tuple)
+      or not config.languages
+      or not all(isinstance(lang, str) and lang for lang in config.languages)
+  ):
+    raise ValueError(
+        f"languages: expected None or a non-empty list of language codes, "
+        f"got {config.languages!r}"
+    )
   _number(config, "mono_prob", 0.0, 1.0)
   _int(config, "steps", 1)
   _int(config, "batch_size", 1)
@@ -169,11 +184,15 @@ def validate(config: TrainConfig) -> None:
   _int(config, "grad_accum", 1)
   _int(config, "grad_cache_chunk", 1, optional=True)
   if config.batch_size % config.grad_accum:
-    raise ValueError(f"grad_accum: batch_size {config.batch_size} must divide into "
-                     f"{config.grad_accum} equal micro-batches")
+    raise ValueError(
+        f"grad_accum: batch_size {config.batch_size} must divide into "
+        f"{config.grad_accum} equal micro-batches"
+    )
   if config.grad_cache_chunk is not None and config.micro_batch_size % config.grad_cache_chunk:
-    raise ValueError(f"grad_cache_chunk: {config.grad_cache_chunk} must divide the micro-batch "
-                     f"({config.micro_batch_size} pairs)")
+    raise ValueError(
+        f"grad_cache_chunk: {config.grad_cache_chunk} must divide the micro-batch "
+        f"({config.micro_batch_size} pairs)"
+    )
   parse_mesh_spec(config.mesh)
   if config.dtype not in DTYPES:
     raise ValueError(f"dtype: expected one of {DTYPES}, got {config.dtype!r}")

@@ -15,9 +15,15 @@ import jax.numpy as jnp
 MIN_TEMPERATURE = 0.01
 
 
-def info_nce(queries: jax.Array, passages: jax.Array, temperature: jax.Array | float, *,
-             negatives: jax.Array | None = None, negative_mask: jax.Array | None = None,
-             symmetric: bool = False) -> jax.Array:
+def info_nce(
+    queries: jax.Array,
+    passages: jax.Array,
+    temperature: jax.Array | float,
+    *,
+    negatives: jax.Array | None = None,
+    negative_mask: jax.Array | None = None,
+    symmetric: bool = False,
+) -> jax.Array:
   """Mean contrastive loss of a batch, float32 scalar.
 
   Args:

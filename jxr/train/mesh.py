@@ -71,7 +71,9 @@ def mesh_shape(spec: str, num_devices: int) -> dict[str, int]:
   fixed = int(np.prod([v for v in sizes.values() if v != -1]))
   if -1 in sizes.values():
     if num_devices % fixed:
-      raise ValueError(f"mesh: {spec!r} needs a multiple of {fixed} devices, there are {num_devices}")
+      raise ValueError(
+          f"mesh: {spec!r} needs a multiple of {fixed} devices, there are {num_devices}"
+      )
     sizes = {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
   elif fixed != num_devices:
     raise ValueError(f"mesh: {spec!r} covers {fixed} devices, there are {num_devices}")
@@ -83,8 +85,12 @@ def make_mesh(spec: str = "data=-1", devices: Sequence[jax.Device] | None = None
   devices of all processes), Auto axis types (sharding by annotation + jit)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(spec, len(devices))
-  return jax.make_mesh(tuple(shape.values()), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  return jax.make_mesh(
+      tuple(shape.values()),
+      MESH_AXES,
+      axis_types=(AxisType.Auto,) * len(MESH_AXES),
+      devices=devices,
+  )
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -92,9 +98,12 @@ def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
 
 
-def logical_to_mesh(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = LOGICAL_RULES
-                    ) -> PartitionSpec:
+def logical_to_mesh(
+    logical: Sequence[str | None],
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = LOGICAL_RULES,
+) -> PartitionSpec:
   """The mesh `PartitionSpec` of an array with logical axis names `logical`.
 
   A dimension is sharded only when its size divides by the mesh axes' size and
@@ -146,8 +155,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Global arrays from each process's rows (its slice of the global batch)."""
-  return {name: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), x)
-          for name, x in local.items()}
+  return {
+      name: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), x)
+      for name, x in local.items()
+  }
 
 
 def maybe_initialize_distributed() -> bool:
@@ -166,21 +177,25 @@ def maybe_initialize_distributed() -> bool:
     return False
   if given and len(given) != len(explicit):
     missing = sorted(set(explicit) - set(given))
-    raise ValueError(f"environment: {given} set but {missing} missing; a multi-process run "
-                     "needs all three")
+    raise ValueError(
+        f"environment: {given} set but {missing} missing; a multi-process run " "needs all three"
+    )
   if given:
     num = int(env["JAX_NUM_PROCESSES"])
     if num <= 1:
       return False
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=num, process_id=int(env["JAX_PROCESS_ID"]))
-  elif (int(env.get("SLURM_NTASKS", "1") or 1) > 1
-        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-        or env.get("JXR_DISTRIBUTED") == "1"):
+    jax.distributed.initialize(
+        coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+        num_processes=num,
+        process_id=int(env["JAX_PROCESS_ID"]),
+    )
+  elif (
+      int(env.get("SLURM_NTASKS", "1") or 1) > 1
+      or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+      or env.get("JXR_DISTRIBUTED") == "1"
+  ):
     jax.distributed.initialize()
   else:
     return False
   _log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
   return True
-
-

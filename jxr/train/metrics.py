@@ -61,8 +61,9 @@ class MetricsWriter:
       SummaryWriter = None
     if SummaryWriter is not None:
       # purge_step drops events a crashed run wrote past the checkpoint.
-      self._tb = SummaryWriter(str(run_dir / "tb"),
-                               purge_step=None if resume_step is None else resume_step + 1)
+      self._tb = SummaryWriter(
+          str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1
+      )
 
   def _truncate(self, last_step: int) -> None:
     if not self.path.exists():
@@ -136,19 +137,30 @@ class StepLog:
     fetched = jax.device_get([m for _, _, m in self.pending])
     now = time.perf_counter()
     seconds = max(now - self._since, 1e-9)
-    rates = {"steps_per_s": len(self.pending) / seconds,
-             "tokens_per_s": sum(float(m["tokens"]) for m in fetched) / seconds}
+    rates = {
+        "steps_per_s": len(self.pending) / seconds,
+        "tokens_per_s": sum(float(m["tokens"]) for m in fetched) / seconds,
+    }
     for (step, info, _), m in zip(self.pending, fetched):
-      row = {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"]),
-             "grad_norm": float(m["grad_norm"]), "skipped_steps": int(m["skipped_steps"]),
-             **info, **rates}
+      row = {
+          "step": step,
+          "loss": float(m["loss"]),
+          "lr": float(m["lr"]),
+          "grad_norm": float(m["grad_norm"]),
+          "skipped_steps": int(m["skipped_steps"]),
+          **info,
+          **rates,
+      }
       if "temperature" in m:
         row["temperature"] = float(m["temperature"])
       self.ready[step] = row
       self.last_loss = row["loss"]
     if self.bar is not None:
-      self.bar.set_postfix(loss=f"{self.last_loss:.4f}", steps_s=f"{rates['steps_per_s']:.2f}",
-                           tokens_s=f"{rates['tokens_per_s']:.0f}")
+      self.bar.set_postfix(
+          loss=f"{self.last_loss:.4f}",
+          steps_s=f"{rates['steps_per_s']:.2f}",
+          tokens_s=f"{rates['tokens_per_s']:.0f}",
+      )
     self.pending.clear()
     self._since = now
 

@@ -21,8 +21,9 @@ def decay_mask(params) -> object:
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float,
-                   clip_norm: float | None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    lr: float, steps: int, warmup_steps: int, weight_decay: float, clip_norm: float | None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`(optimizer, schedule)`: optional global-norm clipping, then AdamW."""
   schedule = learning_rate_schedule(lr, steps, warmup_steps)
   adamw = optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)

@@ -36,6 +36,7 @@ TOWERS = (("query", 0), ("passage", 1), ("negative", 2))
 class TrainState:
   """Trainable parameters (`{"encoder": ..., "log_temperature"?: ...}`), optimiser
   state, the number of finished steps and of skipped (non-finite) ones."""
+
   params: Any
   opt_state: Any
   step: jax.Array
@@ -45,6 +46,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
   """The static parts of a step."""
+
   temperature: float = 0.05
   learn_temperature: bool = False
   symmetric: bool = False
@@ -54,13 +56,18 @@ class StepOptions:
   seed: int = 0
 
 
-def init_state(encoder_params: Any, optimizer: optax.GradientTransformation,
-               options: StepOptions) -> TrainState:
+def init_state(
+    encoder_params: Any, optimizer: optax.GradientTransformation, options: StepOptions
+) -> TrainState:
   params = {"encoder": encoder_params}
   if options.learn_temperature:
     params["log_temperature"] = jnp.log(jnp.float32(options.temperature))
-  return TrainState(params=params, opt_state=optimizer.init(params),
-                    step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
+  return TrainState(
+      params=params,
+      opt_state=optimizer.init(params),
+      step=jnp.zeros((), jnp.int32),
+      skipped=jnp.zeros((), jnp.int32),
+  )
 
 
 def state_shardings(state: TrainState, encoder_shardings: Any, mesh: Mesh) -> TrainState:
@@ -79,8 +86,9 @@ def state_shardings(state: TrainState, encoder_shardings: Any, mesh: Mesh) -> Tr
 
   is_params_like = lambda node: jax.tree.structure(node) == params_structure
   opt = jax.tree.map(opt_shardings, shapes, is_leaf=is_params_like)
-  return TrainState(params=param_shardings, opt_state=opt, step=replicated(mesh),
-                    skipped=replicated(mesh))
+  return TrainState(
+      params=param_shardings, opt_state=opt, step=replicated(mesh), skipped=replicated(mesh)
+  )
 
 
 # ---------------------------------------------------------------------- row layout
@@ -102,8 +110,10 @@ def merge_rows(y: jax.Array) -> jax.Array:
 
 
 def tower(batch: dict[str, jax.Array], name: str) -> dict[str, jax.Array]:
-  return {"input_ids": batch[f"{name}_input_ids"],
-          "attention_mask": batch[f"{name}_attention_mask"]}
+  return {
+      "input_ids": batch[f"{name}_input_ids"],
+      "attention_mask": batch[f"{name}_attention_mask"],
+  }
 
 
 def towers(batch: dict[str, jax.Array]) -> list[tuple[str, int]]:
@@ -114,15 +124,22 @@ def towers(batch: dict[str, jax.Array]) -> list[tuple[str, int]]:
 
 
 def _embedding_loss(options: StepOptions) -> Callable[..., jax.Array]:
-  def loss_fn(embeddings: dict[str, jax.Array], params: dict[str, Any],
-              negative_mask: jax.Array | None) -> jax.Array:
+  def loss_fn(
+      embeddings: dict[str, jax.Array], params: dict[str, Any], negative_mask: jax.Array | None
+  ) -> jax.Array:
     if options.learn_temperature:
       temperature = losses.temperature_of(params["log_temperature"])
     else:
       temperature = options.temperature
-    return losses.info_nce(embeddings["query"], embeddings["passage"], temperature,
-                           negatives=embeddings.get("negative"), negative_mask=negative_mask,
-                           symmetric=options.symmetric)
+    return losses.info_nce(
+        embeddings["query"],
+        embeddings["passage"],
+        temperature,
+        negatives=embeddings.get("negative"),
+        negative_mask=negative_mask,
+        symmetric=options.symmetric,
+    )
+
   return loss_fn
 
 
@@ -134,9 +151,15 @@ def _chunk_key(key: jax.Array | None, tower: int, chunk) -> jax.Array | None:
   return None if key is None else jax.random.fold_in(jax.random.fold_in(key, tower), chunk)
 
 
-def embed_in_chunks(embed_fn: EmbedFn, encoder_params: Any, tower: dict[str, jax.Array],
-                    key: jax.Array | None, tower_index: int, chunks: int,
-                    mesh: Mesh | None) -> jax.Array:
+def embed_in_chunks(
+    embed_fn: EmbedFn,
+    encoder_params: Any,
+    tower: dict[str, jax.Array],
+    key: jax.Array | None,
+    tower_index: int,
+    chunks: int,
+    mesh: Mesh | None,
+) -> jax.Array:
   """`[rows, d]` embeddings computed `chunks` strided chunks at a time (differentiable)."""
   if chunks == 1:
     return embed_fn(encoder_params, tower, _chunk_key(key, tower_index, 0))
@@ -150,25 +173,36 @@ def embed_in_chunks(embed_fn: EmbedFn, encoder_params: Any, tower: dict[str, jax
   return merge_rows(out)
 
 
-def plain_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict[str, jax.Array],
-                         key: jax.Array | None, options: StepOptions,
-                         mesh: Mesh | None = None) -> tuple[jax.Array, Any]:
+def plain_loss_and_grads(
+    embed_fn: EmbedFn,
+    params: dict[str, Any],
+    batch: dict[str, jax.Array],
+    key: jax.Array | None,
+    options: StepOptions,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, Any]:
   """Loss and gradients by differentiating through the embeddings (chunked like the cache)."""
   loss_fn = _embedding_loss(options)
   chunks = _chunk_count(batch["query_input_ids"].shape[0], options)
 
   def total(params):
-    embeddings = {name: embed_in_chunks(embed_fn, params["encoder"], tower(batch, name), key, t,
-                                        chunks, mesh)
-                  for name, t in towers(batch)}
+    embeddings = {
+        name: embed_in_chunks(embed_fn, params["encoder"], tower(batch, name), key, t, chunks, mesh)
+        for name, t in towers(batch)
+    }
     return loss_fn(embeddings, params, batch.get("negative_mask"))
 
   return jax.value_and_grad(total)(params)
 
 
-def cached_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict[str, jax.Array],
-                          key: jax.Array | None, options: StepOptions,
-                          mesh: Mesh | None = None) -> tuple[jax.Array, Any]:
+def cached_loss_and_grads(
+    embed_fn: EmbedFn,
+    params: dict[str, Any],
+    batch: dict[str, jax.Array],
+    key: jax.Array | None,
+    options: StepOptions,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, Any]:
   """Gradient cache (Gao et al. 2021): embed all chunks without gradients, take
   the loss gradient w.r.t. the embeddings, then back-propagate chunk by chunk.
 
@@ -178,11 +212,15 @@ def cached_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict
   chunks = _chunk_count(batch["query_input_ids"].shape[0], options)
   encoder_params = params["encoder"]
   present = towers(batch)
-  embeddings = {name: jax.lax.stop_gradient(
-      embed_in_chunks(embed_fn, encoder_params, tower(batch, name), key, t, chunks, mesh))
-                for name, t in present}
+  embeddings = {
+      name: jax.lax.stop_gradient(
+          embed_in_chunks(embed_fn, encoder_params, tower(batch, name), key, t, chunks, mesh)
+      )
+      for name, t in present
+  }
   loss, (embedding_grads, params_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
-      embeddings, params, batch.get("negative_mask"))
+      embeddings, params, batch.get("negative_mask")
+  )
 
   grads = jax.tree.map(jnp.zeros_like, encoder_params)
   for name, t in present:
@@ -199,14 +237,20 @@ def cached_loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict
   return loss, params_grads
 
 
-def loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict[str, jax.Array],
-                   key: jax.Array | None, options: StepOptions,
-                   mesh: Mesh | None = None) -> tuple[jax.Array, Any]:
+def loss_and_grads(
+    embed_fn: EmbedFn,
+    params: dict[str, Any],
+    batch: dict[str, jax.Array],
+    key: jax.Array | None,
+    options: StepOptions,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, Any]:
   """Mean loss and gradients over `grad_accum` micro-batches (strided rows)."""
   compute = plain_loss_and_grads if options.grad_cache_chunk is None else cached_loss_and_grads
   if options.grad_accum == 1:
-    return compute(embed_fn, params, batch, None if key is None else jax.random.fold_in(key, 0),
-                   options, mesh)
+    return compute(
+        embed_fn, params, batch, None if key is None else jax.random.fold_in(key, 0), options, mesh
+    )
   micro = {k: split_rows(v, options.grad_accum, mesh) for k, v in batch.items()}
 
   def body(carry, xs):
@@ -225,9 +269,13 @@ def loss_and_grads(embed_fn: EmbedFn, params: dict[str, Any], batch: dict[str, j
 # ---------------------------------------------------------------------- the step
 
 
-def make_train_step(embed_fn: EmbedFn, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, options: StepOptions,
-                    mesh: Mesh | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    embed_fn: EmbedFn,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    options: StepOptions,
+    mesh: Mesh | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """`step(state, batch) -> (state, metrics)`, pure (wrap it in `jax.jit`).
 
   A step whose gradients are not finite leaves parameters and optimiser state
@@ -243,13 +291,21 @@ def make_train_step(embed_fn: EmbedFn, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state),
-                           step=state.step + 1,
-                           skipped=state.skipped + (~finite).astype(jnp.int32))
+    new_state = TrainState(
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        step=state.step + 1,
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
     tokens = sum(jnp.sum(batch[f"{name}_attention_mask"]) for name, _ in towers(batch))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
-               "skipped": ~finite, "skipped_steps": new_state.skipped, "tokens": tokens}
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": schedule(state.step),
+        "skipped": ~finite,
+        "skipped_steps": new_state.skipped,
+        "tokens": tokens,
+    }
     if options.learn_temperature:
       metrics["temperature"] = losses.temperature_of(new_state.params["log_temperature"])
     return new_state, metrics
@@ -257,15 +313,33 @@ def make_train_step(embed_fn: EmbedFn, optimizer: optax.GradientTransformation,
   return step
 
 
-def jit_train_step(step: Callable, shardings: TrainState, batch_spec: dict[str, int],
-                   mesh: Mesh) -> Callable:
+def jit_train_step(
+    step: Callable, shardings: TrainState, batch_spec: dict[str, int], mesh: Mesh
+) -> Callable:
   """`jax.jit` with explicit shardings: state in place (donated), batch rows over
   the batch axes, metrics replicated. `batch_spec` maps batch keys to ndim."""
   batch = {name: batch_sharding(mesh, ndim) for name, ndim in batch_spec.items()}
-  return jax.jit(step, in_shardings=(shardings, batch),
-                 out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+      step,
+      in_shardings=(shardings, batch),
+      out_shardings=(shardings, replicated(mesh)),
+      donate_argnums=(0,),
+  )
 
 
-__all__ = ["TrainState", "StepOptions", "init_state", "state_shardings", "make_train_step",
-           "jit_train_step", "plain_loss_and_grads", "cached_loss_and_grads", "loss_and_grads",
-           "embed_in_chunks", "split_rows", "merge_rows", "tower", "towers"]
+__all__ = [
+    "TrainState",
+    "StepOptions",
+    "init_state",
+    "state_shardings",
+    "make_train_step",
+    "jit_train_step",
+    "plain_loss_and_grads",
+    "cached_loss_and_grads",
+    "loss_and_grads",
+    "embed_in_chunks",
+    "split_rows",
+    "merge_rows",
+    "tower",
+    "towers",
+]

@@ -36,18 +36,25 @@ from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
 from jxr.train.metrics import MetricsWriter, StepLog
 from jxr.train.optim import make_optimizer
 from jxr.train.step import (
-  StepOptions,
-  TrainState,
-  init_state,
-  jit_train_step,
-  make_train_step,
-  state_shardings,
+    StepOptions,
+    TrainState,
+    init_state,
+    jit_train_step,
+    make_train_step,
+    state_shardings,
 )
 
 EvalHook = Callable[[int, Encoder], "dict[str, Any] | None"]
 # Fields a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "checkpoint_minutes",
-                     "keep_checkpoints", "eval_every", "log_every")
+RESUMABLE_CHANGES = (
+    "mesh",
+    "out_dir",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "keep_checkpoints",
+    "eval_every",
+    "log_every",
+)
 
 
 # ---------------------------------------------------------------------- data
@@ -56,27 +63,44 @@ RESUMABLE_CHANGES = ("mesh", "out_dir", "checkpoint_every", "checkpoint_minutes"
 def load_training_pairs(config: TrainConfig) -> TrainingPairs:
   """LAReQA: the training articles of `split_by_article`; otherwise a JSONL pairs file."""
   if config.train_data in LAREQA_NAMES:
-    return training_pairs(training_set(config.train_data, languages=config.languages,
-                                       eval_fraction=config.eval_fraction,
-                                       split_seed=config.split_seed))
+    return training_pairs(
+        training_set(
+            config.train_data,
+            languages=config.languages,
+            eval_fraction=config.eval_fraction,
+            split_seed=config.split_seed,
+        )
+    )
   path = pathlib.Path(config.train_data)
   if not path.is_file():
-    raise FileNotFoundError(f"train_data: {config.train_data!r} is neither a LAReQA name "
-                            f"{LAREQA_NAMES} nor a JSONL pairs file")
+    raise FileNotFoundError(
+        f"train_data: {config.train_data!r} is neither a LAReQA name "
+        f"{LAREQA_NAMES} nor a JSONL pairs file"
+    )
   return read_pairs(path)
 
 
-def batch_arrays(batch, pairs: TrainingPairs, encoder: Encoder,
-                 config: TrainConfig) -> dict[str, np.ndarray]:
+def batch_arrays(
+    batch, pairs: TrainingPairs, encoder: Encoder, config: TrainConfig
+) -> dict[str, np.ndarray]:
   """This process's rows of a batch as int32 arrays (plus one hard negative per row
   when the pairs have any: row `i` takes its `step`-th negative, cyclically)."""
-  tokens = collate(batch, encoder.tokenizer, config.max_query_length, config.max_passage_length,
-                   config.candidate_context, query_prefix=encoder.config.query_prefix,
-                   passage_prefix=encoder.config.passage_prefix, pad_id=encoder.pad_id)
-  arrays = {"query_input_ids": tokens.query_input_ids,
-            "query_attention_mask": tokens.query_attention_mask,
-            "passage_input_ids": tokens.passage_input_ids,
-            "passage_attention_mask": tokens.passage_attention_mask}
+  tokens = collate(
+      batch,
+      encoder.tokenizer,
+      config.max_query_length,
+      config.max_passage_length,
+      config.candidate_context,
+      query_prefix=encoder.config.query_prefix,
+      passage_prefix=encoder.config.passage_prefix,
+      pad_id=encoder.pad_id,
+  )
+  arrays = {
+      "query_input_ids": tokens.query_input_ids,
+      "query_attention_mask": tokens.query_attention_mask,
+      "passage_input_ids": tokens.passage_input_ids,
+      "passage_attention_mask": tokens.passage_attention_mask,
+  }
   if len(pairs.negative_index):
     texts, present = [], []
     for pair in batch.pair_index:
@@ -84,10 +108,16 @@ def batch_arrays(batch, pairs: TrainingPairs, encoder: Encoder,
       present.append(len(negatives) > 0)
       row = negatives[batch.step % len(negatives)] if len(negatives) else pairs.positive_index[pair]
       texts.append(encoder.config.passage_prefix + str(pairs.passage_text[row]))
-    ids, mask = pad_rows(encode_texts(encoder.tokenizer, texts, config.max_passage_length),
-                         config.max_passage_length, encoder.pad_id)
-    arrays.update(negative_input_ids=ids, negative_attention_mask=mask,
-                  negative_mask=np.asarray(present, bool))
+    ids, mask = pad_rows(
+        encode_texts(encoder.tokenizer, texts, config.max_passage_length),
+        config.max_passage_length,
+        encoder.pad_id,
+    )
+    arrays.update(
+        negative_input_ids=ids,
+        negative_attention_mask=mask,
+        negative_mask=np.asarray(present, bool),
+    )
   return arrays
 
 
@@ -125,42 +155,60 @@ class _SaveClock:
 
 
 def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
-  changed = [f.name for f in dataclasses.fields(TrainConfig)
-             if getattr(saved, f.name) != getattr(config, f.name)
-             and f.name not in RESUMABLE_CHANGES]
+  changed = [
+      f.name
+      for f in dataclasses.fields(TrainConfig)
+      if getattr(saved, f.name) != getattr(config, f.name) and f.name not in RESUMABLE_CHANGES
+  ]
   if changed:
-    raise ValueError(f"config: resuming needs the saved run's settings; {changed} differ from "
-                     f"{config.out_dir}/config.json (only {list(RESUMABLE_CHANGES)} may change)")
+    raise ValueError(
+        f"config: resuming needs the saved run's settings; {changed} differ from "
+        f"{config.out_dir}/config.json (only {list(RESUMABLE_CHANGES)} may change)"
+    )
 
 
 def _check_mesh_fit(config: TrainConfig, mesh) -> None:
   ways = meshlib.data_parallel_size(mesh)
   if config.micro_batch_size % ways:
-    raise ValueError(f"batch_size: {config.batch_size} pairs over grad_accum={config.grad_accum} "
-                     f"micro-batches do not split over the mesh's {ways} data-parallel devices")
+    raise ValueError(
+        f"batch_size: {config.batch_size} pairs over grad_accum={config.grad_accum} "
+        f"micro-batches do not split over the mesh's {ways} data-parallel devices"
+    )
   if config.grad_cache_chunk is not None and config.grad_cache_chunk % ways:
-    raise ValueError(f"grad_cache_chunk: {config.grad_cache_chunk} rows do not split over the "
-                     f"mesh's {ways} data-parallel devices")
+    raise ValueError(
+        f"grad_cache_chunk: {config.grad_cache_chunk} rows do not split over the "
+        f"mesh's {ways} data-parallel devices"
+    )
   if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size: {config.batch_size} is not a multiple of the "
-                     f"{jax.process_count()} processes")
+    raise ValueError(
+        f"batch_size: {config.batch_size} is not a multiple of the "
+        f"{jax.process_count()} processes"
+    )
 
 
 def _load_model(config: TrainConfig) -> Encoder:
-  encoder = load_encoder(config.model, attention=config.attention, dtype=config.dtype,
-                         max_length=max(config.max_query_length, config.max_passage_length),
-                         seed=config.seed)
+  encoder = load_encoder(
+      config.model,
+      attention=config.attention,
+      dtype=config.dtype,
+      max_length=max(config.max_query_length, config.max_passage_length),
+      seed=config.seed,
+  )
   for name in ("max_query_length", "max_passage_length"):
     if getattr(config, name) > encoder.config.max_length:
-      raise ValueError(f"{name}: {getattr(config, name)} exceeds the model's "
-                       f"{encoder.config.max_length} positions")
+      raise ValueError(
+          f"{name}: {getattr(config, name)} exceeds the model's "
+          f"{encoder.config.max_length} positions"
+      )
   return encoder
 
 
 def embed_fn_of(encoder: Encoder):
   """`embed_fn(params, batch, key)` for the step: dropout on exactly when a key is given."""
+
   def embed_fn(params, batch, key):
     return encoder.embed(params, batch, deterministic=key is None, rngs=key)
+
   return embed_fn
 
 
@@ -168,6 +216,7 @@ def host_params(params: Any) -> Any:
   """Parameters gathered to this host (all processes take part)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     params = multihost_utils.process_allgather(params, tiled=True)
   return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params)
 
@@ -175,8 +224,9 @@ def host_params(params: Any) -> Any:
 # ---------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig, resume: bool = False,
-          eval_hook: EvalHook | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, resume: bool = False, eval_hook: EvalHook | None = None
+) -> TrainResult:
   """Fine-tunes `config.model` contrastively; see docs/DESIGN.md (jxr.train).
 
   With `resume`, continues from the newest checkpoint in `config.out_dir` (made
@@ -188,8 +238,10 @@ def train(config: TrainConfig, resume: bool = False,
   if not isinstance(config, TrainConfig):
     raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
   if eval_hook is not None and not callable(eval_hook):
-    raise ValueError(f"eval_hook: expected a callable (step, encoder) -> dict | None, "
-                     f"got {type(eval_hook).__name__}")
+    raise ValueError(
+        f"eval_hook: expected a callable (step, encoder) -> dict | None, "
+        f"got {type(eval_hook).__name__}"
+    )
   meshlib.maybe_initialize_distributed()
   primary = meshlib.is_primary()
   run_dir = pathlib.Path(config.out_dir).absolute()
@@ -199,23 +251,37 @@ def train(config: TrainConfig, resume: bool = False,
       raise FileNotFoundError(f"out_dir: nothing to resume, {run_dir / 'config.json'} is missing")
     _check_resume_config(TrainConfig.load(run_dir / "config.json"), config)
   elif checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
-    raise ValueError(f"out_dir: {run_dir} already holds checkpoints; pass resume=True to continue "
-                     "that run or choose another out_dir")
+    raise ValueError(
+        f"out_dir: {run_dir} already holds checkpoints; pass resume=True to continue "
+        "that run or choose another out_dir"
+    )
   mesh = meshlib.make_mesh(config.mesh)
   _check_mesh_fit(config, mesh)
 
   pairs = load_training_pairs(config)
-  sampler = HybridSampler(pairs, config.batch_size, config.mono_prob, config.seed,
-                          languages=config.languages, process_index=jax.process_index(),
-                          process_count=jax.process_count())
+  sampler = HybridSampler(
+      pairs,
+      config.batch_size,
+      config.mono_prob,
+      config.seed,
+      languages=config.languages,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
   encoder = _load_model(config)
 
-  optimizer, schedule = make_optimizer(config.lr, config.steps, config.warmup_steps,
-                                       config.weight_decay, config.clip_norm)
-  options = StepOptions(temperature=config.temperature, learn_temperature=config.learn_temperature,
-                        symmetric=config.symmetric, grad_accum=config.grad_accum,
-                        grad_cache_chunk=config.grad_cache_chunk,
-                        dropout=encoder.config.hidden_dropout_prob > 0, seed=config.seed)
+  optimizer, schedule = make_optimizer(
+      config.lr, config.steps, config.warmup_steps, config.weight_decay, config.clip_norm
+  )
+  options = StepOptions(
+      temperature=config.temperature,
+      learn_temperature=config.learn_temperature,
+      symmetric=config.symmetric,
+      grad_accum=config.grad_accum,
+      grad_cache_chunk=config.grad_cache_chunk,
+      dropout=encoder.config.hidden_dropout_prob > 0,
+      seed=config.seed,
+  )
   encoder_shardings = meshlib.param_shardings(encoder.params, mesh)
   abstract = jax.eval_shape(lambda p: init_state(p, optimizer, options), encoder.params)
   shardings = state_shardings(abstract, encoder_shardings, mesh)
@@ -238,8 +304,10 @@ def train(config: TrainConfig, resume: bool = False,
   writer = MetricsWriter(run_dir, resume_step=start if resume else None, enabled=primary)
 
   step_fn = make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh)
-  batch_spec = {name: np.ndim(x) for name, x in
-                batch_arrays(sampler.batch_at(0), pairs, encoder, config).items()}
+  batch_spec = {
+      name: np.ndim(x)
+      for name, x in batch_arrays(sampler.batch_at(0), pairs, encoder, config).items()
+  }
   train_step = jit_train_step(step_fn, shardings, batch_spec, mesh)
 
   def current_encoder(state: TrainState) -> Encoder:
@@ -247,8 +315,12 @@ def train(config: TrainConfig, resume: bool = False,
 
   def save(state: TrainState) -> None:
     done = int(state.step)
-    meta = {"step": done, "sampler": dict(sampler.state_dict(), step=done),
-            "config": config.to_json(), "resumed_from": resumed_from}
+    meta = {
+        "step": done,
+        "sampler": dict(sampler.state_dict(), step=done),
+        "config": config.to_json(),
+        "resumed_from": resumed_from,
+    }
     checkpoints.save(done, state, meta)
     clock.reset()
 
@@ -267,8 +339,11 @@ def train(config: TrainConfig, resume: bool = False,
         done = step + 1
         _failpoints.reached(f"step:{done}")
         bar.update(1)
-        log.add(done, {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
-                metrics)
+        log.add(
+            done,
+            {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
+            metrics,
+        )
         if eval_hook and config.eval_every and done % config.eval_every == 0:
           log.collect()
           result = eval_hook(done, current_encoder(state))
@@ -295,6 +370,12 @@ def train(config: TrainConfig, resume: bool = False,
   export_dir = None
   if primary:
     export_dir = final.save(run_dir / "model")
-  return TrainResult(encoder=final, steps=int(state.step), skipped_steps=int(state.skipped),
-                     final_loss=log.last_loss, run_dir=run_dir, export_dir=export_dir,
-                     resumed_from_steps=tuple(resumed_from))
+  return TrainResult(
+      encoder=final,
+      steps=int(state.step),
+      skipped_steps=int(state.skipped),
+      final_loss=log.last_loss,
+      run_dir=run_dir,
+      export_dir=export_dir,
+      resumed_from_steps=tuple(resumed_from),
+  )

@@ -1,6 +1,5 @@
 """collate: fixed-shape int32 arrays; only the paragraph is cut when a passage is too long."""
 
-
 import numpy as np
 import pytest
 
@@ -11,7 +10,9 @@ tokenizers = pytest.importorskip("tokenizers")
 
 @pytest.fixture(scope="module")
 def tokenizer(reference_dir):
-  return tokenizers.Tokenizer.from_file(str(reference_dir / "multilingual-e5-small" / "tokenizer.json"))
+  return tokenizers.Tokenizer.from_file(
+      str(reference_dir / "multilingual-e5-small" / "tokenizer.json")
+  )
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,12 @@ def test_shapes_and_masks(batch, tokenizer):
   out = jxr.data.collate(batch, tokenizer, max_query_length=24, max_passage_length=96)
   assert out.query_input_ids.shape == out.query_attention_mask.shape == (8, 24)
   assert out.passage_input_ids.shape == out.passage_attention_mask.shape == (8, 96)
-  for array in (out.query_input_ids, out.query_attention_mask, out.passage_input_ids, out.passage_attention_mask):
+  for array in (
+      out.query_input_ids,
+      out.query_attention_mask,
+      out.passage_input_ids,
+      out.passage_attention_mask,
+  ):
     assert array.dtype == np.int32
   pad = tokenizer.token_to_id("<pad>")
   queries = (out.query_input_ids, out.query_attention_mask)
@@ -64,7 +70,9 @@ def test_long_passages_keep_the_sentence(batch, tokenizer):
 
 
 def test_without_context(batch, tokenizer):
-  out = jxr.data.collate(batch, tokenizer, 16, 64, candidate_context=False, passage_prefix="passage: ")
+  out = jxr.data.collate(
+      batch, tokenizer, 16, 64, candidate_context=False, passage_prefix="passage: "
+  )
   for row, text in enumerate(batch.positive_text):
     expected = tokenizer.encode("passage: " + text).ids
     if len(expected) <= 64:

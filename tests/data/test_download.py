@@ -38,7 +38,9 @@ def serve(tmp_path, monkeypatch):
   servers = []
 
   def start(handler=_Handler) -> pathlib.Path:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     servers.append(server)
     monkeypatch.setattr(lareqa, "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
@@ -70,15 +72,20 @@ def test_download_verifies_and_loads(serve, lareqa_dir, tmp_path):
   assert task.num_queries == 2 * 1190
   assert _files(cache) == ["xquad-r/de.json", "xquad-r/en.json"]
   for lang in ("en", "de"):
-    assert jxr.data.download.sha256_file(cache / "xquad-r" / f"{lang}.json") == lareqa.SHA256[f"xquad-r/{lang}.json"]
+    assert (
+        jxr.data.download.sha256_file(cache / "xquad-r" / f"{lang}.json")
+        == lareqa.SHA256[f"xquad-r/{lang}.json"]
+    )
 
 
 def test_urls_are_pinned():
   assert lareqa.url_for("mlqa-r", "de") == (
-    "https://raw.githubusercontent.com/google-research-datasets/lareqa/"
-    "354d67d1cd066854cdfbf5ad0e6105528976141d/mlqa-r/de.json"
+      "https://raw.githubusercontent.com/google-research-datasets/lareqa/"
+      "354d67d1cd066854cdfbf5ad0e6105528976141d/mlqa-r/de.json"
   )
-  assert "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c/xquad-r/th.json" in lareqa.url_for("xquad-r", "th")
+  assert "9bc8c7fb6dd8d01d72a05a93c2cb96882b0d299c/xquad-r/th.json" in lareqa.url_for(
+      "xquad-r", "th"
+  )
   assert len(lareqa.SHA256) == sum(len(langs) for langs in lareqa.LANGUAGES.values())
 
 

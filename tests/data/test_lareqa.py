@@ -13,7 +13,7 @@ from jxr.data import lareqa
 
 # Published statistics (LAReQA README and paper; issue 4).
 XQUAD_CANDIDATES = dict(
-  ar=1222, de=1276, el=1234, en=1180, es=1215, hi=1244, ru=1219, th=852, tr=1167, vi=1209, zh=1196
+    ar=1222, de=1276, el=1234, en=1180, es=1215, hi=1244, ru=1219, th=852, tr=1167, vi=1209, zh=1196
 )
 MLQA_QUESTIONS = dict(ar=517, de=512, en=1148, es=500, hi=507, vi=511, zh=504)
 MLQA_CANDIDATES = dict(ar=2545, de=2362, en=6264, es=1787, hi=2426, vi=2828, zh=2322)
@@ -21,7 +21,9 @@ MLQA_CANDIDATES = dict(ar=2545, de=2362, en=6264, es=1787, hi=2426, vi=2828, zh=
 
 def test_xquad_counts_per_language(xquad):
   assert xquad.languages == lareqa.LANGUAGES["xquad-r"]
-  assert dict(collections.Counter(xquad.query_lang.tolist())) == {lang: 1190 for lang in XQUAD_CANDIDATES}
+  assert dict(collections.Counter(xquad.query_lang.tolist())) == {
+      lang: 1190 for lang in XQUAD_CANDIDATES
+  }
   assert dict(collections.Counter(xquad.cand_lang.tolist())) == XQUAD_CANDIDATES
 
 
@@ -48,7 +50,10 @@ def test_relevance_matches_the_raw_files(name, lareqa_dir, request):
         for qa in paragraph["qas"]:
           start = qa["answers"][0]["answer_start"]
           (s,) = [s for s, (b, e) in enumerate(paragraph["sentence_breaks"]) if b <= start < e]
-          answer_of.setdefault(qa["id"], {})[lang] = (paragraph["sentences"][s], paragraph["context"])
+          answer_of.setdefault(qa["id"], {})[lang] = (
+              paragraph["sentences"][s],
+              paragraph["context"],
+          )
   rng = np.random.default_rng(0)
   for q in rng.choice(task.num_queries, size=300, replace=False):
     relevant = task.relevant(q)
@@ -97,13 +102,13 @@ def test_default_data_dir_is_the_user_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-  "kwargs, match",
-  [
-    (dict(name="xquad"), "unknown LAReQA dataset 'xquad'"),
-    (dict(name="mlqa-r", languages=["el"]), r"languages: \['el'\] not in mlqa-r"),
-    (dict(name="xquad-r", languages="en"), "got the string 'en'"),
-    (dict(name="xquad-r", languages=["en", "en"]), "distinct"),
-  ],
+    "kwargs, match",
+    [
+        (dict(name="xquad"), "unknown LAReQA dataset 'xquad'"),
+        (dict(name="mlqa-r", languages=["el"]), r"languages: \['el'\] not in mlqa-r"),
+        (dict(name="xquad-r", languages="en"), "got the string 'en'"),
+        (dict(name="xquad-r", languages=["en", "en"]), "distinct"),
+    ],
 )
 def test_bad_names(kwargs, match, lareqa_dir):
   with pytest.raises(ValueError, match=match):
@@ -130,10 +135,10 @@ def _dataset(answer_start=4, **qa_overrides):
   qa = {"id": "q1", "question": "Who?", "answers": [{"text": "Bob", "answer_start": answer_start}]}
   qa.update(qa_overrides)
   paragraph = {
-    "context": "Hi. Bob came.",
-    "sentences": ["Hi.", "Bob came."],
-    "sentence_breaks": [[0, 3], [4, 13]],
-    "qas": [qa],
+      "context": "Hi. Bob came.",
+      "sentences": ["Hi.", "Bob came."],
+      "sentence_breaks": [[0, 3], [4, 13]],
+      "qas": [qa],
   }
   return {"version": "1.1", "data": [{"title": "T", "paragraphs": [paragraph]}]}
 
@@ -154,7 +159,10 @@ def test_gzipped_files_load_as_the_plain_ones(tmp_path):
   zipped.write_bytes(gzip.compress(plain.read_bytes()))
   a = jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "plain", languages=["en"])
   b = jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "zipped", languages=["en"])
-  assert a.cand_text.tolist() == b.cand_text.tolist() and a.query_text.tolist() == b.query_text.tolist()
+  assert (
+      a.cand_text.tolist() == b.cand_text.tolist()
+      and a.query_text.tolist() == b.query_text.tolist()
+  )
   zipped.write_bytes(gzip.compress(plain.read_bytes())[:-9])
   with pytest.raises(ValueError, match="en.json.gz: not a complete gzip file"):
     jxr.data.load_lareqa("xquad-r", data_dir=tmp_path / "zipped", languages=["en"])
@@ -168,19 +176,35 @@ def test_malformed_json_names_the_file(tmp_path):
 
 def test_answer_in_no_sentence_names_file_and_question(tmp_path):
   path = _write(tmp_path, json.dumps(_dataset(answer_start=3)))  # the gap between sentences
-  with pytest.raises(ValueError, match=f"{path}: question 'q1': answer_start 3 falls in no sentence"):
+  with pytest.raises(
+      ValueError, match=f"{path}: question 'q1': answer_start 3 falls in no sentence"
+  ):
     jxr.data.load_lareqa("xquad-r", data_dir=tmp_path, languages=["en"])
 
 
 @pytest.mark.parametrize(
-  "mutate, match",
-  [
-    (lambda d: d.pop("data"), "missing field 'data'"),
-    (lambda d: d["data"][0]["paragraphs"][0].pop("sentence_breaks"), "missing field 'sentence_breaks'"),
-    (lambda d: d["data"][0]["paragraphs"][0]["sentences"].pop(), "as many sentence strings as sentence_breaks"),
-    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(answers=[]), "question 'q1': expected at least one answer"),
-    (lambda d: d["data"][0]["paragraphs"][0]["qas"].append(d["data"][0]["paragraphs"][0]["qas"][0]), "'q1' appears twice"),
-  ],
+    "mutate, match",
+    [
+        (lambda d: d.pop("data"), "missing field 'data'"),
+        (
+            lambda d: d["data"][0]["paragraphs"][0].pop("sentence_breaks"),
+            "missing field 'sentence_breaks'",
+        ),
+        (
+            lambda d: d["data"][0]["paragraphs"][0]["sentences"].pop(),
+            "as many sentence strings as sentence_breaks",
+        ),
+        (
+            lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(answers=[]),
+            "question 'q1': expected at least one answer",
+        ),
+        (
+            lambda d: d["data"][0]["paragraphs"][0]["qas"].append(
+                d["data"][0]["paragraphs"][0]["qas"][0]
+            ),
+            "'q1' appears twice",
+        ),
+    ],
 )
 def test_malformed_structure(tmp_path, mutate, match):
   data = _dataset()

@@ -31,17 +31,36 @@ def test_pairs_from_mlqa_are_mostly_cross(mlqa):
 
 def _write_jsonl(tmp_path, rows, name="pairs.jsonl"):
   path = tmp_path / name
-  path.write_text("\n".join(row if isinstance(row, str) else json.dumps(row) for row in rows) + "\n", "utf-8")
+  path.write_text(
+      "\n".join(row if isinstance(row, str) else json.dumps(row) for row in rows) + "\n", "utf-8"
+  )
   return path
 
 
 def test_read_pairs(tmp_path):
   rows = [
-    {"query": "Where is Paris?", "positive": "Paris is in France.", "query_lang": "en", "positive_lang": "en", "id": "q1"},
-    {"query": "Où est Paris ?", "positive": "Paris is in France.", "query_lang": "fr", "positive_lang": "en", "id": "q1"},
-    "",
-    {"query": "Who wrote it?", "positive": "Goethe schrieb es.", "query_lang": "en", "positive_lang": "de",
-     "negatives": ["Schiller schrieb es.", "Paris is in France."]},
+      {
+          "query": "Where is Paris?",
+          "positive": "Paris is in France.",
+          "query_lang": "en",
+          "positive_lang": "en",
+          "id": "q1",
+      },
+      {
+          "query": "Où est Paris ?",
+          "positive": "Paris is in France.",
+          "query_lang": "fr",
+          "positive_lang": "en",
+          "id": "q1",
+      },
+      "",
+      {
+          "query": "Who wrote it?",
+          "positive": "Goethe schrieb es.",
+          "query_lang": "en",
+          "positive_lang": "de",
+          "negatives": ["Schiller schrieb es.", "Paris is in France."],
+      },
   ]
   pairs = jxr.data.read_pairs(_write_jsonl(tmp_path, rows))
   assert len(pairs) == 3
@@ -49,23 +68,57 @@ def test_read_pairs(tmp_path):
   assert pairs.question_id[0] == pairs.question_id[1] == "q1" and pairs.question_id[2] != "q1"
   assert pairs.positive_index[0] == pairs.positive_index[1]  # equal texts share a row
   assert pairs.query_text[pairs.query_index].tolist() == [r["query"] for r in rows if r]
-  assert pairs.passage_text[pairs.negatives(2)].tolist() == ["Schiller schrieb es.", "Paris is in France."]
+  assert pairs.passage_text[pairs.negatives(2)].tolist() == [
+      "Schiller schrieb es.",
+      "Paris is in France.",
+  ]
   assert len(pairs.negatives(0)) == 0
   assert (pairs.passage_context == "").all()
   assert pairs.languages == ("de", "en", "fr")
 
 
 @pytest.mark.parametrize(
-  "bad_line, match",
-  [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (json.dumps({"query": "q", "positive": "p", "query_lang": "en"}), "'positive_lang' must be a non-empty string"),
-    (json.dumps({"query": " ", "positive": "p", "query_lang": "en", "positive_lang": "en"}), "'query'"),
-    (json.dumps({"query": "q", "postive": "p", "query_lang": "en", "positive_lang": "en"}), r"unknown field\(s\) \['postive'\]"),
-    (json.dumps({"query": "q", "positive": "p", "query_lang": "en", "positive_lang": "en", "negatives": "n"}), "'negatives'"),
-    (json.dumps({"query": "q", "positive": "p", "query_lang": "en", "positive_lang": "en", "id": [1]}), "'id'"),
-  ],
+    "bad_line, match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (
+            json.dumps({"query": "q", "positive": "p", "query_lang": "en"}),
+            "'positive_lang' must be a non-empty string",
+        ),
+        (
+            json.dumps({"query": " ", "positive": "p", "query_lang": "en", "positive_lang": "en"}),
+            "'query'",
+        ),
+        (
+            json.dumps({"query": "q", "postive": "p", "query_lang": "en", "positive_lang": "en"}),
+            r"unknown field\(s\) \['postive'\]",
+        ),
+        (
+            json.dumps(
+                {
+                    "query": "q",
+                    "positive": "p",
+                    "query_lang": "en",
+                    "positive_lang": "en",
+                    "negatives": "n",
+                }
+            ),
+            "'negatives'",
+        ),
+        (
+            json.dumps(
+                {
+                    "query": "q",
+                    "positive": "p",
+                    "query_lang": "en",
+                    "positive_lang": "en",
+                    "id": [1],
+                }
+            ),
+            "'id'",
+        ),
+    ],
 )
 def test_read_pairs_errors_name_the_line(tmp_path, bad_line, match):
   good = json.dumps({"query": "q", "positive": "p", "query_lang": "en", "positive_lang": "de"})

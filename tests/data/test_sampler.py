@@ -38,7 +38,9 @@ def test_batches_over_many_steps(pairs, xquad_train):
   for batch in batches[:200]:
     assert len(batch) == 32
     if batch.kind == "mono":
-      assert (batch.query_lang == batch.language).all() and (batch.positive_lang == batch.language).all()
+      assert (batch.query_lang == batch.language).all() and (
+          batch.positive_lang == batch.language
+      ).all()
     else:
       assert batch.language is None and (batch.query_lang != batch.positive_lang).all()
     _no_false_negatives(batch, xquad_train)
@@ -67,7 +69,9 @@ def test_mono_prob_one_and_zero(pairs):
 
 
 def test_proportional_language_weighting(mlqa_pairs):
-  sampler = jxr.data.HybridSampler(mlqa_pairs, batch_size=16, mono_prob=1.0, seed=0, language_weighting="proportional")
+  sampler = jxr.data.HybridSampler(
+      mlqa_pairs, batch_size=16, mono_prob=1.0, seed=0, language_weighting="proportional"
+  )
   counts = collections.Counter(next(sampler).language for _ in range(1500))
   mono = collections.Counter(mlqa_pairs.query_lang[mlqa_pairs.kind == "mono"].tolist())
   for lang, n in mono.items():
@@ -114,7 +118,11 @@ def test_state_round_trip_continues_exactly(pairs):
 
 def test_state_from_another_setup_is_refused(pairs):
   state = jxr.data.HybridSampler(pairs, batch_size=16, seed=3).state_dict()
-  for other in (dict(batch_size=8, seed=3), dict(batch_size=16, seed=4), dict(batch_size=16, seed=3, mono_prob=1.0)):
+  for other in (
+      dict(batch_size=8, seed=3),
+      dict(batch_size=16, seed=4),
+      dict(batch_size=16, seed=3, mono_prob=1.0),
+  ):
     with pytest.raises(ValueError, match="state"):
       jxr.data.HybridSampler(pairs, **other).load_state_dict(state)
   with pytest.raises(ValueError, match="state"):
@@ -123,11 +131,16 @@ def test_state_from_another_setup_is_refused(pairs):
 
 def test_processes_share_the_global_batch(pairs):
   whole = jxr.data.HybridSampler(pairs, batch_size=24, seed=2)
-  shards = [jxr.data.HybridSampler(pairs, batch_size=24, seed=2, process_index=i, process_count=3) for i in range(3)]
+  shards = [
+      jxr.data.HybridSampler(pairs, batch_size=24, seed=2, process_index=i, process_count=3)
+      for i in range(3)
+  ]
   for _ in range(20):
     full = next(whole)
     parts = [next(shard) for shard in shards]
-    assert all(len(part) == 8 and part.kind == full.kind and part.global_batch_size == 24 for part in parts)
+    assert all(
+        len(part) == 8 and part.kind == full.kind and part.global_batch_size == 24 for part in parts
+    )
     assert (np.concatenate([part.pair_index for part in parts]) == full.pair_index).all()
 
 
@@ -136,33 +149,42 @@ def test_jsonl_pairs_with_shared_positives(tmp_path):
   rows = []
   for q in range(40):
     for lang in ("en", "de"):
-      rows.append({"query": f"{lang} question {q}", "positive": f"answer {q // 2}", "query_lang": lang,
-                   "positive_lang": "en", "id": f"q{q}"})
+      rows.append(
+          {
+              "query": f"{lang} question {q}",
+              "positive": f"answer {q // 2}",
+              "query_lang": lang,
+              "positive_lang": "en",
+              "id": f"q{q}",
+          }
+      )
   path = tmp_path / "pairs.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in rows), "utf-8")
   pairs = jxr.data.read_pairs(path)
   sampler = jxr.data.HybridSampler(pairs, batch_size=20, mono_prob=0.5, seed=0)
   for _ in range(50):
     batch = next(sampler)
-    assert len(set(batch.positive_ids.tolist())) == 20 and len(set(batch.question_id.tolist())) == 20
+    assert (
+        len(set(batch.positive_ids.tolist())) == 20 and len(set(batch.question_id.tolist())) == 20
+    )
   with pytest.raises(ValueError, match="too large"):
     jxr.data.HybridSampler(pairs, batch_size=21)  # only 20 distinct answers
 
 
 @pytest.mark.parametrize(
-  "kwargs, match",
-  [
-    (dict(batch_size=0), "batch_size"),
-    (dict(batch_size=10, process_count=4), "multiple of process_count"),
-    (dict(batch_size=8, process_index=2, process_count=2), "process_index"),
-    (dict(batch_size=8, mono_prob=1.5), "mono_prob"),
-    (dict(batch_size=8, seed=-1), "seed"),
-    (dict(batch_size=8, languages=("en", "xx")), "languages"),
-    (dict(batch_size=8, languages="en"), "string"),
-    (dict(batch_size=8, languages=("en",), mono_prob=0.5), "no cross-lingual pairs"),
-    (dict(batch_size=8, language_weighting="sqrt"), "language_weighting"),
-    (dict(batch_size=2000), "too large"),
-  ],
+    "kwargs, match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=10, process_count=4), "multiple of process_count"),
+        (dict(batch_size=8, process_index=2, process_count=2), "process_index"),
+        (dict(batch_size=8, mono_prob=1.5), "mono_prob"),
+        (dict(batch_size=8, seed=-1), "seed"),
+        (dict(batch_size=8, languages=("en", "xx")), "languages"),
+        (dict(batch_size=8, languages="en"), "string"),
+        (dict(batch_size=8, languages=("en",), mono_prob=0.5), "no cross-lingual pairs"),
+        (dict(batch_size=8, language_weighting="sqrt"), "language_weighting"),
+        (dict(batch_size=2000), "too large"),
+    ],
 )
 def test_bad_arguments(pairs, kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -178,18 +200,18 @@ def _tiny_task():
   """Four English questions: q1 and q2 ask the same text; q1's and q3's answers read the same."""
   strings = lambda *xs: np.array(xs, dtype=object)  # noqa: E731
   return jxr.data.RetrievalTask(
-    name="tiny",
-    languages=("en",),
-    query_id=np.array(["q1", "q2", "q3", "q4"]),
-    query_lang=np.array(["en"] * 4),
-    query_text=strings("A?", "A?", "B?", "C?"),
-    query_article=np.array(["t"] * 4),
-    cand_lang=np.array(["en"] * 4),
-    cand_text=strings("x", "x", "y", "z"),
-    cand_context=strings("", "", "", ""),
-    cand_article=np.array(["t"] * 4),
-    rel_indptr=np.array([0, 1, 2, 3, 4]),
-    rel_indices=np.array([0, 2, 1, 3]),
+      name="tiny",
+      languages=("en",),
+      query_id=np.array(["q1", "q2", "q3", "q4"]),
+      query_lang=np.array(["en"] * 4),
+      query_text=strings("A?", "A?", "B?", "C?"),
+      query_article=np.array(["t"] * 4),
+      cand_lang=np.array(["en"] * 4),
+      cand_text=strings("x", "x", "y", "z"),
+      cand_context=strings("", "", "", ""),
+      cand_article=np.array(["t"] * 4),
+      rel_indptr=np.array([0, 1, 2, 3, 4]),
+      rel_indices=np.array([0, 2, 1, 3]),
   )
 
 

@@ -10,8 +10,10 @@ from jxr.data.splits import article_groups
 def _relevance_as_ids(task):
   """Each query's relevant candidates as (lang, text) sets, index-free."""
   return {
-    (task.query_id[q], task.query_lang[q]): {(task.cand_lang[c], task.cand_text[c]) for c in task.relevant(q)}
-    for q in range(task.num_queries)
+      (task.query_id[q], task.query_lang[q]): {
+          (task.cand_lang[c], task.cand_text[c]) for c in task.relevant(q)
+      }
+      for q in range(task.num_queries)
   }
 
 
@@ -34,7 +36,9 @@ def test_split_keeps_relevance(xquad):
     assert _relevance_as_ids(part) == {key: full[key] for key in _relevance_as_ids(part)}
     assert part.languages == xquad.languages
   assert not set(train.query_id) & set(evaluation.query_id)
-  assert not set(train.cand_text[train.cand_lang == "en"]) & set(evaluation.cand_text[evaluation.cand_lang == "en"])
+  assert not set(train.cand_text[train.cand_lang == "en"]) & set(
+      evaluation.cand_text[evaluation.cand_lang == "en"]
+  )
 
 
 def test_split_fraction_and_seed(xquad):
@@ -70,7 +74,9 @@ def test_restrict_languages_and_questions(xquad):
   assert sub.num_queries == 400
   assert sorted(set(sub.query_lang)) == ["de", "en"] and sub.query_lang[0] == "en"
   ids = sub.query_id
-  assert len(set(ids)) == 200 and set(ids[sub.query_lang == "en"]) == set(ids[sub.query_lang == "de"])
+  assert len(set(ids)) == 200 and set(ids[sub.query_lang == "en"]) == set(
+      ids[sub.query_lang == "de"]
+  )
   assert sub.num_candidates == 1180 + 1276  # the full pool of the kept languages
   full = _relevance_as_ids(xquad)
   for key, relevant in _relevance_as_ids(sub).items():
@@ -98,14 +104,14 @@ def test_restrict_reorders_languages(xquad):
 
 
 @pytest.mark.parametrize(
-  "kwargs, match",
-  [
-    (dict(languages=("en", "xx")), "languages"),
-    (dict(languages="en"), "string"),
-    (dict(questions=0), "questions"),
-    (dict(questions=5000), "questions"),
-    (dict(candidates="some"), "candidates"),
-  ],
+    "kwargs, match",
+    [
+        (dict(languages=("en", "xx")), "languages"),
+        (dict(languages="en"), "string"),
+        (dict(questions=0), "questions"),
+        (dict(questions=5000), "questions"),
+        (dict(candidates="some"), "candidates"),
+    ],
 )
 def test_restrict_bad_input(xquad, kwargs, match):
   with pytest.raises(ValueError, match=match):

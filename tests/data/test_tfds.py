@@ -13,9 +13,9 @@ import jxr.data.tfds_lareqa  # noqa: E402,F401  (registers "lareqa")
 def source(lareqa_dir, tmp_path_factory):
   config = tfds.download.DownloadConfig(manual_dir=str(lareqa_dir))
   return tfds.data_source(
-    "lareqa/xquad_r",
-    data_dir=str(tmp_path_factory.mktemp("tfds")),
-    download_and_prepare_kwargs={"download_config": config},
+      "lareqa/xquad_r",
+      data_dir=str(tmp_path_factory.mktemp("tfds")),
+      download_and_prepare_kwargs={"download_config": config},
   )
 
 

@@ -38,7 +38,9 @@ def make_task(
   )
 
 
-def parallel_task(num_questions: int, languages: Sequence[str], distractors: int = 0) -> RetrievalTask:
+def parallel_task(
+    num_questions: int, languages: Sequence[str], distractors: int = 0
+) -> RetrievalTask:
   """Every question in every language; candidates per language: the answers, then distractors.
 
   Query (i, l) is relevant to the answer of question i in every language.

@@ -43,8 +43,17 @@ def test_cli_end_to_end(task, lareqa_dir, tmp_path):
   np.save(tmp_path / "c.npy", cands)
   out = tmp_path / "eval"
   argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "de"]
-  argv += ["--query-emb", str(tmp_path / "q.npy"), "--cand-emb", str(tmp_path / "c.npy"), "--out", str(out)]
-  done = subprocess.run([sys.executable, "-m", "jxr.eval", *argv], capture_output=True, text=True, timeout=300)
+  argv += [
+      "--query-emb",
+      str(tmp_path / "q.npy"),
+      "--cand-emb",
+      str(tmp_path / "c.npy"),
+      "--out",
+      str(out),
+  ]
+  done = subprocess.run(
+      [sys.executable, "-m", "jxr.eval", *argv], capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stderr
   report = json.loads((out / "report.json").read_text())
   assert report["dataset"] == "xquad-r" and report["languages"] == list(LANGUAGES)
@@ -80,10 +89,15 @@ def test_cli_model_branch(task, lareqa_dir, tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "jxr.model", fake_model)
   out = tmp_path / "model_eval"
   argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en,de"]
-  code = cli.main([*argv, "--model", "tiny", "--batch-size", "8", "--out", str(out), "--save-embeddings"])
+  code = cli.main(
+      [*argv, "--model", "tiny", "--batch-size", "8", "--out", str(out), "--save-embeddings"]
+  )
   assert code == 0
   assert names == ["tiny"]
-  assert encoder.calls == [("query", task.num_queries, None, 8), ("passage", task.num_candidates, task.num_candidates, 8)]
+  assert encoder.calls == [
+      ("query", task.num_queries, None, 8),
+      ("passage", task.num_candidates, task.num_candidates, 8),
+  ]
   assert np.load(out / "query_emb.npy").shape == (task.num_queries, 32)
   assert json.loads((out / "report.json").read_text())["multilingual"]["map"] > 0.5
   assert "xquad-r (2 languages" in capsys.readouterr().out
@@ -101,20 +115,53 @@ def test_cli_bad_inputs_exit_2_naming_the_flag(task, lareqa_dir, tmp_path, capsy
   np.save(tmp_path / "q.npy", np.ones((5, 4), np.float32))
   (tmp_path / "text.npy").write_text("not an array")
   out = tmp_path / "o"
-  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "de",
-          "--out", str(out)]
+  argv = [
+      "--dataset",
+      "xquad-r",
+      "--data-dir",
+      str(lareqa_dir),
+      "--languages",
+      "en",
+      "de",
+      "--out",
+      str(out),
+  ]
   c = ["--cand-emb", str(tmp_path / "c.npy")]
-  _refused([*argv, "--query-emb", str(tmp_path / "missing.npy"), *c], capsys,
-           "--query-emb: no such file")
-  _refused([*argv, "--query-emb", str(tmp_path / "text.npy"), *c], capsys,
-           "--query-emb: " + str(tmp_path / "text.npy") + " is not a .npy array")
-  _refused([*argv, "--query-emb", str(tmp_path / "q.npy"), *c], capsys,
-           "--query-emb: expected 2380 rows")
-  _refused(["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en", "xx",
-            "--query-emb", str(tmp_path / "q.npy"), *c, "--out", str(out)], capsys, "--languages:")
+  _refused(
+      [*argv, "--query-emb", str(tmp_path / "missing.npy"), *c], capsys, "--query-emb: no such file"
+  )
+  _refused(
+      [*argv, "--query-emb", str(tmp_path / "text.npy"), *c],
+      capsys,
+      "--query-emb: " + str(tmp_path / "text.npy") + " is not a .npy array",
+  )
+  _refused(
+      [*argv, "--query-emb", str(tmp_path / "q.npy"), *c], capsys, "--query-emb: expected 2380 rows"
+  )
+  _refused(
+      [
+          "--dataset",
+          "xquad-r",
+          "--data-dir",
+          str(lareqa_dir),
+          "--languages",
+          "en",
+          "xx",
+          "--query-emb",
+          str(tmp_path / "q.npy"),
+          *c,
+          "--out",
+          str(out),
+      ],
+      capsys,
+      "--languages:",
+  )
   _refused([*argv, "--model", str(tmp_path / "no-such-model")], capsys, "--model:")
-  _refused([*argv, "--query-emb", str(tmp_path / "q.npy"), *c, "--trec", "100000"], capsys,
-           "--trec: expected at most")
+  _refused(
+      [*argv, "--query-emb", str(tmp_path / "q.npy"), *c, "--trec", "100000"],
+      capsys,
+      "--trec: expected at most",
+  )
   _refused(["--run", str(tmp_path), "--out", str(out)], capsys, "--run: expected a finished")
   assert not out.exists()
 
@@ -124,9 +171,22 @@ def test_cli_writes_trec_files(task, lareqa_dir, tmp_path):
   np.save(tmp_path / "q.npy", queries)
   np.save(tmp_path / "c.npy", cands)
   out = tmp_path / "eval"
-  argv = ["--dataset", "xquad-r", "--data-dir", str(lareqa_dir), "--languages", "en,de",
-          "--query-emb", str(tmp_path / "q.npy"), "--cand-emb", str(tmp_path / "c.npy"),
-          "--out", str(out), "--trec", "3"]
+  argv = [
+      "--dataset",
+      "xquad-r",
+      "--data-dir",
+      str(lareqa_dir),
+      "--languages",
+      "en,de",
+      "--query-emb",
+      str(tmp_path / "q.npy"),
+      "--cand-emb",
+      str(tmp_path / "c.npy"),
+      "--out",
+      str(out),
+      "--trec",
+      "3",
+  ]
   assert cli.main(argv) == 0
   run = (out / "run.trec").read_text().splitlines()
   assert len(run) == 3 * task.num_queries

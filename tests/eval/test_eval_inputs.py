@@ -19,7 +19,9 @@ def _emb(rows, dim=6, seed=0):
 def test_row_counts_must_match_the_task(task):
   with pytest.raises(ValueError, match=r"query_emb: expected 8 rows \(task.num_queries\), got 7"):
     jxr.eval.evaluate(task, _emb(7), _emb(10))
-  with pytest.raises(ValueError, match=r"cand_emb: expected 10 rows \(task.num_candidates\), got 11"):
+  with pytest.raises(
+      ValueError, match=r"cand_emb: expected 10 rows \(task.num_candidates\), got 11"
+  ):
     jxr.eval.evaluate(task, _emb(8), _emb(11))
 
 
@@ -83,7 +85,9 @@ def test_task_must_be_a_retrieval_task():
 
 def test_queries_without_relevant_candidates_are_rejected():
   task = make_task(["a", "b"], ["en", "en"], ["en", "en"], [[0], []])
-  with pytest.raises(ValueError, match=r"task: 1 queries have no relevant candidate \(first: row 1, id 'b'\)"):
+  with pytest.raises(
+      ValueError, match=r"task: 1 queries have no relevant candidate \(first: row 1, id 'b'\)"
+  ):
     jxr.eval.evaluate(task, _emb(2), _emb(2))
 
 
@@ -95,7 +99,9 @@ def test_relevant_indices_must_be_candidates():
 
 def test_languages_must_be_declared():
   task = make_task(["a"], ["en"], ["en", "xx"], [[0]], languages=("en",))
-  with pytest.raises(ValueError, match=r"task.cand_lang: languages \['xx'\] are not in task.languages"):
+  with pytest.raises(
+      ValueError, match=r"task.cand_lang: languages \['xx'\] are not in task.languages"
+  ):
     jxr.eval.evaluate(task, _emb(1), _emb(2))
 
 

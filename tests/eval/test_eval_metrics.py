@@ -15,7 +15,10 @@ def _random_task(rng, num_queries, num_cands, languages=("en", "de", "zh"), max_
   """Queries with relevant sets of 1..max_relevant random candidates (varying sizes)."""
   query_lang = rng.choice(languages, size=num_queries).tolist()
   cand_lang = rng.choice(languages, size=num_cands).tolist()
-  relevant = [rng.choice(num_cands, size=rng.integers(1, max_relevant + 1), replace=False) for _ in range(num_queries)]
+  relevant = [
+      rng.choice(num_cands, size=rng.integers(1, max_relevant + 1), replace=False)
+      for _ in range(num_queries)
+  ]
   ids = [f"q{i}" for i in range(num_queries)]
   return make_task(ids, query_lang, cand_lang, relevant, languages)
 
@@ -30,9 +33,13 @@ def _check_against_brute_force(task, queries, cands, scores):
   np.testing.assert_allclose(multi["map"], np.mean([e["ap"] for e in expected]), rtol=1e-12)
   np.testing.assert_allclose(multi["map_at_20"], np.mean([e["ap20"] for e in expected]), rtol=1e-12)
   np.testing.assert_allclose(multi["mrr"], np.mean([e["rr"] for e in expected]), rtol=1e-12)
-  np.testing.assert_allclose(multi["ndcg_at_10"], np.mean([e["ndcg10"] for e in expected]), rtol=1e-12)
+  np.testing.assert_allclose(
+      multi["ndcg_at_10"], np.mean([e["ndcg10"] for e in expected]), rtol=1e-12
+  )
   for k in (1, 5, 10, 20):
-    np.testing.assert_allclose(multi["recall"][str(k)], np.mean([e[f"r{k}"] for e in expected]), rtol=1e-12)
+    np.testing.assert_allclose(
+        multi["recall"][str(k)], np.mean([e[f"r{k}"] for e in expected]), rtol=1e-12
+    )
   # AP within each language's candidates alone, by sorting the scores of that language only.
   for j, lang in enumerate(task.languages):
     cols = np.flatnonzero(task.cand_lang == lang)
@@ -76,7 +83,9 @@ def test_matches_brute_force_on_continuous_scores():
   for seed in range(100):
     rng = np.random.default_rng(seed)
     task = _random_task(rng, num_queries=60, num_cands=300, max_relevant=25)
-    queries = rng.normal(size=(task.num_queries, 8)) * rng.uniform(0.1, 10, size=(task.num_queries, 1))
+    queries = rng.normal(size=(task.num_queries, 8)) * rng.uniform(
+        0.1, 10, size=(task.num_queries, 1)
+    )
     cands = rng.normal(size=(task.num_candidates, 8))
     q, c = jxr.eval.l2_normalise(queries), jxr.eval.l2_normalise(cands)
     scores = q.astype(np.float64) @ c.T.astype(np.float64)
@@ -89,13 +98,17 @@ def test_matches_brute_force_on_continuous_scores():
 
 def test_positions_break_relevant_ties_consecutively():
   ranks = np.array([[5, 1, 1, 0], [3, 3, 3, 9], [2, 0, 0, 0]])
-  valid = np.array([[True, True, True, False], [True, True, True, True], [True, False, False, False]])
+  valid = np.array(
+      [[True, True, True, False], [True, True, True, True], [True, False, False, False]]
+  )
   pos = metrics.positions(ranks, valid)
   np.testing.assert_array_equal(pos[0, :3], [1, 2, 5])
   np.testing.assert_array_equal(pos[1], [3, 4, 5, 9])
   assert pos[2, 0] == 2
   m = metrics.query_metrics(ranks, valid, k_values=(1, 4))
-  np.testing.assert_allclose(m["ap"], [(1 / 1 + 2 / 2 + 3 / 5) / 3, (1 / 3 + 2 / 4 + 3 / 5 + 4 / 9) / 4, 1 / 2])
+  np.testing.assert_allclose(
+      m["ap"], [(1 / 1 + 2 / 2 + 3 / 5) / 3, (1 / 3 + 2 / 4 + 3 / 5 + 4 / 9) / 4, 1 / 2]
+  )
   np.testing.assert_allclose(m["recall"][4], [2 / 3, 2 / 4, 1.0])
   np.testing.assert_allclose(metrics.rank_distance(ranks, valid), [4, 6, 0])
 
@@ -159,7 +172,10 @@ def _angle_toy():
   queries:    0 (a, en) 10,  1 (b, en) 100,  2 (a, de) 50,  3 (b, de) 200
   """
   task = make_task(
-      ["a", "b", "a", "b"], ["en", "en", "de", "de"], ["en", "en", "en", "de", "de"], [[0, 3], [1, 4], [0, 3], [1, 4]]
+      ["a", "b", "a", "b"],
+      ["en", "en", "de", "de"],
+      ["en", "en", "en", "de", "de"],
+      [[0, 3], [1, 4], [0, 3], [1, 4]],
   )
   unit = lambda deg: np.stack([np.cos(np.radians(deg)), np.sin(np.radians(deg))], axis=1)  # noqa: E731
   return task, unit(np.array([10, 100, 50, 200])), unit(np.array([0, 90, 30, 60, 120]))
@@ -185,11 +201,17 @@ def test_hand_computed_toy():
   np.testing.assert_allclose([s["mono"], s["cross"]], [1.0, (1 + 2 / 3) / 2])
   aps = [(1 + 2 / 3) / 2, 1.0, (1 + 2 / 4) / 2, 1.0]
   np.testing.assert_allclose(report["per_query"]["ap"], aps)
-  np.testing.assert_allclose([s["multi_micro"], s["multi_macro"]], np.mean(aps))  # balanced: macro = micro
+  np.testing.assert_allclose(
+      [s["multi_micro"], s["multi_macro"]], np.mean(aps)
+  )  # balanced: macro = micro
   per_lang = report["multilingual"]["per_language"]
-  np.testing.assert_allclose([per_lang["en"]["map"], per_lang["de"]["map"]], [np.mean(aps[:2]), np.mean(aps[2:])])
+  np.testing.assert_allclose(
+      [per_lang["en"]["map"], per_lang["de"]["map"]], [np.mean(aps[:2]), np.mean(aps[2:])]
+  )
   assert per_lang["en"]["num_queries"] == 2
-  assert report["multilingual"]["recall"]["1"] == 0.5  # one of two answers at position 1, every query
+  assert (
+      report["multilingual"]["recall"]["1"] == 0.5
+  )  # one of two answers at position 1, every query
   assert report["multilingual"]["mrr"] == 1.0
   assert report["per_query"]["rank_distance"] == [2, 1, 3, 1]
   assert report["bias"]["rank_distance_per_language"] == {"en": 1.5, "de": 2.0}
@@ -204,21 +226,54 @@ def test_empty_cells_and_report_layout():
   # Question "x" exists only in English, so cells hold different numbers of queries.
   task = make_task(["x", "y", "y"], ["en", "en", "de"], ["en", "en", "de"], [[0], [1, 2], [1, 2]])
   rng = np.random.default_rng(3)
-  report = jxr.eval.evaluate(task, rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), k_values=(3, 1))
+  report = jxr.eval.evaluate(
+      task, rng.normal(size=(3, 5)), rng.normal(size=(3, 5)), k_values=(3, 1)
+  )
   assert report["matrices"]["num_queries"] == [[2, 1], [1, 1]]
   assert set(report) == {
-      "dataset", "languages", "num_queries", "num_candidates", "multilingual", "bias", "matrices", "summary", "per_query"
+      "dataset",
+      "languages",
+      "num_queries",
+      "num_candidates",
+      "multilingual",
+      "bias",
+      "matrices",
+      "summary",
+      "per_query",
   }
-  assert set(report["multilingual"]) == {"map", "map_at_20", "mrr", "ndcg_at_10", "recall", "per_language"}
+  assert set(report["multilingual"]) == {
+      "map",
+      "map_at_20",
+      "mrr",
+      "ndcg_at_10",
+      "recall",
+      "per_language",
+  }
   assert list(report["multilingual"]["recall"]) == ["1", "3"]
-  assert set(report["multilingual"]["per_language"]["de"]) == {"map", "map_at_20", "recall", "num_queries"}
+  assert set(report["multilingual"]["per_language"]["de"]) == {
+      "map",
+      "map_at_20",
+      "recall",
+      "num_queries",
+  }
   assert set(report["bias"]) == {
-      "rank_distance", "rank_distance_normalised", "rank_distance_per_language", "top1_same_language"
+      "rank_distance",
+      "rank_distance_normalised",
+      "rank_distance_per_language",
+      "top1_same_language",
   }
   assert set(report["matrices"]) == {"languages", "map", "mrr", "recall", "num_queries"}
   assert set(report["matrices"]["recall"]) == {"1", "10"}
   assert set(report["summary"]) == {"mono", "cross", "multi_macro", "multi_micro"}
-  assert set(report["per_query"]) == {"query_id", "lang", "article", "paragraph", "ap", "rank_distance", "ap_by_language"}
+  assert set(report["per_query"]) == {
+      "query_id",
+      "lang",
+      "article",
+      "paragraph",
+      "ap",
+      "rank_distance",
+      "ap_by_language",
+  }
   assert report["per_query"]["ap_by_language"][0][1] is None  # "x" has no German answer
   assert json.loads(json.dumps(report, allow_nan=False)) == report
 
@@ -253,7 +308,12 @@ def _unbalanced_toy():
 
   A query's embedding is its score vector, so its pooled ranking is the order of that vector.
   """
-  task = make_task(["a", "b", "c", "a"], ["en", "en", "en", "de"], ["en", "en", "de", "de"], [[0, 2], [1], [3], [0, 2]])
+  task = make_task(
+      ["a", "b", "c", "a"],
+      ["en", "en", "en", "de"],
+      ["en", "en", "de", "de"],
+      [[0, 2], [1], [3], [0, 2]],
+  )
   queries = np.array([[4, 3, 1, 2], [4, 2, 3, 1], [1, 2, 3, 4], [1, 4, 3, 2]], np.float64)
   return task, queries, np.eye(4)
 
@@ -285,14 +345,22 @@ def test_mul_macro_and_micro_differ_on_unbalanced_languages():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ap_by_language_averages_to_the_map_matrix(seed):
   rng = np.random.default_rng(seed)
-  task = _random_task(rng, num_queries=80, num_cands=120, languages=("en", "de", "zh", "ar"), max_relevant=4)
-  report = jxr.eval.evaluate(task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates))
+  task = _random_task(
+      rng, num_queries=80, num_cands=120, languages=("en", "de", "zh", "ar"), max_relevant=4
+  )
+  report = jxr.eval.evaluate(
+      task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates)
+  )
   by_language = report["per_query"]["ap_by_language"]
   query_lang = np.array(report["per_query"]["lang"])
   grid, counts = report["matrices"]["map"], report["matrices"]["num_queries"]
   for i, row_lang in enumerate(task.languages):
     for j in range(len(task.languages)):
-      values = [by_language[q][j] for q in np.flatnonzero(query_lang == row_lang) if by_language[q][j] is not None]
+      values = [
+          by_language[q][j]
+          for q in np.flatnonzero(query_lang == row_lang)
+          if by_language[q][j] is not None
+      ]
       assert len(values) == counts[i][j]
       if values:
         np.testing.assert_allclose(np.mean(values), grid[i][j], rtol=1e-12)

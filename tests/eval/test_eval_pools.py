@@ -16,7 +16,9 @@ def _interleaved_task():
   c_order = np.random.default_rng(2).permutation(base.num_candidates)
   new_index = np.argsort(c_order)
   relevant = [new_index[base.relevant(q)] for q in q_order]
-  return make_task(base.query_id[q_order], base.query_lang[q_order], base.cand_lang[c_order], relevant, languages)
+  return make_task(
+      base.query_id[q_order], base.query_lang[q_order], base.cand_lang[c_order], relevant, languages
+  )
 
 
 def _rows_by_text(texts_sub, texts_all):
@@ -28,7 +30,9 @@ def _rows_by_text(texts_sub, texts_all):
 def test_pools_of_a_toy_match_restrict():
   task = _interleaved_task()
   rng = np.random.default_rng(0)
-  queries, cands = lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates)
+  queries, cands = lattice_embeddings(rng, task.num_queries), lattice_embeddings(
+      rng, task.num_candidates
+  )
   pools = {"2": ("de", "en"), "all": ("zh", "en", "de"), "zh": ["zh"]}
   reports = jxr.eval.evaluate_pools(task, queries, cands, pools, k_values=(1, 3))
   assert list(reports) == ["2", "all", "zh"]
@@ -41,7 +45,9 @@ def test_pools_of_a_toy_match_restrict():
     expected = jxr.eval.evaluate(sub, queries[q_rows], cands[c_rows], k_values=(1, 3))
     assert reports[name]["languages"] == ordered
     assert reports[name] == expected
-  assert reports["all"]["per_query"]["lang"][:6] == ["en"] * 6  # language-major, as restrict orders rows
+  assert (
+      reports["all"]["per_query"]["lang"][:6] == ["en"] * 6
+  )  # language-major, as restrict orders rows
   assert reports["zh"]["summary"]["cross"] is None and reports["zh"]["num_candidates"] == 8
 
 
@@ -82,7 +88,9 @@ def test_pools_of_mlqa_match_restrict(mlqa_small):
 
 
 def _toy_with_an_empty_language():
-  return make_task(["a", "a"], ["en", "de"], ["en", "de", "fr"], [[0, 1], [0, 1]], languages=("en", "de", "fr"))
+  return make_task(
+      ["a", "a"], ["en", "de"], ["en", "de", "fr"], [[0, 1], [0, 1]], languages=("en", "de", "fr")
+  )
 
 
 @pytest.mark.parametrize(

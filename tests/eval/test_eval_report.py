@@ -20,7 +20,9 @@ MATRICES = ("map", "mrr", "recall_at_1", "recall_at_10", "num_queries")
 def report():
   rng = np.random.default_rng(0)
   task = parallel_task(10, ("en", "de", "zh"), distractors=5)
-  return jxr.eval.evaluate(task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates))
+  return jxr.eval.evaluate(
+      task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ def _assert_png(path):
 def test_write_report_files(report, written):
   out = written
   names = {p.name for p in out.iterdir()}
-  expected = {"report.json", "summary.md"} | {f"matrix_{m}.{ext}" for m in MATRICES for ext in ("csv", "png")}
+  expected = {"report.json", "summary.md"} | {
+      f"matrix_{m}.{ext}" for m in MATRICES for ext in ("csv", "png")
+  }
   assert names == expected  # no temporary files left behind
   assert json.loads((out / "report.json").read_text()) == report
   for name in MATRICES:
@@ -79,9 +83,14 @@ def test_summary_markdown(report, written):
   assert text.startswith("# toy: retrieval evaluation")
   assert f"{report['multilingual']['map']:.4f}" in text
   assert f"{report['summary']['cross']:.4f}" in text
-  assert "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (macro) | pooled mAP (micro) |" in text
+  assert (
+      "| Mo. (mAP diagonal) | Cr. (mAP off-diagonal) | Mul. (macro) | pooled mAP (micro) |" in text
+  )
   summ = report["summary"]
-  assert f"| {summ['mono']:.4f} | {summ['cross']:.4f} | {summ['multi_macro']:.4f} | {summ['multi_micro']:.4f} |" in text
+  assert (
+      f"| {summ['mono']:.4f} | {summ['cross']:.4f} | {summ['multi_macro']:.4f} | {summ['multi_micro']:.4f} |"
+      in text
+  )
   assert f"({report['bias']['rank_distance_normalised']:.4f} of the 45 candidates)" in text
   for lang in report["languages"]:
     assert f"| {lang} | 10 |" in text  # per-language row with its query count

@@ -21,7 +21,11 @@ REPO = HERE.parents[1]
 def _toy(seed=0):
   rng = np.random.default_rng(seed)
   task = parallel_task(23, ("en", "de", "ru", "zh"), distractors=6)  # 92 queries, 116 candidates
-  return task, lattice_embeddings(rng, task.num_queries), lattice_embeddings(rng, task.num_candidates)
+  return (
+      task,
+      lattice_embeddings(rng, task.num_queries),
+      lattice_embeddings(rng, task.num_candidates),
+  )
 
 
 def test_packed_and_separate_counts_agree(monkeypatch):
@@ -44,7 +48,11 @@ def test_packed_and_separate_counts_agree(monkeypatch):
 def _run(script: str, env_extra: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
   env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
   done = subprocess.run(
-      [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env, timeout=timeout
+      [sys.executable, "-c", textwrap.dedent(script)],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=timeout,
   )
   assert done.returncode == 0, done.stderr[-4000:]
   return done
@@ -66,7 +74,9 @@ def test_eight_devices_give_the_single_device_report():
       # 92 queries in steps of 8 x 5 = 40 rows: the last step is padded.
       print(json.dumps(jxr.eval.evaluate(task, queries, cands, chunk_size=5)))
   """
-  done = _run(script, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
+  done = _run(
+      script, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  )
   report_8 = json.loads(done.stdout.strip().splitlines()[-1])
   task, queries, cands = _toy()
   assert report_8 == json.loads(json.dumps(jxr.eval.evaluate(task, queries, cands)))
@@ -107,7 +117,9 @@ def test_20k_by_20k_stays_under_2gb():
   before, peak = int(before), int(peak)
   assert (int(num_queries), int(num_cands)) == (20_000, 20_000)
   assert 0 < float(mean_ap) < 0.05  # random embeddings: near-chance retrieval
-  print(f"20k x 20k: peak RSS {peak / 2**30:.2f} GiB ({before / 2**30:.2f} GiB before evaluate), {float(seconds):.1f} s")
+  print(
+      f"20k x 20k: peak RSS {peak / 2**30:.2f} GiB ({before / 2**30:.2f} GiB before evaluate), {float(seconds):.1f} s"
+  )
   # One float32 20k x 20k score matrix alone would add 1.5 GiB.
   assert peak - before < 2**30
   assert peak < 2 * 2**30

@@ -20,7 +20,9 @@ def _embeddings(task, seed=0):
   rng = np.random.default_rng(seed)
   ids = sorted(set(task.query_id.tolist()))
   centre = dict(zip(ids, rng.normal(size=(len(ids), 16))))
-  queries = np.stack([centre[q] for q in task.query_id.tolist()]) + rng.normal(size=(task.num_queries, 16))
+  queries = np.stack([centre[q] for q in task.query_id.tolist()]) + rng.normal(
+      size=(task.num_queries, 16)
+  )
   cands = rng.normal(size=(task.num_candidates, 16))
   for q in range(task.num_queries):
     rows = task.relevant(q)

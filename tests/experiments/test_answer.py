@@ -34,8 +34,9 @@ def _floats(value):
 def test_readme_section_is_report_json_rendered():
   readme = (ROOT / "README.md").read_text()
   assert readme.index(answer.BEGIN) < readme.index("## Run")  # near the top
-  assert answer.readme_section(readme) == answer.answer_section(_published()), (
-      f"README.md is stale: run python -m experiments.answer {STUDY_DIR} --readme README.md")
+  assert answer.readme_section(readme) == answer.answer_section(
+      _published()
+  ), f"README.md is stale: run python -m experiments.answer {STUDY_DIR} --readme README.md"
 
 
 def test_every_number_in_the_readme_section_is_in_report_json():
@@ -48,7 +49,7 @@ def test_every_number_in_the_readme_section_is_in_report_json():
     places = len(text.split(".")[1])
     assert any(math.isclose(round(v, places), float(text), abs_tol=1e-12) for v in values), text
   p = rep["primary"]
-  assert (f"**{p['difference']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]**" in section)
+  assert f"**{p['difference']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]**" in section
   assert f"{p['questions']} held-out" in section and f"{p['clusters']} article" in section
 
 
@@ -57,26 +58,49 @@ def test_every_number_in_the_readme_section_is_in_report_json():
 
 BS, LOC = "block_sparse-b8-n1-g0-r0.113", "local-w17"
 DESIGN = report.Design(matched=((BS, LOC, 0.125),), primary=(BS, LOC))
-RUN = {"model": "tiny", "train_steps": 30, "batch_size": 16, "max_passage_length": 128,
-       "eval_questions": 100, "curve_questions": 30}
+RUN = {
+    "model": "tiny",
+    "train_steps": 30,
+    "batch_size": 16,
+    "max_passage_length": 128,
+    "eval_questions": 100,
+    "curve_questions": 30,
+}
 
 
 def _study(effects, *, mono=None, curves=False, counts=(2, 11)):
-  worlds = [fab.world("mlqa-r", num_articles=10, questions_per_article=3),
-            fab.world("xquad-r", num_articles=4, questions_per_article=6,
-                      paragraphs_per_article=3, languages=fab.LANGUAGES)]
-  cells = fab.study(worlds, effects, counts=counts, seeds=(0, 1), noise=0.002,
-                    fractions={LOC: 0.118, BS: 0.113}, eval_only={LOC: lambda n: -0.05},
-                    mono=mono, curves=curves)
+  worlds = [
+      fab.world("mlqa-r", num_articles=10, questions_per_article=3),
+      fab.world(
+          "xquad-r",
+          num_articles=4,
+          questions_per_article=6,
+          paragraphs_per_article=3,
+          languages=fab.LANGUAGES,
+      ),
+  ]
+  cells = fab.study(
+      worlds,
+      effects,
+      counts=counts,
+      seeds=(0, 1),
+      noise=0.002,
+      fractions={LOC: 0.118, BS: 0.113},
+      eval_only={LOC: lambda n: -0.05},
+      mono=mono,
+      curves=curves,
+  )
   rep = json.loads(json.dumps(report.build_report(cells, DESIGN, num_samples=200)))
   return answer.Study("docs/study-x", rep, "study-x", len(cells) + 2, RUN)
 
 
 @pytest.fixture(scope="module")
 def clear_effect():
-  return _study({"dense": lambda n: 0.0, LOC: lambda n: -0.01, BS: lambda n: -0.06},
-                mono={1.0: {"dense": lambda n: -0.02, LOC: lambda n: -0.03, BS: lambda n: -0.08}},
-                curves=True)
+  return _study(
+      {"dense": lambda n: 0.0, LOC: lambda n: -0.01, BS: lambda n: -0.06},
+      mono={1.0: {"dense": lambda n: -0.02, LOC: lambda n: -0.03, BS: lambda n: -0.08}},
+      curves=True,
+  )
 
 
 def test_a_clear_effect_is_named_with_its_numbers(clear_effect):
@@ -92,8 +116,10 @@ def test_a_clear_effect_is_named_with_its_numbers(clear_effect):
   estimates = [float(cell.split()[0]) for cell in mono_row.strip(" |").split(" | ")[1:]]
   assert estimates == pytest.approx([0.02] * 3, abs=0.001)
   assert rows["| hybrid minus X-Y training"].count("not run") == 3
-  assert "0.3000 -> 0.4000 -> 0.5000 (steps 0, 5, 10)" in rows[
-      "| learning curve, Mul. on 30 questions"]
+  assert (
+      "0.3000 -> 0.4000 -> 0.5000 (steps 0, 5, 10)"
+      in rows["| learning curve, Mul. on 30 questions"]
+  )
   assert "Mul. still rises over the last 5 steps" in text and "has not converged" in text
   assert text.startswith(answer.BEGIN) and text.endswith(answer.END)
   assert "](docs/study-x/vs_training_mlqa-r.png)" in text
@@ -136,4 +162,5 @@ def test_cli_rewrites_checks_and_refuses_without_writing(tmp_path, clear_effect,
   with pytest.raises(SystemExit) as exit_:
     answer.main([str(tmp_path / "missing")])
   assert exit_.value.code == 2 and "study: expected a directory with report.json" in (
-      capsys.readouterr().err)
+      capsys.readouterr().err
+  )

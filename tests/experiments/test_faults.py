@@ -19,22 +19,46 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 40, 5
-ARGS = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", str(STEPS),
-        "--checkpoint-every", str(EVERY)]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--attn",
+    "local",
+    "--window",
+    "8",
+    "--train-steps",
+    str(STEPS),
+    "--checkpoint-every",
+    str(EVERY),
+]
 
 
 def _env(lareqa_dir, xla_cache: pathlib.Path, **extra) -> dict:
   """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
-  return dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1",
-              JAX_COMPILATION_CACHE_DIR=str(xla_cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
+  return dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JXR_DATA_DIR=str(lareqa_dir),
+      JXR_QUIET="1",
+      HF_HUB_OFFLINE="1",
+      JXR_OFFLINE="1",
+      PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=str(xla_cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+      **extra,
+  )
 
 
 def _run(out: pathlib.Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "experiments.run", *ARGS, "--out", str(out),
-                         *extra], cwd=out.parent, env=env, capture_output=True, text=True,
-                        timeout=900, stdin=subprocess.DEVNULL)
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.run", *ARGS, "--out", str(out), *extra],
+      cwd=out.parent,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      stdin=subprocess.DEVNULL,
+  )
 
 
 def _losses(out: pathlib.Path) -> tuple[list[int], list[float]]:
@@ -57,8 +81,14 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
 
   # A random training step, named on failure; JXR_FAULT_STEP=<n> reruns one that failed.
   step = int(os.environ.get("JXR_FAULT_STEP") or random.SystemRandom().randint(1, STEPS - 1))
-  points = ["data_loaded", "zero_shot", f"step:{step}", f"checkpoint_write:{2 * EVERY}",
-            "fine_tuned", "write:results.json"]
+  points = [
+      "data_loaded",
+      "zero_shot",
+      f"step:{step}",
+      f"checkpoint_write:{2 * EVERY}",
+      "fine_tuned",
+      "write:results.json",
+  ]
   table = []
   for point in points:
     out = tmp_path / point.replace(":", "-") / "run"
@@ -73,9 +103,12 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
     np.testing.assert_allclose(got_losses, losses, rtol=1e-5, err_msg=point)
     results = json.loads((out / "results.json").read_text())
     for stage in ("zero_shot", "fine_tuned"):
-      np.testing.assert_allclose(results[stage]["xquad-r"]["per_query"]["ap"],
-                                 expected[stage]["xquad-r"]["per_query"]["ap"], atol=1e-6,
-                                 err_msg=f"{point} {stage}")
+      np.testing.assert_allclose(
+          results[stage]["xquad-r"]["per_query"]["ap"],
+          expected[stage]["xquad-r"]["per_query"]["ap"],
+          atol=1e-6,
+          err_msg=f"{point} {stage}",
+      )
     resumed_from = results["train"]["resumed_from_steps"]
     lost = 0  # training steps done before the kill and done again after it
     cut_off = "was cut off mid-write" in resumed.stderr

@@ -26,15 +26,21 @@ BAD = [
     (["--attn", "block_sparse", "--density", "1.5"], "--density: expected a number"),
     (["--attn", "local", "--density", "0.5"], "--density: only applies to --attn=block_sparse"),
     (["--attn", "local", "--band", "1"], "--band: only applies to --attn=block_sparse"),
-    (["--attn", "block_sparse", "--density", "0.1"],
-     r"--density: requested 0.1, but the band and global blocks alone attend 1.000"),
-    (["--attn", "block_sparse", "--random", "0.2", "--density", "0.5"],
-     "--density: give --density or --random, not both"),
+    (
+        ["--attn", "block_sparse", "--density", "0.1"],
+        r"--density: requested 0.1, but the band and global blocks alone attend 1.000",
+    ),
+    (
+        ["--attn", "block_sparse", "--random", "0.2", "--density", "0.5"],
+        "--density: give --density or --random, not both",
+    ),
     (["--attn", "block_sparse", "--random", "2"], r"--random: expected a number in \[0.0, 1.0\]"),
     (["--attn", "block_sparse", "--global-blocks", "-1"], "--global-blocks: expected an integer"),
     (["--model", "no/such/dir/x"], "--model: expected one of"),
-    (["--model", "intfloat/does-not-exist"],  # HF_HUB_OFFLINE=1 (conftest): not in the cache
-     "--model: intfloat/does-not-exist is not in the local Hugging Face cache"),
+    (
+        ["--model", "intfloat/does-not-exist"],  # HF_HUB_OFFLINE=1 (conftest): not in the cache
+        "--model: intfloat/does-not-exist is not in the local Hugging Face cache",
+    ),
     (["--checkpoint-every", "0"], "--checkpoint-every: expected an integer >= 1"),
     (["--checkpoint-minutes", "0"], r"--checkpoint-minutes: expected a number in \(0.0, inf\)"),
     (["--train-data", "squad"], "--train-data: expected one of"),
@@ -54,7 +60,10 @@ BAD = [
     (["--train-steps", "10", "--warmup-steps", "10"], "--warmup-steps: expected fewer than"),
     (["--max-query-length", "4"], r"--max-query-length: expected an integer in \[8, 512\]"),
     (["--max-passage-length", "1024"], "--max-passage-length: expected an integer in"),
-    (["--candidate-context", "article"], "--candidate-context: expected one of sentence, paragraph"),
+    (
+        ["--candidate-context", "article"],
+        "--candidate-context: expected one of sentence, paragraph",
+    ),
     (["--seed=-1"], "--seed: expected an integer >= 0"),
     (["--mesh", "rows=2"], "--mesh: unknown axis 'rows'"),
     (["--mesh", "data=2,data=2"], "--mesh: axis 'data' given twice"),
@@ -73,8 +82,7 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
   out = tmp_path / "run"
   config, _ = options.parse(["--preset", "tiny", "--out", str(out)])
   out.mkdir()
-  (out / "config.json").write_text(
-      '{"run": ' + __import__("json").dumps(config.to_json()) + "}")
+  (out / "config.json").write_text('{"run": ' + __import__("json").dumps(config.to_json()) + "}")
   with pytest.raises(FlagError, match="already holds a run; pass --resume"):
     options.parse(["--preset", "tiny", "--out", str(out)])
   again, resume = options.parse(["--preset", "tiny", "--out", str(out), "--resume"])
@@ -86,9 +94,19 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
 def test_resolved_config_and_default_out(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   sparse = ["--attn", "block_sparse", "--block-size", "8", "--global-blocks", "0"]
-  config, resume = options.parse(["--preset", "cpu", *sparse, "--density", "0.4",
-                                  "--train-data", "xquad-r:en,de,zh", "--eval-data",
-                                  "xquad-r,mlqa-r"])
+  config, resume = options.parse(
+      [
+          "--preset",
+          "cpu",
+          *sparse,
+          "--density",
+          "0.4",
+          "--train-data",
+          "xquad-r:en,de,zh",
+          "--eval-data",
+          "xquad-r,mlqa-r",
+      ]
+  )
   assert not resume
   spec = config.attention
   assert (spec.kind, spec.block_size, spec.band, spec.global_blocks) == ("block_sparse", 8, 1, 0)
@@ -100,8 +118,19 @@ def test_resolved_config_and_default_out(tmp_path, monkeypatch):
   assert pathlib.Path(config.out).parent == pathlib.Path("runs")
   assert name.endswith(f"-block_sparse-{config.short_hash()}") and len(name.split("-")[0]) == 8
   # The hash follows the settings, not the output directory or preset name.
-  other, _ = options.parse(["--preset", "cpu", *sparse, "--density", "0.5",
-                            "--train-data", "xquad-r:en,de,zh", "--eval-data", "xquad-r,mlqa-r"])
+  other, _ = options.parse(
+      [
+          "--preset",
+          "cpu",
+          *sparse,
+          "--density",
+          "0.5",
+          "--train-data",
+          "xquad-r:en,de,zh",
+          "--eval-data",
+          "xquad-r,mlqa-r",
+      ]
+  )
   assert other.short_hash() != config.short_hash()
   assert options.RunConfig.from_json(config.to_json()) == config
 
@@ -110,9 +139,23 @@ def test_command_line_rejects_before_any_work(tmp_path):
   """The real entry point: exit status 2, the flag named on stderr, nothing written, fast."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "experiments.run", "--preset", "cpu", "--attn",
-                         "local", "--window=-3"], cwd=tmp_path, env=env, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.run",
+          "--preset",
+          "cpu",
+          "--attn",
+          "local",
+          "--window=-3",
+      ],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   elapsed = time.perf_counter() - start
   assert proc.returncode == 2, proc.stderr
   assert "--window: expected an integer in [1, 512], got -3" in proc.stderr

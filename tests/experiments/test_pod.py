@@ -20,9 +20,16 @@ FLAGS = ["--preset", "tiny", "--train-steps", "2", "--batch-size", "8", "--mesh"
 
 
 def _env(lareqa_dir, devices: int, **extra) -> dict:
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-             HF_HUB_OFFLINE="1", JXR_OFFLINE="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+  env = dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JXR_DATA_DIR=str(lareqa_dir),
+      JXR_QUIET="1",
+      HF_HUB_OFFLINE="1",
+      JXR_OFFLINE="1",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      **extra,
+  )
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS"):
     if name not in extra:
       env.pop(name, None)
@@ -37,11 +44,23 @@ def _losses(out: pathlib.Path) -> list[float]:
 def _start_pod(out: pathlib.Path, lareqa_dir, cwd: pathlib.Path) -> list[subprocess.Popen]:
   """experiments.run as two processes of 4 CPU devices each, joined on a fresh local port."""
   address = f"localhost:{_free_port()}"
-  return [subprocess.Popen(
-      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(out)], cwd=cwd,
-      env=_env(lareqa_dir, 4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  return [
+      subprocess.Popen(
+          [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(out)],
+          cwd=cwd,
+          env=_env(
+              lareqa_dir,
+              4,
+              JAX_COORDINATOR_ADDRESS=address,
+              JAX_NUM_PROCESSES="2",
+              JAX_PROCESS_ID=str(i),
+          ),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
+  ]
 
 
 def _free_port() -> int:
@@ -53,9 +72,14 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_match_one_process(lareqa_dir, tmp_path):
   single = tmp_path / "single"
-  proc = subprocess.run([sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(single)],
-                        cwd=tmp_path, env=_env(lareqa_dir, 8), capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.run", *FLAGS, "--out", str(single)],
+      cwd=tmp_path,
+      env=_env(lareqa_dir, 8),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
   pod = tmp_path / "pod"

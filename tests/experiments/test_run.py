@@ -11,19 +11,41 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-REPORT_KEYS = {"dataset", "languages", "num_queries", "num_candidates", "multilingual", "bias",
-               "matrices", "summary", "per_query"}
+REPORT_KEYS = {
+    "dataset",
+    "languages",
+    "num_queries",
+    "num_candidates",
+    "multilingual",
+    "bias",
+    "matrices",
+    "summary",
+    "per_query",
+}
 MATRICES = ("map", "mrr", "recall_at_1", "recall_at_10", "num_queries")
 
 
 def _env(lareqa_dir) -> dict:
-  return dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-              HF_HUB_OFFLINE="1", JXR_OFFLINE="1", PYTHONUNBUFFERED="1")
+  return dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JXR_DATA_DIR=str(lareqa_dir),
+      JXR_QUIET="1",
+      HF_HUB_OFFLINE="1",
+      JXR_OFFLINE="1",
+      PYTHONUNBUFFERED="1",
+  )
 
 
 def _run(args, lareqa_dir, cwd, timeout=600):
-  return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=cwd,
-                        env=_env(lareqa_dir), capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.run", *args],
+      cwd=cwd,
+      env=_env(lareqa_dir),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def _check_complete(out: pathlib.Path, datasets=("xquad-r",)):
@@ -60,10 +82,16 @@ def _check_complete(out: pathlib.Path, datasets=("xquad-r",)):
 
 def _start(args, lareqa_dir, cwd, sigint):
   """experiments.run in a subprocess whose SIGINT disposition is `sigint`, whatever ours is."""
-  return subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=cwd,
-                          env=_env(lareqa_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, stdin=subprocess.DEVNULL,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.run", *args],
+      cwd=cwd,
+      env=_env(lareqa_dir),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      stdin=subprocess.DEVNULL,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+  )
 
 
 def _stop_during_training(proc, out: pathlib.Path, signum) -> tuple[str, str]:
@@ -79,16 +107,30 @@ def _stop_during_training(proc, out: pathlib.Path, signum) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, sigint, status", [
-    (signal.SIGINT, signal.SIG_DFL, 130),   # Ctrl-C in a terminal
-    (signal.SIGTERM, signal.SIG_IGN, 143),  # preemption of a job started under nohup
-])
-def test_interrupted_run_resumes_and_writes_every_file(lareqa_dir, tmp_path, signum, sigint,
-                                                       status):
+@pytest.mark.parametrize(
+    "signum, sigint, status",
+    [
+        (signal.SIGINT, signal.SIG_DFL, 130),  # Ctrl-C in a terminal
+        (signal.SIGTERM, signal.SIG_IGN, 143),  # preemption of a job started under nohup
+    ],
+)
+def test_interrupted_run_resumes_and_writes_every_file(
+    lareqa_dir, tmp_path, signum, sigint, status
+):
   """Stopped during training, then --resume: the finished run has every documented file."""
   out = tmp_path / "run"
-  args = ["--preset", "tiny", "--attn", "local", "--window", "8", "--train-steps", "150",
-          "--out", str(out)]
+  args = [
+      "--preset",
+      "tiny",
+      "--attn",
+      "local",
+      "--window",
+      "8",
+      "--train-steps",
+      "150",
+      "--out",
+      str(out),
+  ]
   proc = _start(args, lareqa_dir, tmp_path, sigint)
   stdout, stderr = _stop_during_training(proc, out, signum)
   assert proc.returncode == status, stdout + stderr

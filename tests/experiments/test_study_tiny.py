@@ -10,11 +10,29 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CELL_KEYS = {"name", "attention", "num_languages", "seed", "mono_prob", "attended_fraction",
-             "pools"}
+CELL_KEYS = {
+    "name",
+    "attention",
+    "num_languages",
+    "seed",
+    "mono_prob",
+    "attended_fraction",
+    "pools",
+}
 POOL_KEYS = {"mul_macro", "mul_micro", "mo", "cr"}
-CONTRAST_KEYS = {"dataset", "a", "b", "num_languages", "pool_languages", "metric", "difference",
-                 "ci", "questions", "articles", "seeds"}
+CONTRAST_KEYS = {
+    "dataset",
+    "a",
+    "b",
+    "num_languages",
+    "pool_languages",
+    "metric",
+    "difference",
+    "ci",
+    "questions",
+    "articles",
+    "seeds",
+}
 TREND_KEYS = CONTRAST_KEYS | {"from_languages", "to_languages"}
 
 
@@ -24,12 +42,34 @@ def test_tiny_study_runs_end_to_end(lareqa_dir, tmp_path):
 
 
 def _run_and_check(lareqa_dir, out):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JXR_DATA_DIR=str(lareqa_dir), JXR_QUIET="1",
-             HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-  command = [sys.executable, "-m", "experiments.sweep", "--preset", "tiny", "--out", str(out),
-             "--bootstrap", "200"]
-  proc = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True,
-                        timeout=1500, stdin=subprocess.DEVNULL)
+  env = dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JXR_DATA_DIR=str(lareqa_dir),
+      JXR_QUIET="1",
+      HF_HUB_OFFLINE="1",
+      PYTHONUNBUFFERED="1",
+  )
+  command = [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      "--preset",
+      "tiny",
+      "--out",
+      str(out),
+      "--bootstrap",
+      "200",
+  ]
+  proc = subprocess.run(
+      command,
+      cwd=out.parent,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1500,
+      stdin=subprocess.DEVNULL,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   data = json.loads((out / "report.json").read_text())
   sweep_file = json.loads((out / "sweep.json").read_text())
@@ -44,8 +84,9 @@ def _run_and_check(lareqa_dir, out):
     assert all(POOL_KEYS <= set(p) for pools in cell["pools"].values() for p in pools.values())
   contrasts = data["contrasts"]
   assert contrasts and all(CONTRAST_KEYS <= set(c) for c in contrasts)
-  assert all(c["ci"][0] <= c["difference"] <= c["ci"][1] for c in contrasts
-             if c["ci"][0] is not None)
+  assert all(
+      c["ci"][0] <= c["difference"] <= c["ci"][1] for c in contrasts if c["ci"][0] is not None
+  )
   families = {c["family"] for c in contrasts}
   assert {"vs_dense", "matched", "eval_only", "mono"} <= families
   trends = data["trends"]
@@ -64,9 +105,15 @@ def _run_and_check(lareqa_dir, out):
   # reports from its exported model: the saved attention, lengths and evaluation sets are used.
   cell = out / "cells" / next(c for c in sweep_file["cells"] if c.startswith("block_sparse"))
   again = out.parent / "reevaluated"
-  reeval = subprocess.run([sys.executable, "-m", "jxr.eval", "--run", str(cell), "--out",
-                           str(again), "--trec", "5"], cwd=out.parent, env=env,
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+  reeval = subprocess.run(
+      [sys.executable, "-m", "jxr.eval", "--run", str(cell), "--out", str(again), "--trec", "5"],
+      cwd=out.parent,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      stdin=subprocess.DEVNULL,
+  )
   assert reeval.returncode == 0, reeval.stdout + reeval.stderr
   cell_results = json.loads((cell / "results.json").read_text())
   assert cell_results["train"]["resumed_from_steps"] == []  # a straight run
@@ -78,6 +125,13 @@ def _run_and_check(lareqa_dir, out):
     np.testing.assert_allclose(rerun["per_query"]["ap"], report["per_query"]["ap"], atol=1e-5)
     assert (again / name / "run.trec").stat().st_size > 0
   # The plan scales every cell from a finished one.
-  plan = subprocess.run([*command[:-2], "--plan"], cwd=out.parent, env=env, capture_output=True,
-                        text=True, timeout=300, stdin=subprocess.DEVNULL)
+  plan = subprocess.run(
+      [*command[:-2], "--plan"],
+      cwd=out.parent,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      stdin=subprocess.DEVNULL,
+  )
   assert plan.returncode == 0 and "Estimated total" in plan.stdout, plan.stdout + plan.stderr

@@ -51,15 +51,26 @@ def test_study_cells():
   _, local, (bs,) = grid.arms.levels[0]
   assert names[:3] == ["dense-L11-s0", f"{local.label}-L11-s0", f"{bs.label}-L11-s0"]
   for n, seeds in ((2, 2), (4, 1), (7, 1), (11, 2)):  # the primary level on both seeds' counts
-    assert sum(1 for c in grid.cells if c.attention == bs and c.num_languages == n
-               and c.mono_prob == 0.5) == seeds
+    assert (
+        sum(
+            1
+            for c in grid.cells
+            if c.attention == bs and c.num_languages == n and c.mono_prob == 0.5
+        )
+        == seeds
+    )
   zero_shot = [c.name for c in grid.cells if c.zero_shot]
   assert zero_shot == ["dense-L2-s0"]
   eval_only = {c.name: c.eval_only for c in grid.cells if c.eval_only}
   assert set(eval_only) == {"dense-L11-s0", "dense-L11-s1"}
-  assert all(set(specs) == set(grid.arms.sparse) and len(specs) == 5 for specs in eval_only.values())
-  assert {c.name for c in grid.cells if c.curve} == {"dense-L11-s0", f"{local.label}-L11-s0",
-                                                       f"{bs.label}-L11-s0"}
+  assert all(
+      set(specs) == set(grid.arms.sparse) and len(specs) == 5 for specs in eval_only.values()
+  )
+  assert {c.name for c in grid.cells if c.curve} == {
+      "dense-L11-s0",
+      f"{local.label}-L11-s0",
+      f"{bs.label}-L11-s0",
+  }
   assert {c.mono_prob for c in grid.cells} == {0.0, 0.5, 1.0}
   assert grid.design().primary == (bs.label, local.label)
   # 7 training languages are exactly MLQA-R's.
@@ -77,16 +88,26 @@ def test_cell_config_carries_the_spec_whole(tmp_path):
   assert config.curve_every == 10 and config.out == str(tmp_path / "cells" / "dense-L11-s0")
   mono = next(c for c in grid.cells if c.mono_prob == 1.0 and c.attention.kind == "local")
   config = sweep.cell_config(grid, mono, tmp_path)
-  assert config.attention == mono.attention and config.mono_prob == 1.0 and config.curve_every is None
+  assert (
+      config.attention == mono.attention and config.mono_prob == 1.0 and config.curve_every is None
+  )
   assert options.RunConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
 def test_cell_seconds_scale_from_one_profiled_cell():
-  profile = {"seconds": {"train": 300.0, "fine_tuned": 100.0},
-             "learning_curve": [{"step": 10, "seconds": 5.0}, {"step": 20, "seconds": 5.0}]}
+  profile = {
+      "seconds": {"train": 300.0, "fine_tuned": 100.0},
+      "learning_curve": [{"step": 10, "seconds": 5.0}, {"step": 20, "seconds": 5.0}],
+  }
   plain = sweep.CellSpec(AttentionConfig.local(4), 2, 0)
-  heavy = sweep.CellSpec(AttentionConfig.dense(), 2, 0, zero_shot=True,
-                         eval_only=(AttentionConfig.local(4),) * 3, curve=True)
+  heavy = sweep.CellSpec(
+      AttentionConfig.dense(),
+      2,
+      0,
+      zero_shot=True,
+      eval_only=(AttentionConfig.local(4),) * 3,
+      curve=True,
+  )
   assert sweep.cell_seconds(plain, profile) == pytest.approx(290.0 + 100.0)
   assert sweep.cell_seconds(heavy, profile) == pytest.approx(290.0 + 5 * 100.0 + 10.0)
   with pytest.raises(ValueError, match="seconds.train"):
@@ -103,8 +124,9 @@ def test_plan_prints_fractions_and_total(tmp_path):
   total = sum(r["seconds"] for r in rows) / 3600
   assert f"Estimated total: {total:.2f} h" in text and "budget fits" in text
   assert "Matched pairs" in text
-  assert "No profiled cell" in sweep.plan_text(grid, sweep.plan_rows(grid, LENGTHS, None),
-                                               LENGTHS, None)
+  assert "No profiled cell" in sweep.plan_text(
+      grid, sweep.plan_rows(grid, LENGTHS, None), LENGTHS, None
+  )
 
 
 def _fake_runner(calls, fail_on=None):
@@ -121,12 +143,17 @@ def _fake_runner(calls, fail_on=None):
     if out.name == fail_on:
       raise KeyboardInterrupt
     shift = -0.05 if config.attention.kind == "local" else 0.0
-    reports = {w.dataset: fabricate.report(w, fabricate.base_ap(w, config.seed) + shift)
-               for w in worlds}
-    results = {"fine_tuned": reports, "zero_shot": reports if with_zero_shot else {},
-               "attended_fraction": {w.dataset: 0.3 for w in worlds}}
+    reports = {
+        w.dataset: fabricate.report(w, fabricate.base_ap(w, config.seed) + shift) for w in worlds
+    }
+    results = {
+        "fine_tuned": reports,
+        "zero_shot": reports if with_zero_shot else {},
+        "attended_fraction": {w.dataset: 0.3 for w in worlds},
+    }
     (out / "results.json").write_text(json.dumps(results))
     return results
+
   return runner
 
 
@@ -135,13 +162,19 @@ def test_sweep_resumes_skips_finished_cells_and_refuses_another_grid(tmp_path):
   first, second = grid.cells[0].name, grid.cells[1].name
   calls = []
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_sweep(grid, tmp_path, runner=_fake_runner(calls, fail_on=second),
-                    log=lambda m: None, num_samples=200)
+    sweep.run_sweep(
+        grid,
+        tmp_path,
+        runner=_fake_runner(calls, fail_on=second),
+        log=lambda m: None,
+        num_samples=200,
+    )
   assert calls == [(first, False), (second, False)]
   assert (tmp_path / "report.md").is_file()  # the partial report of the finished cell
   calls.clear()
-  sweep.run_sweep(grid, tmp_path, only=[second], runner=_fake_runner(calls),
-                  log=lambda m: None, num_samples=200)
+  sweep.run_sweep(
+      grid, tmp_path, only=[second], runner=_fake_runner(calls), log=lambda m: None, num_samples=200
+  )
   assert calls == [(second, True)]  # resumed where it stopped; the finished cell untouched
   with pytest.raises(ValueError, match="only: unknown cells"):
     sweep.run_sweep(grid, tmp_path, only=["dense-L3-s0"], runner=_fake_runner([]))
@@ -156,6 +189,12 @@ def test_sweep_resumes_skips_finished_cells_and_refuses_another_grid(tmp_path):
   assert sweep.restore(tmp_path / "docs", grid, fresh) == [first, second]
   assert sweep.restore(tmp_path / "docs", grid, fresh) == []
   calls.clear()
-  sweep.run_sweep(grid, fresh, only=[first, second, grid.cells[2].name],
-                  runner=_fake_runner(calls), log=lambda m: None, num_samples=200)
+  sweep.run_sweep(
+      grid,
+      fresh,
+      only=[first, second, grid.cells[2].name],
+      runner=_fake_runner(calls),
+      log=lambda m: None,
+      num_samples=200,
+  )
   assert calls == [(grid.cells[2].name, False)]

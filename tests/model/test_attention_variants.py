@@ -30,25 +30,33 @@ def dense_hidden(tiny):
   return _hidden(tiny, tiny.params, ids, mask)
 
 
-@pytest.mark.parametrize("attention", [
-    AttentionConfig.local(64),
-    AttentionConfig.local(63),
-    AttentionConfig.block_sparse(16, random=1.0),
-])
+@pytest.mark.parametrize(
+    "attention",
+    [
+        AttentionConfig.local(64),
+        AttentionConfig.local(63),
+        AttentionConfig.block_sparse(16, random=1.0),
+    ],
+)
 def test_variant_covering_everything_equals_dense(tiny, dense_hidden, attention):
   enc = jxr.model.load_encoder("tiny", attention=attention)
   ids, mask = _batch()
-  np.testing.assert_allclose(_hidden(enc, tiny.params, ids, mask), dense_hidden,
-                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(_hidden(enc, tiny.params, ids, mask), dense_hidden, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attention, mask_object", [
-    (AttentionConfig.local(4), pallas_kernels.LocalMask(4, 4)),
-    (AttentionConfig.block_sparse(4, band=1, global_blocks=0, random=0.1, seed=3),
-     pallas_kernels.BlockSparseMask.pattern(4, local=1, global_=0, random=0.1, seed=3)),
-])
-def test_sparse_variant_differs_from_dense_and_matches_reference(tiny, dense_hidden, attention,
-                                                                 mask_object):
+@pytest.mark.parametrize(
+    "attention, mask_object",
+    [
+        (AttentionConfig.local(4), pallas_kernels.LocalMask(4, 4)),
+        (
+            AttentionConfig.block_sparse(4, band=1, global_blocks=0, random=0.1, seed=3),
+            pallas_kernels.BlockSparseMask.pattern(4, local=1, global_=0, random=0.1, seed=3),
+        ),
+    ],
+)
+def test_sparse_variant_differs_from_dense_and_matches_reference(
+    tiny, dense_hidden, attention, mask_object
+):
   enc = jxr.model.load_encoder("tiny", attention=attention)
   reference = jxr.model.load_encoder("tiny", attention=attention, implementation="reference")
   assert jxr.model.attention_mask_for(enc.config.attention) == mask_object
@@ -69,8 +77,9 @@ def test_reference_implementation_uses_reference_attention(tiny, monkeypatch):
     return original(*args, **kwargs)
 
   monkeypatch.setattr(pallas_kernels, "reference_attention", spy)
-  enc = jxr.model.load_encoder("tiny", attention=AttentionConfig.local(4),
-                               implementation="reference")
+  enc = jxr.model.load_encoder(
+      "tiny", attention=AttentionConfig.local(4), implementation="reference"
+  )
   ids, mask = _batch(length=16, real=(16, 9))
   enc.apply(enc.params, ids, mask)
   assert calls and all(m == pallas_kernels.LocalMask(4, 4) for m in calls)
@@ -89,6 +98,7 @@ def test_bfloat16_compute_close_to_float32(tiny, dense_hidden):
 
 def test_dropout_needs_key_and_changes_output(tiny):
   import jax
+
   ids, mask = _batch(length=16, real=(16, 9))
   with pytest.raises(ValueError, match="rngs"):
     tiny.apply(tiny.params, ids, mask, deterministic=False)
@@ -98,12 +108,22 @@ def test_dropout_needs_key_and_changes_output(tiny):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("attention", [AttentionConfig.dense(), AttentionConfig.local(4),
-                                       AttentionConfig.block_sparse(16, random=0.3)])
+@pytest.mark.parametrize(
+    "attention",
+    [
+        AttentionConfig.dense(),
+        AttentionConfig.local(4),
+        AttentionConfig.block_sparse(16, random=0.3),
+    ],
+)
 def test_default_gpu_kernel_matches_reference(tiny, attention):
   """On a GPU the default implementation is the Pallas kernel; it must match the oracle."""
   enc = jxr.model.load_encoder("tiny", attention=attention)
   reference = jxr.model.load_encoder("tiny", attention=attention, implementation="reference")
   ids, mask = _batch(length=128, real=(128, 77))
-  np.testing.assert_allclose(_hidden(enc, tiny.params, ids, mask),
-                             _hidden(reference, tiny.params, ids, mask), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+      _hidden(enc, tiny.params, ids, mask),
+      _hidden(reference, tiny.params, ids, mask),
+      atol=1e-4,
+      rtol=0,
+  )

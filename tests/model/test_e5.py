@@ -31,7 +31,6 @@ def _layer_norm(x, w, b, eps):
   return (x - mean) / np.sqrt(var + eps) * w + b
 
 
-
 def numpy_e5(tensors, sequences, eps=1e-12, heads=12, layers=12):
   """float64 BERT forward -> mean-pooled, L2-normalised vectors, one per token sequence.
 
@@ -43,25 +42,39 @@ def numpy_e5(tensors, sequences, eps=1e-12, heads=12, layers=12):
   ids = np.concatenate(sequences)
   positions = np.concatenate([np.arange(len(s)) for s in sequences])
   x = tensors["embeddings.word_embeddings.weight"][ids].astype(np.float64)
-  x = x + t("embeddings.position_embeddings.weight")[positions] + t("embeddings.token_type_embeddings.weight")[0]
+  x = (
+      x
+      + t("embeddings.position_embeddings.weight")[positions]
+      + t("embeddings.token_type_embeddings.weight")[0]
+  )
   x = _layer_norm(x, t("embeddings.LayerNorm.weight"), t("embeddings.LayerNorm.bias"), eps)
   for i in range(layers):
     p = f"encoder.layer.{i}."
     lin = lambda h, name, p=p: h @ t(p + name + ".weight").T + t(p + name + ".bias")
-    q, k, v = (lin(x, f"attention.self.{m}").reshape(len(ids), heads, -1).transpose(1, 0, 2)
-               for m in ("query", "key", "value"))
+    q, k, v = (
+        lin(x, f"attention.self.{m}").reshape(len(ids), heads, -1).transpose(1, 0, 2)
+        for m in ("query", "key", "value")
+    )
     context = np.empty_like(x)
     for start, stop in zip(bounds[:-1], bounds[1:]):
       scores = q[:, start:stop] @ k[:, start:stop].transpose(0, 2, 1) / math.sqrt(q.shape[-1])
       probs = np.exp(scores - scores.max(-1, keepdims=True))
       probs /= probs.sum(-1, keepdims=True)
       context[start:stop] = (probs @ v[:, start:stop]).transpose(1, 0, 2).reshape(stop - start, -1)
-    x = _layer_norm(x + lin(context, "attention.output.dense"),
-                    t(p + "attention.output.LayerNorm.weight"), t(p + "attention.output.LayerNorm.bias"), eps)
+    x = _layer_norm(
+        x + lin(context, "attention.output.dense"),
+        t(p + "attention.output.LayerNorm.weight"),
+        t(p + "attention.output.LayerNorm.bias"),
+        eps,
+    )
     h = lin(x, "intermediate.dense")
     h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
-    x = _layer_norm(x + lin(h, "output.dense"),
-                    t(p + "output.LayerNorm.weight"), t(p + "output.LayerNorm.bias"), eps)
+    x = _layer_norm(
+        x + lin(h, "output.dense"),
+        t(p + "output.LayerNorm.weight"),
+        t(p + "output.LayerNorm.bias"),
+        eps,
+    )
   pooled = np.stack([x[start:stop].mean(0) for start, stop in zip(bounds[:-1], bounds[1:])])
   return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 

@@ -10,8 +10,16 @@ import pytest
 
 import jxr.model
 
-TEXTS = ["short", "a somewhat longer sentence with more words in it", "mid length text",
-         "x " * 70, "Grüße", "北京是中国的首都。", "another one", "q"]
+TEXTS = [
+    "short",
+    "a somewhat longer sentence with more words in it",
+    "mid length text",
+    "x " * 70,
+    "Grüße",
+    "北京是中国的首都。",
+    "another one",
+    "q",
+]
 
 
 def test_encode_keeps_input_order_and_normalises(tiny):
@@ -24,6 +32,7 @@ def test_encode_keeps_input_order_and_normalises(tiny):
 
 def test_embed_is_jittable_and_matches_encode(tiny):
   import jax
+
   batch = tiny.tokenize(TEXTS[:3], kind="passage")
   vec = jax.jit(tiny.embed)(tiny.params, batch)
   np.testing.assert_allclose(np.asarray(vec), tiny.encode(TEXTS[:3], kind="passage"), atol=1e-5)
@@ -64,10 +73,10 @@ enc = jxr.model.load_encoder("tiny")
 out = enc.encode({TEXTS!r}, kind="passage", batch_size=4)
 json.dump(out.tolist(), sys.stdout)
 """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   np.testing.assert_allclose(np.array(json.loads(result.stdout)), expected, atol=1e-5)
 

@@ -12,9 +12,10 @@ import jxr.data
 import jxr.model
 from jxr.model import AttentionConfig
 
-SPARSE = {"local": AttentionConfig.local(3),
-          "block_sparse": AttentionConfig.block_sparse(4, band=0, global_blocks=1, random=0.3,
-                                                       seed=5)}
+SPARSE = {
+    "local": AttentionConfig.local(3),
+    "block_sparse": AttentionConfig.block_sparse(4, band=0, global_blocks=1, random=0.3, seed=5),
+}
 PREFIXES = ("query: ", "passage: ")
 
 
@@ -26,8 +27,10 @@ def texts(lareqa_dir):
   queries = task.query_text.tolist()
   # sentence-transformers strips surrounding whitespace, jxr does not: compare stripped texts.
   pick = lambda rows: [str(r).strip() for r in rows]  # noqa: E731
-  return {"query": pick(queries[:3] + queries[-3:]),
-          "passage": pick(sentences[:2] + sentences[len(sentences) // 2:][:2] + sentences[-2:])}
+  return {
+      "query": pick(queries[:3] + queries[-3:]),
+      "passage": pick(sentences[:2] + sentences[len(sentences) // 2 :][:2] + sentences[-2:]),
+  }
 
 
 def _export(tmp_path, attention, name="model"):
@@ -38,8 +41,10 @@ def _export(tmp_path, attention, name="model"):
 def _hidden_states(model, encoder, texts):
   batch = encoder.tokenize(texts, kind="passage")  # padded to the longest: padding included
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
-                attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long))
+    out = model(
+        input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+        attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+    )
   ours = np.asarray(encoder.apply(encoder.params, batch["input_ids"], batch["attention_mask"]))
   real = batch["attention_mask"].astype(bool)
   assert (~real).any()  # some rows are padded
@@ -62,8 +67,9 @@ def test_transformers_runs_a_sparse_export_with_its_mask(kind, texts, tmp_path):
   # jxr reads its own export back with the saved attention.
   back = jxr.model.load_encoder(directory)
   assert back.config.attention == SPARSE[kind] and back.config.model_type == "bert"
-  np.testing.assert_array_equal(back.encode(texts["query"], kind="query"),
-                                encoder.encode(texts["query"], kind="query"))
+  np.testing.assert_array_equal(
+      back.encode(texts["query"], kind="query"), encoder.encode(texts["query"], kind="query")
+  )
 
 
 def test_a_sparse_export_without_remote_code_is_refused_not_run_dense(tmp_path):
@@ -88,8 +94,9 @@ def test_a_dense_export_stays_plain_bert(texts, tmp_path):
 def test_sentence_transformers_gives_encode_embeddings(kind, texts, tmp_path):
   attention = SPARSE.get(kind, AttentionConfig.dense())
   encoder, directory = _export(tmp_path, attention)
-  model = sentence_transformers.SentenceTransformer(str(directory), device="cpu",
-                                                    trust_remote_code=kind != "dense")
+  model = sentence_transformers.SentenceTransformer(
+      str(directory), device="cpu", trust_remote_code=kind != "dense"
+  )
   assert model.prompts["query"] == "query: " and model.prompts["passage"] == "passage: "
   for prompt in ("query", "passage"):
     theirs = model.encode(texts[prompt], prompt_name=prompt, batch_size=4)

@@ -41,8 +41,10 @@ def test_transformers_loads_saved_model(tiny, tmp_path):
   prefix = tiny.prefix("passage")
   assert [hf_tok(prefix + t)["input_ids"] for t in TEXTS] == ids
   with torch.no_grad():
-    expected = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
-                     attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long))
+    expected = model(
+        input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+        attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+    )
   ours = np.asarray(tiny.apply(tiny.params, batch["input_ids"], batch["attention_mask"]))
   real = batch["attention_mask"].astype(bool)
   assert np.abs(ours[real] - expected.last_hidden_state.numpy()[real]).max() <= 1e-4

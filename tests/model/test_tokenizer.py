@@ -19,6 +19,7 @@ def ours():
 @pytest.fixture(scope="module")
 def reference(reference_dir):
   from tokenizers import Tokenizer
+
   return Tokenizer.from_file(str(reference_dir / "multilingual-e5-small" / "tokenizer.json"))
 
 
@@ -49,9 +50,18 @@ def test_ids_match_reference_on_all_lareqa_texts(ours, reference, lareqa_dir):
 
 
 def test_special_characters_match_reference(ours, reference):
-  texts = ["", " ", "  double  spaces\tand\ttabs\n", "ＦＵＬＬ　ｗｉｄｔｈ ①②", "ﬁ ligature",
-           "zero\u200bwidth", "e\u0301 composed? café", "emoji 😀 and <s> </s> <mask>",
-           "control\x01\x02chars", "Ελληνικά, русский, हिन्दी, ไทย, 中文, العربية"]
+  texts = [
+      "",
+      " ",
+      "  double  spaces\tand\ttabs\n",
+      "ＦＵＬＬ　ｗｉｄｔｈ ①②",
+      "ﬁ ligature",
+      "zero\u200bwidth",
+      "e\u0301 composed? café",
+      "emoji 😀 and <s> </s> <mask>",
+      "control\x01\x02chars",
+      "Ελληνικά, русский, हिन्दी, ไทย, 中文, العربية",
+  ]
   for text in texts:
     assert ours.encode(text).ids == reference.encode(text).ids, repr(text)
     assert ours.encode(text, "pair text").ids == reference.encode(text, "pair text").ids
@@ -59,8 +69,9 @@ def test_special_characters_match_reference(ours, reference):
 
 def test_structure_follows_reference(ours, reference):
   mine, theirs = json.loads(ours.to_str()), json.loads(reference.to_str())
-  assert [n["type"] for n in mine["normalizer"]["normalizers"]] == \
-      [n["type"] for n in theirs["normalizer"]["normalizers"]]
+  assert [n["type"] for n in mine["normalizer"]["normalizers"]] == [
+      n["type"] for n in theirs["normalizer"]["normalizers"]
+  ]
   assert mine["pre_tokenizer"]["type"] == theirs["pre_tokenizer"]["type"] == "Metaspace"
   assert mine["post_processor"]["single"] == theirs["post_processor"]["single"]
   assert mine["post_processor"]["pair"] == theirs["post_processor"]["pair"]
@@ -90,7 +101,7 @@ def test_pairs_truncate_only_the_context(e5):
   ids = e5.token_ids([sentence], kind="passage", contexts=[context], max_length=64)[0]
   alone = e5.token_ids([sentence], kind="passage")[0]
   assert len(ids) == 64
-  assert ids[:len(alone)] == alone and ids[len(alone)] == 2  # <s> A </s></s> B </s>
+  assert ids[: len(alone)] == alone and ids[len(alone)] == 2  # <s> A </s></s> B </s>
   assert ids[-1] == 2
   long_sentence = "word " * 300
   ids = e5.token_ids([long_sentence], kind="passage", contexts=[context], max_length=32)[0]
@@ -105,4 +116,4 @@ def test_truncation_and_padding(e5):
   assert batch["input_ids"].shape[1] % 8 == 0
   lengths = batch["attention_mask"].sum(1)
   assert lengths[0] < lengths[1]
-  assert (batch["input_ids"][0, lengths[0]:] == 1).all()  # <pad>
+  assert (batch["input_ids"][0, lengths[0] :] == 1).all()  # <pad>

@@ -10,9 +10,17 @@ import jxr.model
 torch = pytest.importorskip("torch") if not os.environ.get("CI") else __import__("torch")
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=64, max_position_embeddings=40, type_vocab_size=2,
-             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+SMALL = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 def _save_random(kind, directory, **overrides):
@@ -45,8 +53,12 @@ def _padded_batch(pad_id, lengths, length, vocab, seed=0):
 def _write_tokenizer(directory, kind):
   """A word-level tokenizer with the family's special tokens (we only load it)."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  specials = ["<s>", "<pad>", "</s>", "<unk>"] if kind == "xlm-roberta" else \
-      ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+  specials = (
+      ["<s>", "<pad>", "</s>", "<unk>"]
+      if kind == "xlm-roberta"
+      else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  )
   vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(50)])}
   tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[3 if kind == "xlm-roberta" else 1]))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -76,6 +88,7 @@ def test_xlm_roberta_position_offset_matters(tmp_path):
   """Reading the same XLM-R weights as BERT (positions from 0) must break equivalence,
   so the test above really checks RoBERTa's padding_idx + 1 offset."""
   import json
+
   model = _save_random("xlm-roberta", tmp_path)
   _write_tokenizer(tmp_path, "xlm-roberta")
   config = json.loads((tmp_path / "config.json").read_text())
@@ -96,6 +109,7 @@ def test_pytorch_bin_reads_without_torch(tmp_path):
   (tmp_path / "model.safetensors").unlink()
   torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
   from jxr.model import weights
+
   tensors = weights.read_torch_bin(tmp_path / "pytorch_model.bin")
   for name, value in model.state_dict().items():
     np.testing.assert_array_equal(tensors[name], value.numpy(), err_msg=name)

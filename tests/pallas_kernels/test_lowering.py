@@ -19,8 +19,8 @@ MASKS = {
     "dense": DenseMask(),
     "local": LocalMask(100, 37),
     "block_sparse": BlockSparseMask.pattern(128, random=0.3),
-    "local_and_per_head_block_sparse":
-        LocalMask(256, 256) & BlockSparseMask.pattern(128, random=0.2, per_head=True),
+    "local_and_per_head_block_sparse": LocalMask(256, 256)
+    & BlockSparseMask.pattern(128, random=0.2, per_head=True),
 }
 
 
@@ -52,8 +52,15 @@ def test_segments_and_ragged_head_dim_lower():
   seg = jax.ShapeDtypeStruct((1, 300), jnp.int32)
 
   def loss(q, k, v, q_seg, kv_seg):
-    out = attention(q, k, v, LocalMask(20, 20), q_segment_ids=q_seg, kv_segment_ids=kv_seg,
-                    implementation="pallas")
+    out = attention(
+        q,
+        k,
+        v,
+        LocalMask(20, 20),
+        q_segment_ids=q_seg,
+        kv_segment_ids=kv_seg,
+        implementation="pallas",
+    )
     return out.astype(jnp.float32).sum()
 
   assert _lower(jax.grad(loss, argnums=(0, 1, 2)), x, x, x, seg, seg).count(TRITON_CALL) == 3

@@ -7,11 +7,11 @@ import pytest
 from oracle import formula_mask, random_layout
 
 from pallas_kernels import (
-  BlockSparseMask,
-  DenseMask,
-  LocalMask,
-  attended_fraction,
-  random_for_density,
+    BlockSparseMask,
+    DenseMask,
+    LocalMask,
+    attended_fraction,
+    random_for_density,
 )
 from pallas_kernels.masks import _uniforms, layout_block_sizes
 
@@ -35,8 +35,10 @@ def _random_case(rng: np.random.Generator):
     if rng.random() < 0.5:
       shape = (heads,) + shape
     layout = random_layout(rng, shape, float(rng.uniform(0.1, 0.9)))
-    return (BlockSparseMask(layout, cell_q, cell_k),
-            formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=cell_q, block_k=cell_k))
+    return (
+        BlockSparseMask(layout, cell_q, cell_k),
+        formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=cell_q, block_k=cell_k),
+    )
 
   if kind == "dense":
     mask, dense = DenseMask(), formula_mask("dense", q_len, kv_len)
@@ -59,7 +61,9 @@ def test_block_table_matches_formula_mask(seed):
   assert table.kv_count.shape[1:] == (nqb,) and table.q_count.shape[1:] == (nkb,)
   for h in range(heads):
     th = min(h, table.kv_index.shape[0] - 1)
-    tile = lambda qb, kb, h=h: dense[h, qb * block_q:(qb + 1) * block_q, kb * block_k:(kb + 1) * block_k]
+    tile = lambda qb, kb, h=h: dense[
+        h, qb * block_q : (qb + 1) * block_q, kb * block_k : (kb + 1) * block_k
+    ]
     for qb in range(nqb):
       count = table.kv_count[th, qb]
       visits = list(table.kv_index[th, qb, :count])
@@ -71,7 +75,9 @@ def test_block_table_matches_formula_mask(seed):
         bits = int(table.kv_bits[th, qb, slot])
         q_pos = np.arange(qb * block_q, min(q_len, (qb + 1) * block_q))[:, None]
         kv_pos = np.arange(kb * block_k, min(kv_len, (kb + 1) * block_k))[None, :]
-        np.testing.assert_array_equal(np.asarray(mask.tile_allowed(q_pos, kv_pos, bits, xp=np)), tile(qb, kb))
+        np.testing.assert_array_equal(
+            np.asarray(mask.tile_allowed(q_pos, kv_pos, bits, xp=np)), tile(qb, kb)
+        )
       # Padding repeats the last valid index (or a visited block) and is never partial.
       assert not table.kv_partial[th, qb, count:].any()
     for kb in range(nkb):
@@ -101,7 +107,9 @@ def test_pattern_structure_and_determinism():
   assert 0 < (layout & ~fixed).sum() < (~fixed).sum()
   again = BlockSparseMask.pattern(16, local=1, global_=1, random=0.3, seed=3).layout(320, 320)[0]
   np.testing.assert_array_equal(layout, again)
-  assert not np.array_equal(layout, BlockSparseMask.pattern(16, random=0.3, seed=4).layout(320, 320)[0])
+  assert not np.array_equal(
+      layout, BlockSparseMask.pattern(16, random=0.3, seed=4).layout(320, 320)[0]
+  )
   per_head = BlockSparseMask.pattern(16, random=0.3, per_head=True).layout(320, 320, 4)
   assert per_head.shape == (4, 20, 20) and not np.array_equal(per_head[0], per_head[1])
   assert BlockSparseMask.pattern(16, random=0.3).layout(320, 320, 4).shape == (1, 20, 20)
@@ -116,11 +124,14 @@ def test_pattern_layout_does_not_depend_on_padding(per_head, seed):
     n1 = -(-short // 8)
     expected = pattern.layout(short, short, 3)
     for long in (n for n in lengths if n > short):
-      np.testing.assert_array_equal(pattern.layout(long, long, 3)[:, :n1, :n1], expected,
-                                    err_msg=f"{short} in {long}")
+      np.testing.assert_array_equal(
+          pattern.layout(long, long, 3)[:, :n1, :n1], expected, err_msg=f"{short} in {long}"
+      )
   # Rectangular problems and the element mask agree with the square prefix too.
   np.testing.assert_array_equal(pattern.layout(77, 200, 3), pattern.layout(200, 200, 3)[:, :10, :])
-  np.testing.assert_array_equal(pattern.dense(100, 100, 3), pattern.dense(128, 128, 3)[:, :100, :100])
+  np.testing.assert_array_equal(
+      pattern.dense(100, 100, 3), pattern.dense(128, 128, 3)[:, :100, :100]
+  )
 
 
 def test_pattern_random_zero_and_one():
@@ -141,9 +152,12 @@ def test_pattern_random_is_the_active_fraction_of_free_blocks():
 
 def test_attended_fraction_matches_brute_force():
   lengths = [100, 128, 128, 77, 3, 16, 100]
-  for mask, heads in ((BlockSparseMask.pattern(8, random=0.3, seed=1), 1),
-                      (BlockSparseMask.pattern(8, random=0.3, per_head=True), 3),
-                      (LocalMask(5, 9), 1), (DenseMask(), 2)):
+  for mask, heads in (
+      (BlockSparseMask.pattern(8, random=0.3, seed=1), 1),
+      (BlockSparseMask.pattern(8, random=0.3, per_head=True), 3),
+      (LocalMask(5, 9), 1),
+      (DenseMask(), 2),
+  ):
     allowed = sum(mask.dense(n, n, heads).mean(axis=0).sum() for n in lengths)
     expected = allowed / sum(n * n for n in lengths)
     assert attended_fraction(mask, lengths, heads) == pytest.approx(expected, rel=1e-12)
@@ -163,16 +177,24 @@ def _closest_achievable(density, lengths, block, num_heads=1, **kw):
   free = np.broadcast_to(~fixed.layout(max(lengths), max(lengths), num_heads), (heads, nb, nb))
   u = np.unique(_uniforms(fixed.seed, heads, nb, nb)[free])  # sorted
   candidates = [0.0, 1.0, *((u[1:] + u[:-1]) / 2)]
-  return min(abs(attended_fraction(BlockSparseMask.pattern(block, random=r, **kw), lengths, num_heads) - density)
-             for r in candidates)
+  return min(
+      abs(
+          attended_fraction(BlockSparseMask.pattern(block, random=r, **kw), lengths, num_heads)
+          - density
+      )
+      for r in candidates
+  )
 
 
-@pytest.mark.parametrize("density,num_heads,kw", [
-    (0.6, 1, {}),
-    (0.72, 2, dict(per_head=True)),
-    (0.3, 1, dict(local=0, global_=0, seed=3)),
-    (1.0, 1, {}),
-])
+@pytest.mark.parametrize(
+    "density,num_heads,kw",
+    [
+        (0.6, 1, {}),
+        (0.72, 2, dict(per_head=True)),
+        (0.3, 1, dict(local=0, global_=0, seed=3)),
+        (1.0, 1, {}),
+    ],
+)
 def test_random_for_density_is_the_closest_achievable(density, num_heads, kw):
   lengths, block = [40, 33, 40, 9], 4
   random = random_for_density(density, lengths, block=block, num_heads=num_heads, **kw)
@@ -194,8 +216,11 @@ def test_random_for_density_hits_targets_over_mixed_lengths(density, global_):
 
 
 def test_random_for_density_floor_error():
-  with pytest.raises(ValueError, match=r"density: requested 0\.1.*alone attend 0\.531.*block size 16.*"
-                                       r"local=1.*1 global blocks.*length 128.*fewer band or global blocks"):
+  with pytest.raises(
+      ValueError,
+      match=r"density: requested 0\.1.*alone attend 0\.531.*block size 16.*"
+      r"local=1.*1 global blocks.*length 128.*fewer band or global blocks",
+  ):
     random_for_density(0.1, [128], block=16, local=1, global_=1)
   # Right at the floor is fine: random 0.
   floor = attended_fraction(BlockSparseMask.pattern(16), [128, 64])
@@ -221,33 +246,49 @@ def test_masks_are_hashable_and_comparable():
   assert LocalMask(2, 3) & DenseMask() == LocalMask(2, 3) & DenseMask()
   assert len({LocalMask(1, 1), LocalMask(1, 1), BlockSparseMask.pattern(16, random=0.5)}) == 2
   assert BlockSparseMask.pattern(16, random=1) == BlockSparseMask.pattern(16, random=1.0)
-  assert hash(BlockSparseMask.pattern(16, random=1)) == hash(BlockSparseMask.pattern(16, random=1.0))
+  assert hash(BlockSparseMask.pattern(16, random=1)) == hash(
+      BlockSparseMask.pattern(16, random=1.0)
+  )
   layout[0, 0] = not layout[0, 0]  # the mask keeps its own copy
   assert BlockSparseMask(layout, 16) != BlockSparseMask(~layout, 16)
 
 
 def test_layout_block_sizes():
   assert layout_block_sizes(LocalMask(3, 3)) == (0, 0)
-  mask = LocalMask(3, 3) & BlockSparseMask(np.ones((2, 3), bool), 48, 32) | BlockSparseMask.pattern(64)
+  mask = LocalMask(3, 3) & BlockSparseMask(np.ones((2, 3), bool), 48, 32) | BlockSparseMask.pattern(
+      64
+  )
   assert layout_block_sizes(mask) == (16, 32)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: LocalMask(-1, 2), "LocalMask.left"),
-    (lambda: LocalMask(2, 1.5), "LocalMask.right"),
-    (lambda: BlockSparseMask(np.ones(4, bool), 16), "BlockSparseMask.layout"),
-    (lambda: BlockSparseMask(np.full((2, 2), 3), 16), "BlockSparseMask.layout"),
-    (lambda: BlockSparseMask(np.ones((2, 2), bool), 0), "BlockSparseMask.block_q"),
-    (lambda: BlockSparseMask.pattern(16, random=1.5), "BlockSparseMask.pattern: random"),
-    (lambda: BlockSparseMask.pattern(16, random=2), "BlockSparseMask.pattern: random"),
-    (lambda: BlockSparseMask.pattern(16, random=-0.1), "BlockSparseMask.pattern: random"),
-    (lambda: BlockSparseMask.pattern(16, random="0.3"), "BlockSparseMask.pattern: random"),
-    (lambda: BlockSparseMask.pattern(16, local=-1), "local"),
-    (lambda: LocalMask(1, 1) & np.ones((2, 2)), "right operand of &"),
-    (lambda: BlockSparseMask(np.ones((2, 2), bool), 16).block_table(64, 32, 16, 16), "BlockSparseMask.layout"),
-    (lambda: BlockSparseMask(np.ones((3, 2, 2), bool), 16).block_table(32, 32, 16, 16, 2), "heads"),
-    (lambda: BlockSparseMask(np.ones((2, 2), bool), 32).block_table(64, 64, 64, 32), "block sizes"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: LocalMask(-1, 2), "LocalMask.left"),
+        (lambda: LocalMask(2, 1.5), "LocalMask.right"),
+        (lambda: BlockSparseMask(np.ones(4, bool), 16), "BlockSparseMask.layout"),
+        (lambda: BlockSparseMask(np.full((2, 2), 3), 16), "BlockSparseMask.layout"),
+        (lambda: BlockSparseMask(np.ones((2, 2), bool), 0), "BlockSparseMask.block_q"),
+        (lambda: BlockSparseMask.pattern(16, random=1.5), "BlockSparseMask.pattern: random"),
+        (lambda: BlockSparseMask.pattern(16, random=2), "BlockSparseMask.pattern: random"),
+        (lambda: BlockSparseMask.pattern(16, random=-0.1), "BlockSparseMask.pattern: random"),
+        (lambda: BlockSparseMask.pattern(16, random="0.3"), "BlockSparseMask.pattern: random"),
+        (lambda: BlockSparseMask.pattern(16, local=-1), "local"),
+        (lambda: LocalMask(1, 1) & np.ones((2, 2)), "right operand of &"),
+        (
+            lambda: BlockSparseMask(np.ones((2, 2), bool), 16).block_table(64, 32, 16, 16),
+            "BlockSparseMask.layout",
+        ),
+        (
+            lambda: BlockSparseMask(np.ones((3, 2, 2), bool), 16).block_table(32, 32, 16, 16, 2),
+            "heads",
+        ),
+        (
+            lambda: BlockSparseMask(np.ones((2, 2), bool), 32).block_table(64, 64, 64, 32),
+            "block sizes",
+        ),
+    ],
+)
 def test_bad_masks_raise(make, match):
   with pytest.raises(ValueError, match=match):
     make()

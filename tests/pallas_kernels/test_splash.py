@@ -41,27 +41,43 @@ def _kernel_cases() -> list[Case]:
   # Lengths not multiples of 128 (splash pads to 256) and Lq != Lk.
   q_len, kv_len = 200, 160
   layout = oracle.random_layout(rng, (heads, 4, 5), density=0.5, empty_rows=1)  # blocks of 64 x 32
-  layout_mask = oracle.formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=64, block_k=32)
+  layout_mask = oracle.formula_mask(
+      "block_sparse", q_len, kv_len, layout=layout, block_q=64, block_k=32
+  )
   local = oracle.formula_mask("local", q_len, kv_len, left=9, right=3)
   return [
       Case("dense", DenseMask(), oracle.formula_mask("dense", q_len, kv_len), q_len, kv_len),
       Case("local", LocalMask(9, 3), local, q_len, kv_len),
       Case("block_sparse", BlockSparseMask(layout, 64, 32), layout_mask, q_len, kv_len),
-      Case("local_and_block_sparse_bf16", LocalMask(9, 3) & BlockSparseMask(layout, 64, 32),
-           local & layout_mask, q_len, kv_len, jnp.bfloat16),
+      Case(
+          "local_and_block_sparse_bf16",
+          LocalMask(9, 3) & BlockSparseMask(layout, 64, 32),
+          local & layout_mask,
+          q_len,
+          kv_len,
+          jnp.bfloat16,
+      ),
   ]
 
 
 def _inputs(rng, batch, q_len, kv_len, heads, head_dim, dtype):
-  shapes = ((batch, q_len, heads, head_dim), (batch, kv_len, heads, head_dim), (batch, kv_len, heads, head_dim),
-            (batch, q_len, heads, head_dim))
+  shapes = (
+      (batch, q_len, heads, head_dim),
+      (batch, kv_len, heads, head_dim),
+      (batch, kv_len, heads, head_dim),
+      (batch, q_len, heads, head_dim),
+  )
   return [jnp.asarray(rng.standard_normal(shape), dtype) for shape in shapes]
 
 
 def _splash_vjp(q, k, v, d_out, mask, **kwargs):
   """Output and (dq, dk, dv) of `attention(implementation="splash")` for cotangent `d_out`."""
-  out, vjp = jax.vjp(lambda q, k, v: pallas_kernels.attention(q, k, v, mask, implementation="splash",
-                                                              **kwargs), q, k, v)
+  out, vjp = jax.vjp(
+      lambda q, k, v: pallas_kernels.attention(q, k, v, mask, implementation="splash", **kwargs),
+      q,
+      k,
+      v,
+  )
   return (out, *vjp(d_out))
 
 
@@ -83,7 +99,9 @@ def test_splash_matches_oracle(case: Case):
   expected = oracle.oracle_vjp(q, k, v, allowed, scale, d_out)
 
   out_tol, grad_tol = TOLERANCE[case.dtype]
-  for name, g, e, tol in zip(("out", "dq", "dk", "dv"), got, expected, (out_tol,) + (grad_tol,) * 3):
+  for name, g, e, tol in zip(
+      ("out", "dq", "dk", "dv"), got, expected, (out_tol,) + (grad_tol,) * 3
+  ):
     assert g.dtype == case.dtype, name
     assert g.shape == e.shape, name
     assert _max_error(g, e) <= tol, f"{name}: max error {_max_error(g, e):.3g} > {tol}"
@@ -98,7 +116,7 @@ def test_splash_matches_oracle(case: Case):
   # Keys past kv_lengths get no gradient at all.
   dk, dv = np.asarray(got[2], np.float32), np.asarray(got[3], np.float32)
   assert np.all(dk[0] == 0.0) and np.all(dv[0] == 0.0)
-  assert np.all(dk[1, case.kv_len - 37:] == 0.0) and np.all(dv[1, case.kv_len - 37:] == 0.0)
+  assert np.all(dk[1, case.kv_len - 37 :] == 0.0) and np.all(dv[1, case.kv_len - 37 :] == 0.0)
 
 
 @pytest.mark.slow
@@ -119,13 +137,24 @@ def test_splash_packed_segments_and_pattern():
   expected_mask = oracle.formula_mask("block_sparse", length, length, layout=layout, block_q=64)
   kv_lengths = jnp.array([length], jnp.int32)
 
-  got = _splash_vjp(q, k, v, d_out, mask, kv_lengths=kv_lengths, q_segment_ids=jnp.asarray(q_segments),
-                    kv_segment_ids=jnp.asarray(kv_segments))
-  allowed = oracle.full_mask(expected_mask, kv_lengths=kv_lengths, q_segment_ids=q_segments,
-                             kv_segment_ids=kv_segments)
+  got = _splash_vjp(
+      q,
+      k,
+      v,
+      d_out,
+      mask,
+      kv_lengths=kv_lengths,
+      q_segment_ids=jnp.asarray(q_segments),
+      kv_segment_ids=jnp.asarray(kv_segments),
+  )
+  allowed = oracle.full_mask(
+      expected_mask, kv_lengths=kv_lengths, q_segment_ids=q_segments, kv_segment_ids=kv_segments
+  )
   expected = oracle.oracle_vjp(q, k, v, allowed, head_dim**-0.5, d_out)
   out_tol, grad_tol = TOLERANCE[jnp.float32]
-  for name, g, e, tol in zip(("out", "dq", "dk", "dv"), got, expected, (out_tol,) + (grad_tol,) * 3):
+  for name, g, e, tol in zip(
+      ("out", "dq", "dk", "dv"), got, expected, (out_tol,) + (grad_tol,) * 3
+  ):
     assert _max_error(g, e) <= tol, f"{name}: max error {_max_error(g, e):.3g} > {tol}"
 
 
@@ -150,15 +179,21 @@ def test_splash_mask_conversion_matches_formulas(seed):
   heads = int(rng.integers(1, 4))
   q_len, kv_len = (int(n) for n in rng.integers(1, 400, size=2))
   block_q, block_k = (int(b) for b in rng.choice([16, 32, 64, 128], size=2))
-  layout_shape = ((heads,) if rng.random() < 0.5 else ()) + (-(-q_len // block_q), -(-kv_len // block_k))
-  layout = oracle.random_layout(rng, layout_shape, density=float(rng.random()), empty_rows=int(rng.integers(0, 2)))
+  layout_shape = ((heads,) if rng.random() < 0.5 else ()) + (
+      -(-q_len // block_q),
+      -(-kv_len // block_k),
+  )
+  layout = oracle.random_layout(
+      rng, layout_shape, density=float(rng.random()), empty_rows=int(rng.integers(0, 2))
+  )
   left, right = _random_local(rng)
 
   local = LocalMask(left, right)
   sparse = BlockSparseMask(layout, block_q, block_k)
   local_expected = oracle.formula_mask("local", q_len, kv_len, left=left, right=right)
-  sparse_expected = oracle.formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=block_q,
-                                        block_k=block_k)
+  sparse_expected = oracle.formula_mask(
+      "block_sparse", q_len, kv_len, layout=layout, block_q=block_q, block_k=block_k
+  )
   cases = [
       (DenseMask(), oracle.formula_mask("dense", q_len, kv_len)),
       (local, local_expected),
@@ -189,7 +224,9 @@ def test_layout_mask_is_lazy_and_masks_padding():
   assert head != other
   # Splash padding past the layout's last block (3 x 64 = 192 of 256) is masked, so never visited.
   tiling = splash.SplashTiling.fit(130, 130)
-  head = splash.splash_mask(BlockSparseMask(np.ones((3, 3), bool), 64, 64), 130, 130, 1, tiling).masks[0]
+  head = splash.splash_mask(
+      BlockSparseMask(np.ones((3, 3), bool), 64, 64), 130, 130, 1, tiling
+  ).masks[0]
   np.testing.assert_array_equal(head[(slice(0, 256), slice(192, 256))], False)
   np.testing.assert_array_equal(head[(slice(192, 256), slice(0, 256))], False)
   np.testing.assert_array_equal(head[(slice(0, 192), slice(0, 192))], True)
@@ -202,9 +239,13 @@ def test_layout_mask_slices_match_formula(seed):
   q_len, kv_len = (int(n) for n in rng.integers(128, 700, size=2))
   block_q, block_k = (int(b) for b in rng.choice([32, 128, 256], size=2))
   layout = oracle.random_layout(rng, (-(-q_len // block_q), -(-kv_len // block_k)), density=0.5)
-  expected = oracle.formula_mask("block_sparse", q_len, kv_len, layout=layout, block_q=block_q, block_k=block_k)[0]
+  expected = oracle.formula_mask(
+      "block_sparse", q_len, kv_len, layout=layout, block_q=block_q, block_k=block_k
+  )[0]
   tiling = splash.SplashTiling.fit(q_len, kv_len)
-  head = splash.splash_mask(BlockSparseMask(layout, block_q, block_k), q_len, kv_len, 1, tiling).masks[0]
+  head = splash.splash_mask(
+      BlockSparseMask(layout, block_q, block_k), q_len, kv_len, 1, tiling
+  ).masks[0]
   for _ in range(50):
     (q0, q1), (k0, k1) = (np.sort(rng.integers(0, n + 1, size=2)) for n in (q_len, kv_len))
     q1, k1 = max(q1, q0 + 1), max(k1, k0 + 1)
@@ -219,7 +260,10 @@ def test_layout_mask_slices_match_formula(seed):
 @pytest.mark.parametrize("length", [1, 127, 128, 129, 300, 384, 640, 1000, 1024, 4096])
 def test_tiling_fits_splash(length):
   tiling = splash.SplashTiling.fit(length, 2 * length + 5)
-  for padded, block, real in ((tiling.q_len, tiling.block_q, length), (tiling.kv_len, tiling.block_kv, 2 * length + 5)):
+  for padded, block, real in (
+      (tiling.q_len, tiling.block_q, length),
+      (tiling.kv_len, tiling.block_kv, 2 * length + 5),
+  ):
     assert padded >= real and padded - real < splash.LANES
     assert block % splash.LANES == 0 and padded % block == 0 and block <= 512
 
@@ -233,13 +277,22 @@ def test_segment_ids_encode_lengths_and_segments():
   kv_lengths = np.array([0, 33, kv_len], np.int32)
   tiling = splash.SplashTiling.fit(q_len, kv_len)
   for segments in ((None, None), (q_seg, kv_seg)):
-    q_ids, kv_ids = splash.splash_segment_ids(jnp.asarray(kv_lengths), *(
-        None if s is None else jnp.asarray(s) for s in segments), q_len, kv_len, tiling)
+    q_ids, kv_ids = splash.splash_segment_ids(
+        jnp.asarray(kv_lengths),
+        *(None if s is None else jnp.asarray(s) for s in segments),
+        q_len,
+        kv_len,
+        tiling,
+    )
     assert q_ids.shape == (batch, tiling.q_len) and kv_ids.shape == (batch, tiling.kv_len)
     assert q_ids.dtype == kv_ids.dtype == jnp.int32
     same = np.asarray(q_ids)[:, :q_len, None] == np.asarray(kv_ids)[:, None, :]
-    expected = oracle.full_mask(np.ones((1, q_len, kv_len), bool), kv_lengths=kv_lengths,
-                                q_segment_ids=segments[0], kv_segment_ids=segments[1])[:, 0]
+    expected = oracle.full_mask(
+        np.ones((1, q_len, kv_len), bool),
+        kv_lengths=kv_lengths,
+        q_segment_ids=segments[0],
+        kv_segment_ids=segments[1],
+    )[:, 0]
     np.testing.assert_array_equal(same[:, :, :kv_len], expected)
     assert not same[:, :, kv_len:].any()  # padded keys are seen by no query
 
@@ -257,7 +310,9 @@ def test_splash_runs_interpreted_off_tpu(monkeypatch):
   splash._splash_kernel.cache_clear()
   rng = np.random.default_rng(4)
   q, k, v, _ = _inputs(rng, 1, 128, 128, 1, 32, jnp.float32)
-  expected = oracle.oracle_attention(q, k, v, oracle.formula_mask("local", 128, 128, left=3, right=3), 32**-0.5)
+  expected = oracle.oracle_attention(
+      q, k, v, oracle.formula_mask("local", 128, 128, left=3, right=3), 32**-0.5
+  )
   out = pallas_kernels.attention(q, k, v, LocalMask(3, 3), implementation="splash", interpret=False)
   assert built == [jax.default_backend() != "tpu"]
   assert _max_error(out, expected) <= TOLERANCE[jnp.float32][0]

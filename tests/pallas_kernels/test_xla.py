@@ -10,8 +10,18 @@ from oracle import oracle_vjp
 from pallas_kernels import LocalMask, xla
 
 # Cases whose rows differ in visit count or element mask: where grouping matters.
-GROUPED = [c for c in CASES if c.name in ("local_asymmetric", "local_segments", "block_sparse_global_row",
-                                          "block_sparse_per_head", "local_and_block_sparse")]
+GROUPED = [
+    c
+    for c in CASES
+    if c.name
+    in (
+        "local_asymmetric",
+        "local_segments",
+        "block_sparse_global_row",
+        "block_sparse_per_head",
+        "local_and_block_sparse",
+    )
+]
 
 
 @pytest.mark.parametrize("case", GROUPED, ids=lambda c: c.name)

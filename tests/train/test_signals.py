@@ -22,8 +22,9 @@ def dispositions():
     signal.signal(s, handler)
 
 
-@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt),
-                                            (signal.SIGTERM, signals.Terminated)])
+@pytest.mark.parametrize(
+    "signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, signals.Terminated)]
+)
 def test_a_step_finishes_before_the_signal_is_raised(dispositions, signum, raised):
   deferred = signals.Deferred()
   finished = []

@@ -19,6 +19,7 @@ def _unit(rng, shape):
 
 def _numpy_loss(q, p, t, negatives=None, mask=None, symmetric=False):
   """-mean_i log softmax_j(q_i . c_j / t)[i] over candidates c = positives (+ negatives)."""
+
   def one_way(a, b, extra=None):
     total = 0.0
     for i in range(len(a)):
@@ -28,6 +29,7 @@ def _numpy_loss(q, p, t, negatives=None, mask=None, symmetric=False):
       scores = np.asarray(scores, np.float64)
       total += np.log(np.sum(np.exp(scores - scores.max()))) + scores.max() - scores[i]
     return total / len(a)
+
   loss = one_way(q, p, negatives)
   return 0.5 * (loss + one_way(p, q)) if symmetric else loss
 
@@ -37,8 +39,9 @@ def _numpy_loss(q, p, t, negatives=None, mask=None, symmetric=False):
 def test_info_nce_matches_numpy(symmetric, temperature):
   rng = np.random.default_rng(3)
   q, p = _unit(rng, (12, 16)), _unit(rng, (12, 16))
-  got = info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), temperature,
-                 symmetric=symmetric)
+  got = info_nce(
+      jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), temperature, symmetric=symmetric
+  )
   assert float(got) == pytest.approx(_numpy_loss(q, p, temperature, symmetric=symmetric), rel=1e-5)
 
 
@@ -46,12 +49,21 @@ def test_info_nce_extra_negatives_and_padding_mask():
   rng = np.random.default_rng(4)
   q, p, n = _unit(rng, (6, 8)), _unit(rng, (6, 8)), _unit(rng, (5, 8))
   mask = np.array([True, False, True, True, False])
-  got = info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), 0.1,
-                 negatives=jnp.asarray(n, jnp.float32), negative_mask=jnp.asarray(mask))
+  got = info_nce(
+      jnp.asarray(q, jnp.float32),
+      jnp.asarray(p, jnp.float32),
+      0.1,
+      negatives=jnp.asarray(n, jnp.float32),
+      negative_mask=jnp.asarray(mask),
+  )
   assert float(got) == pytest.approx(_numpy_loss(q, p, 0.1, n, mask), rel=1e-5)
   # Masked rows really are ignored: the same loss as with only the kept negatives.
-  kept = info_nce(jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32), 0.1,
-                  negatives=jnp.asarray(n[mask], jnp.float32))
+  kept = info_nce(
+      jnp.asarray(q, jnp.float32),
+      jnp.asarray(p, jnp.float32),
+      0.1,
+      negatives=jnp.asarray(n[mask], jnp.float32),
+  )
   assert float(got) == pytest.approx(float(kept), rel=1e-6)
 
 
@@ -68,7 +80,9 @@ def test_learnable_temperature_gradient_and_floor():
   log_t = jnp.log(jnp.float32(0.05))
   grad = jax.grad(lambda lt: info_nce(q, p, temperature_of(lt)))(log_t)
   eps = 1e-3
-  numeric = (info_nce(q, p, jnp.exp(log_t + eps)) - info_nce(q, p, jnp.exp(log_t - eps))) / (2 * eps)
+  numeric = (info_nce(q, p, jnp.exp(log_t + eps)) - info_nce(q, p, jnp.exp(log_t - eps))) / (
+      2 * eps
+  )
   assert float(grad) == pytest.approx(float(numeric), rel=1e-2)
   assert float(temperature_of(jnp.log(jnp.float32(1e-6)))) == pytest.approx(MIN_TEMPERATURE)
 

@@ -94,8 +94,11 @@ report(out)
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory, compile_cache, data_env):
   root = tmp_path_factory.mktemp("multi")
-  env = dict(data_env, JAX_COMPILATION_CACHE_DIR=compile_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env = dict(
+      data_env,
+      JAX_COMPILATION_CACHE_DIR=compile_cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
   saved = str(root / "data4")
   first = run_python(SAVE_ON_4.format(out=saved), devices=4, env=env)
   assert first == {"devices": 4, "interrupted": True}
@@ -107,7 +110,8 @@ def _numpy_info_nce(q, p, t, negatives=None, mask=None, symmetric=False):
     logits = logits.astype(np.float64)
     top = logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
-    return float(np.mean(lse - np.diag(logits[:, :len(logits)])))
+    return float(np.mean(lse - np.diag(logits[:, : len(logits)])))
+
   logits = q @ p.T / t
   if negatives is not None:
     logits = np.concatenate([logits, np.where(mask[None], q @ negatives.T / t, -np.inf)], axis=1)
@@ -121,8 +125,11 @@ def test_loss_over_sharded_batch_matches_numpy(multi):
   q, p, n = (rng.normal(size=s) for s in ((16, 8), (16, 8), (8, 8)))
   q, p, n = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, p, n))
   mask = np.arange(8) % 3 != 0
-  expected = [_numpy_info_nce(q, p, 0.05), _numpy_info_nce(q, p, 0.05, symmetric=True),
-              _numpy_info_nce(q, p, 0.05, n, mask)]
+  expected = [
+      _numpy_info_nce(q, p, 0.05),
+      _numpy_info_nce(q, p, 0.05, symmetric=True),
+      _numpy_info_nce(q, p, 0.05, n, mask),
+  ]
   np.testing.assert_allclose(multi["loss"], expected, rtol=1e-5)
 
 
@@ -137,10 +144,17 @@ def test_gradient_cache_on_sharded_batch_matches_one_device(multi):
   ids = np.random.default_rng(1).integers(5, 30000, size=(16, 24)).astype(np.int32)
   lengths = np.random.default_rng(2).integers(6, 24, size=(16, 1))
   mask = (np.arange(24)[None] < lengths).astype(np.int32)
-  batch = {"query_input_ids": ids[:, :12], "query_attention_mask": mask[:, :12],
-           "passage_input_ids": ids, "passage_attention_mask": mask}
-  loss, grads = jax.jit(lambda prm, b: steplib.plain_loss_and_grads(
-      embed_fn_of(enc), prm, b, None, steplib.StepOptions()))({"encoder": enc.params}, batch)
+  batch = {
+      "query_input_ids": ids[:, :12],
+      "query_attention_mask": mask[:, :12],
+      "passage_input_ids": ids,
+      "passage_attention_mask": mask,
+  }
+  loss, grads = jax.jit(
+      lambda prm, b: steplib.plain_loss_and_grads(
+          embed_fn_of(enc), prm, b, None, steplib.StepOptions()
+      )
+  )({"encoder": enc.params}, batch)
   assert multi["cache_loss"] == pytest.approx(float(loss), rel=1e-5)
   expected = np.asarray(grads["encoder"]["layers"][0]["attention"]["query"]["bias"][...])
   np.testing.assert_allclose(multi["cache_grad"], expected, atol=1e-5, rtol=1e-4)
@@ -168,9 +182,10 @@ def test_same_losses_and_batches_on_every_mesh(multi, straight_run, mesh):
   rows = multi["runs"][mesh]
   steps = [row["step"] for row in rows if "loss" in row]
   assert steps == list(range(1, len(steps) + 1)) and len(steps) in (3, 6)
-  np.testing.assert_allclose(losses(rows), losses(one_device)[:len(steps)], rtol=1e-4)
+  np.testing.assert_allclose(losses(rows), losses(one_device)[: len(steps)], rtol=1e-4)
   assert [r["batch_id"] for r in rows if "loss" in r] == [
-      r["batch_id"] for r in one_device[:len(steps)]]
+      r["batch_id"] for r in one_device[: len(steps)]
+  ]
 
 
 @pytest.mark.parametrize("export", ["data8_export", "resumed_export"])

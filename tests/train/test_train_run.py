@@ -19,24 +19,46 @@ from jxr.train.config import TrainResult
 
 
 def test_config_json_round_trip(tmp_path):
-  config = tiny_config(tmp_path, languages=("en", "de"),
-                       attention=AttentionConfig.block_sparse(8, random=0.25))
+  config = tiny_config(
+      tmp_path, languages=("en", "de"), attention=AttentionConfig.block_sparse(8, random=0.25)
+  )
   assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
   config.save(tmp_path / "c.json")
   assert TrainConfig.load(tmp_path / "c.json") == config
   defaults = TrainConfig()
   assert (defaults.lr, defaults.weight_decay, defaults.temperature, defaults.mono_prob) == (
-      3e-5, 0.01, 0.05, 0.5)
-  assert (defaults.max_query_length, defaults.max_passage_length, defaults.mesh) == (64, 256,
-                                                                                     "data=-1")
+      3e-5,
+      0.01,
+      0.05,
+      0.5,
+  )
+  assert (defaults.max_query_length, defaults.max_passage_length, defaults.mesh) == (
+      64,
+      256,
+      "data=-1",
+  )
 
 
-@pytest.mark.parametrize("field, value", [
-    ("steps", 0), ("batch_size", -1), ("attention", "local"), ("lr", 0.0),
-    ("mono_prob", 1.5), ("languages", "en"), ("grad_accum", 3), ("grad_cache_chunk", 3),
-    ("mesh", "data=x"), ("mesh", "rows=2"), ("dtype", "float16"), ("clip_norm", -1.0),
-    ("eval_fraction", 1.0), ("learn_temperature", "yes"), ("max_passage_length", 2),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("steps", 0),
+        ("batch_size", -1),
+        ("attention", "local"),
+        ("lr", 0.0),
+        ("mono_prob", 1.5),
+        ("languages", "en"),
+        ("grad_accum", 3),
+        ("grad_cache_chunk", 3),
+        ("mesh", "data=x"),
+        ("mesh", "rows=2"),
+        ("dtype", "float16"),
+        ("clip_norm", -1.0),
+        ("eval_fraction", 1.0),
+        ("learn_temperature", "yes"),
+        ("max_passage_length", 2),
+    ],
+)
 def test_bad_config_field_is_named(tmp_path, field, value):
   changes = {field: value}
   with pytest.raises(ValueError, match=field):
@@ -59,15 +81,25 @@ def test_mesh_specs_and_logical_rules():
   mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "model": 2})
   to_mesh = meshlib.logical_to_mesh
   assert to_mesh(("vocab", "embed"), (250037, 64), mesh) == jax.sharding.PartitionSpec(None, "fsdp")
-  assert to_mesh(("vocab", "embed"), (250000, 64), mesh) == jax.sharding.PartitionSpec("model", "fsdp")
+  assert to_mesh(("vocab", "embed"), (250000, 64), mesh) == jax.sharding.PartitionSpec(
+      "model", "fsdp"
+  )
   assert to_mesh(("embed", "mlp"), (64, 128), mesh) == jax.sharding.PartitionSpec("fsdp", "model")
-  assert to_mesh(("batch", None), (8, 32), mesh) == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+  assert to_mesh(("batch", None), (8, 32), mesh) == jax.sharding.PartitionSpec(
+      ("data", "fsdp"), None
+  )
   assert to_mesh((None, "embed"), (512, 63), mesh) == jax.sharding.PartitionSpec(None, None)
 
 
 def test_distributed_init_is_a_no_op_alone_and_checks_env(monkeypatch):
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-               "TPU_WORKER_HOSTNAMES", "JXR_DISTRIBUTED"):
+  for name in (
+      "JAX_COORDINATOR_ADDRESS",
+      "JAX_NUM_PROCESSES",
+      "JAX_PROCESS_ID",
+      "SLURM_NTASKS",
+      "TPU_WORKER_HOSTNAMES",
+      "JXR_DISTRIBUTED",
+  ):
     monkeypatch.delenv(name, raising=False)
   assert meshlib.maybe_initialize_distributed() is False
   monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
@@ -90,8 +122,16 @@ def test_run_directory_and_result(straight_run):
   assert TrainConfig.load(run / "config.json") == tiny_config(run)
   assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
   for row in rows:
-    assert {"loss", "lr", "grad_norm", "kind", "tokens_per_s", "steps_per_s", "skipped_steps",
-            "batch_id"} <= set(row)
+    assert {
+        "loss",
+        "lr",
+        "grad_norm",
+        "kind",
+        "tokens_per_s",
+        "steps_per_s",
+        "skipped_steps",
+        "batch_id",
+    } <= set(row)
     assert row["kind"] in ("mono", "cross") and row["tokens_per_s"] > 0
   assert result.final_loss == pytest.approx(rows[-1]["loss"])
   assert rows[0]["lr"] == 0.0 and rows[1]["lr"] == pytest.approx(1e-3)  # one warmup step
@@ -145,16 +185,32 @@ def test_jsonl_pairs_negatives_and_every_step_option(tmp_path, compile_cache):
   lines = []
   for i in range(12):
     lang = ("en", "de")[i % 2]
-    record = {"query": f"question {i} about topic {i * 7}", "positive": f"answer {i} on topic {i * 7}",
-              "query_lang": lang, "positive_lang": lang, "id": f"q{i}"}
+    record = {
+        "query": f"question {i} about topic {i * 7}",
+        "positive": f"answer {i} on topic {i * 7}",
+        "query_lang": lang,
+        "positive_lang": lang,
+        "id": f"q{i}",
+    }
     if i % 3:
       record["negatives"] = [f"unrelated passage {i}", f"another distractor {i}"]
     lines.append(json.dumps(record))
   path = tmp_path / "pairs.jsonl"
   path.write_text("\n".join(lines) + "\n")
-  config = tiny_config(tmp_path / "run", train_data=str(path), mono_prob=1.0, steps=3,
-                       batch_size=4, eval_every=None, languages=("en", "de"), lr=0.05,
-                       learn_temperature=True, symmetric=True, grad_accum=2, grad_cache_chunk=2)
+  config = tiny_config(
+      tmp_path / "run",
+      train_data=str(path),
+      mono_prob=1.0,
+      steps=3,
+      batch_size=4,
+      eval_every=None,
+      languages=("en", "de"),
+      lr=0.05,
+      learn_temperature=True,
+      symmetric=True,
+      grad_accum=2,
+      grad_cache_chunk=2,
+  )
   result = train(config)
   rows = read_metrics(result.run_dir)
   assert [row["step"] for row in rows] == [1, 2, 3]
@@ -166,8 +222,16 @@ def test_jsonl_pairs_negatives_and_every_step_option(tmp_path, compile_cache):
 
 @pytest.mark.slow
 def test_loss_decreases_on_mlqa_subset(tmp_path, compile_cache, data_env):
-  result = train(tiny_config(tmp_path / "run", steps=30, lr=2e-3, warmup_steps=3, eval_every=None,
-                             languages=("en", "de", "es")))
+  result = train(
+      tiny_config(
+          tmp_path / "run",
+          steps=30,
+          lr=2e-3,
+          warmup_steps=3,
+          eval_every=None,
+          languages=("en", "de", "es"),
+      )
+  )
   values = losses(read_metrics(result.run_dir))
   assert len(values) == 30
   assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.2, values

@@ -26,14 +26,19 @@ def _batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   ids = rng.integers(5, 30000, size=(rows, 24)).astype(np.int32)
   mask = (np.arange(24)[None] < rng.integers(6, 25, size=(rows, 1))).astype(np.int32)
-  return {"query_input_ids": ids[:, :12], "query_attention_mask": mask[:, :12],
-          "passage_input_ids": ids[::-1].copy(), "passage_attention_mask": mask[::-1].copy()}
+  return {
+      "query_input_ids": ids[:, :12],
+      "query_attention_mask": mask[:, :12],
+      "passage_input_ids": ids[::-1].copy(),
+      "passage_attention_mask": mask[::-1].copy(),
+  }
 
 
 def _assert_trees_close(a, b, atol):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def test_gradient_cache_equals_plain_gradients_with_dropout(encoder):
@@ -50,10 +55,16 @@ def test_gradient_cache_equals_plain_gradients_with_dropout(encoder):
 
   @jax.jit
   def both_ways(params, batch):
-    return (steplib.plain_loss_and_grads(embed, params, batch, key, options),
-            steplib.cached_loss_and_grads(embed, params, batch, key, options),
-            [steplib.embed_in_chunks(embed, params["encoder"], steplib.tower(batch, "query"),
-                                     k, 0, 2, None) for k in (key, None)])
+    return (
+        steplib.plain_loss_and_grads(embed, params, batch, key, options),
+        steplib.cached_loss_and_grads(embed, params, batch, key, options),
+        [
+            steplib.embed_in_chunks(
+                embed, params["encoder"], steplib.tower(batch, "query"), k, 0, 2, None
+            )
+            for k in (key, None)
+        ],
+    )
 
   (plain_loss, plain), (cache_loss, cache), (with_dropout, no_dropout) = both_ways(params, batch)
   assert float(cache_loss) == pytest.approx(float(plain_loss), rel=1e-6)
@@ -67,15 +78,19 @@ def test_gradient_accumulation_is_the_mean_over_strided_micro_batches(encoder):
   embed = embed_fn_of(encoder)
   batch = _batch(8, seed=1)
   params = {"encoder": encoder.params}
-  accumulated = jax.jit(lambda p, b: steplib.loss_and_grads(
-      embed, p, b, None, steplib.StepOptions(grad_accum=2)))(params, batch)
-  single = jax.jit(lambda p, b: steplib.plain_loss_and_grads(embed, p, b, None,
-                                                             steplib.StepOptions()))
+  accumulated = jax.jit(
+      lambda p, b: steplib.loss_and_grads(embed, p, b, None, steplib.StepOptions(grad_accum=2))
+  )(params, batch)
+  single = jax.jit(
+      lambda p, b: steplib.plain_loss_and_grads(embed, p, b, None, steplib.StepOptions())
+  )
   halves = [single(params, {k: v[i::2] for k, v in batch.items()}) for i in range(2)]
-  assert float(accumulated[0]) == pytest.approx((float(halves[0][0]) + float(halves[1][0])) / 2,
-                                                rel=1e-6)
-  _assert_trees_close(accumulated[1], jax.tree.map(lambda a, b: (a + b) / 2, halves[0][1],
-                                                   halves[1][1]), atol=1e-6)
+  assert float(accumulated[0]) == pytest.approx(
+      (float(halves[0][0]) + float(halves[1][0])) / 2, rel=1e-6
+  )
+  _assert_trees_close(
+      accumulated[1], jax.tree.map(lambda a, b: (a + b) / 2, halves[0][1], halves[1][1]), atol=1e-6
+  )
 
 
 def test_split_rows_round_trip():
@@ -99,8 +114,12 @@ def test_non_finite_step_is_skipped_counted_and_training_continues(encoder):
   state = steplib.init_state(encoder.params, optimizer, options)
   shardings = steplib.state_shardings(state, meshlib.param_shardings(encoder.params, mesh), mesh)
   state = jax.device_put(state, shardings)
-  step = steplib.jit_train_step(steplib.make_train_step(embed, optimizer, schedule, options, mesh),
-                                shardings, {k: 2 for k in _batch(4)}, mesh)
+  step = steplib.jit_train_step(
+      steplib.make_train_step(embed, optimizer, schedule, options, mesh),
+      shardings,
+      {k: 2 for k in _batch(4)},
+      mesh,
+  )
   leaf = lambda s: np.array(s.params["encoder"]["layers"][0]["mlp_in"]["kernel"][...])
   poisoned = _batch(4, seed=2)
   poisoned["query_input_ids"][0, 0] = POISON

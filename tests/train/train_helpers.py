@@ -28,23 +28,35 @@ def report(value):
 """
 
 
-def run_python(snippet: str, *, devices: int = 8, env: dict[str, str] | None = None,
-               timeout: float = 900) -> Any:
+def run_python(
+    snippet: str, *, devices: int = 8, env: dict[str, str] | None = None, timeout: float = 900
+) -> Any:
   """Runs `snippet` (with `report(value)` defined) on `devices` CPU devices; returns the value."""
   environment = dict(os.environ)
   environment.update(env or {})
-  flags = [flag for flag in environment.get("XLA_FLAGS", "").split()
-           if not flag.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+      flag
+      for flag in environment.get("XLA_FLAGS", "").split()
+      if not flag.startswith("--xla_force_host_platform_device_count")
+  ]
   flags.append(f"--xla_force_host_platform_device_count={devices}")
   environment["XLA_FLAGS"] = " ".join(flags)
   environment.update(JAX_PLATFORMS="cpu", JXR_QUIET="1", HF_HUB_OFFLINE="1")
   code = PRELUDE + textwrap.dedent(snippet)
-  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environment,
-                        capture_output=True, text=True, timeout=timeout)
-  results = [line[len(_MARK):] for line in done.stdout.splitlines() if line.startswith(_MARK)]
+  done = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=REPO,
+      env=environment,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+  results = [line[len(_MARK) :] for line in done.stdout.splitlines() if line.startswith(_MARK)]
   if done.returncode != 0 or not results:
-    raise AssertionError(f"subprocess failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
-                         f"{done.stderr[-6000:]}")
+    raise AssertionError(
+        f"subprocess failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n"
+        f"{done.stderr[-6000:]}"
+    )
   return json.loads(results[-1])
 
 
@@ -56,9 +68,21 @@ def tiny_config(out_dir, **changes):
   """
   from jxr.train import TrainConfig
 
-  settings = dict(model="tiny", train_data="mlqa-r", steps=6, batch_size=8, max_query_length=32,
-                  max_passage_length=48, lr=1e-3, warmup_steps=1, log_every=1,
-                  checkpoint_every=None, keep_checkpoints=2, eval_every=3, out_dir=str(out_dir))
+  settings = dict(
+      model="tiny",
+      train_data="mlqa-r",
+      steps=6,
+      batch_size=8,
+      max_query_length=32,
+      max_passage_length=48,
+      lr=1e-3,
+      warmup_steps=1,
+      log_every=1,
+      checkpoint_every=None,
+      keep_checkpoints=2,
+      eval_every=3,
+      out_dir=str(out_dir),
+  )
   settings.update(changes)
   return TrainConfig(**settings)
 
