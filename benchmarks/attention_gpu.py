@@ -39,6 +39,7 @@ from pallas_kernels import (
     Mask,
     attention,
     random_for_density,
+    visited_fraction,
 )
 
 try:
@@ -181,7 +182,7 @@ def sparse_table(lengths, head_dims, densities, block_sizes, repeats) -> list[st
         print(rows[-1], flush=True)
         continue
       tiles = (block_sizes or BlockSizes.default(head_dim, jnp.bfloat16)).fit(mask, length, length)
-      fraction = mask.visited_fraction(length, length, tiles.block_q, tiles.block_k)
+      fraction = visited_fraction(mask, length, length, tiles.block_q, tiles.block_k)
       fn = _pallas(mask, block_sizes)
       t_f = seconds(_forward(fn), args, repeats)
       t_fb = seconds(_forward_backward(fn), args, repeats)

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.block_sizes import BlockSizes
+from pallas_kernels.block_table import BlockTable, block_table, visited_fraction
 from pallas_kernels.masks import (
     AndMask,
     BlockSparseMask,
     BlockSparsePattern,
-    BlockTable,
     DenseMask,
     LocalMask,
     Mask,
@@ -47,6 +47,8 @@ __all__ = [
     "OrMask",
     "BlockSizes",
     "BlockTable",
+    "block_table",
+    "visited_fraction",
     "IMPLEMENTATIONS",
     "attended_fraction",
     "random_for_density",

@@ -43,7 +43,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.block_sizes import MIN_TRITON_BLOCK, BlockSizes
-from pallas_kernels.masks import BlockTable, Mask
+from pallas_kernels.block_table import BlockTable, block_table
+from pallas_kernels.masks import Mask
 
 LOG2_E = math.log2(math.e)
 # Score (log2 units) of a masked pair: far below any real score, yet finite.
@@ -197,7 +198,7 @@ def _plan(problem: _Problem) -> _Plan:
   p, bs = problem, problem.block_sizes
 
   def table(block_q, block_k):
-    return p.mask.block_table(p.q_len, p.kv_len, block_q, block_k, p.num_heads)
+    return block_table(p.mask, p.q_len, p.kv_len, block_q, block_k, p.num_heads)
 
   return _Plan(
       problem=p,

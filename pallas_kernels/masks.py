@@ -1,9 +1,9 @@
-"""Attention masks as data: what each query may see, and the block tables kernels walk.
+"""Attention masks as data: what each query may see.
 
 A mask is a frozen, hashable description, never an `Lq x Lk` array. Kernels tile
-the score matrix into `block_q x block_k` tiles and ask the mask, on the host,
-which tiles to visit and which of those need element-level masking
-(`block_table`). Inside a tile, `tile_allowed` evaluates the exact predicate from
+the score matrix into `block_q x block_k` tiles; on the host, a mask tells which
+tiles are empty, partial or full (`_tile_states`, which `block_table.py` turns
+into the tables kernels walk). Inside a tile, `tile_allowed` evaluates the exact predicate from
 iota positions with `jnp` ops, so the same code serves the Pallas kernel and the
 blocked XLA path.
 
@@ -103,12 +103,6 @@ class Mask(abc.ABC):
     allowed, _ = self._tile_allowed(q_pos, kv_pos, bits, 0, xp)
     return allowed
 
-  def block_table(
-      self, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int = 1
-  ) -> BlockTable:
-    """The tiles kernels visit, forward (per query block) and transposed (per key block)."""
-    return _block_table(self, q_len, kv_len, block_q, block_k, num_heads)
-
   def density(self, q_len: int, kv_len: int, num_heads: int = 1) -> float:
     """Fraction of query-key pairs this mask allows (averaged over heads).
 
@@ -124,13 +118,6 @@ class Mask(abc.ABC):
       chunk = self._dense_at(q_pos, kv_pos, q_len, kv_len, num_heads)
       allowed, heads = allowed + int(chunk.sum(dtype=np.int64)), chunk.shape[0]
     return allowed / (heads * q_len * kv_len)
-
-  def visited_fraction(
-      self, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int = 1
-  ) -> float:
-    """Fraction of `block_q x block_k` tiles a kernel visits: its cost relative to dense."""
-    table = self.block_table(q_len, kv_len, block_q, block_k, num_heads)
-    return float(table.kv_count.sum()) / (table.kv_count.size * table.num_kv_blocks)
 
 
 def _check_mask(mask: Any, what: str) -> Mask:
@@ -626,106 +613,6 @@ class OrMask(_Combined):
   _join = staticmethod(operator.or_)
   # Full if either side is, empty if both are, else partial: the max of the states.
   _join_states = staticmethod(np.maximum)
-
-
-# -- Block tables. -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BlockTable:
-  """Which tiles a kernel visits. `H'` is 1 for head-independent masks.
-
-  Forward / dq pass, per query block:
-    kv_index   int32 [H', nqb, max_kv_visits]  key blocks to visit (padded with the last valid one)
-    kv_count   int32 [H', nqb]                 how many entries of kv_index are real
-    kv_partial bool  [H', nqb, max_kv_visits]  the tile needs element masking
-    kv_bits    int32 [H', nqb, max_kv_visits]  layout-leaf values on the tile (bit n = leaf n)
-  dk/dv pass, per key block: q_index, q_count, q_partial, q_bits, likewise.
-  """
-
-  q_len: int
-  kv_len: int
-  block_q: int
-  block_k: int
-  kv_index: np.ndarray
-  kv_count: np.ndarray
-  kv_partial: np.ndarray
-  kv_bits: np.ndarray
-  q_index: np.ndarray
-  q_count: np.ndarray
-  q_partial: np.ndarray
-  q_bits: np.ndarray
-
-  @property
-  def num_q_blocks(self) -> int:
-    return self.kv_count.shape[1]
-
-  @property
-  def num_kv_blocks(self) -> int:
-    return self.q_count.shape[1]
-
-  @property
-  def any_partial(self) -> bool:
-    return bool(self.kv_partial.any())
-
-  @property
-  def num_visits(self) -> int:
-    return int(self.kv_count.sum())
-
-
-def _compress(states: np.ndarray, bits: np.ndarray, fill: int):
-  """Per row of `states [H, R, C]`: the visited columns, padded; and their flags."""
-  visited = states != EMPTY
-  count = visited.sum(axis=-1).astype(np.int32)
-  width = max(1, int(count.max(initial=0)))
-  # Stable sort puts visited columns first, in increasing order.
-  order = np.argsort(~visited, axis=-1, kind="stable")[..., :width].astype(np.int32)
-  valid = np.arange(width) < count[..., None]
-  last = np.take_along_axis(order, np.maximum(count - 1, 0)[..., None], axis=-1)
-  last = np.where(count[..., None] > 0, last, fill)
-  index = np.where(valid, order, last).astype(np.int32)
-  partial = np.take_along_axis(states, index, axis=-1) == PARTIAL
-  tile_bits = np.take_along_axis(bits, index, axis=-1).astype(np.int32)
-  return index, count, partial & valid, tile_bits
-
-
-def _leaf_bits(mask: Mask, tiling: _Tiling, heads: int) -> np.ndarray:
-  bits = np.zeros((heads, tiling.num_q_blocks, tiling.num_kv_blocks), np.int32)
-  leaves = mask.layout_leaves()
-  if len(leaves) > 31:
-    raise ValueError(f"mask: at most 31 block-sparse parts are supported, got {len(leaves)}")
-  for n, leaf in enumerate(leaves):
-    bits |= (leaf._tile_states(tiling) == FULL).astype(np.int32) << n
-  return bits
-
-
-def _readonly(*arrays):
-  for array in arrays:
-    array.setflags(write=False)
-  return arrays
-
-
-@functools.lru_cache(maxsize=512)
-def _block_table(
-    mask: Mask, q_len: int, kv_len: int, block_q: int, block_k: int, num_heads: int
-) -> BlockTable:
-  _check_lengths(q_len, kv_len)
-  _check_int(block_q, "block_q", 1)
-  _check_int(block_k, "block_k", 1)
-  mask.validate(q_len, kv_len, num_heads)
-  tiling = _Tiling(q_len, kv_len, block_q, block_k, num_heads)
-  states = mask._tile_states(tiling)
-  heads = states.shape[0]
-  bits = np.broadcast_to(_leaf_bits(mask, tiling, heads), states.shape)
-  # Rows with nothing to visit still need a safe index to pad with: one that
-  # some row visits, so padded loads never touch a block no one reads.
-  visited_kv = np.flatnonzero((states != EMPTY).any(axis=(0, 1)))
-  visited_q = np.flatnonzero((states != EMPTY).any(axis=(0, 2)))
-  kv = _compress(states, bits, int(visited_kv[0]) if visited_kv.size else 0)
-  q = _compress(
-      states.transpose(0, 2, 1), bits.transpose(0, 2, 1), int(visited_q[0]) if visited_q.size else 0
-  )
-  return BlockTable(q_len, kv_len, block_q, block_k, *_readonly(*kv), *_readonly(*q))
 
 
 def layout_block_sizes(mask: Mask) -> tuple[int, int]:

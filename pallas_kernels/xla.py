@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.block_sizes import BlockSizes
-from pallas_kernels.masks import BlockTable, Mask
+from pallas_kernels.block_table import BlockTable, block_table
+from pallas_kernels.masks import Mask
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # At most this many row groups (each is its own set of dots): padding waste vs op count.
@@ -53,7 +54,7 @@ def blocked_attention(
   `kv_lengths` may be None (no padding), which keeps unpadded inputs free of masking work.
   """
   q_len, kv_len = q.shape[1], k.shape[1]
-  table = mask.block_table(q_len, kv_len, block_sizes.block_q, block_sizes.block_k, q.shape[2])
+  table = block_table(mask, q_len, kv_len, block_sizes.block_q, block_sizes.block_k, q.shape[2])
   if table.num_visits == 0:
     return jnp.zeros_like(q)
 

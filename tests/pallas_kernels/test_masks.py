@@ -11,6 +11,7 @@ from pallas_kernels import (
     DenseMask,
     LocalMask,
     attended_fraction,
+    block_table,
     random_for_density,
 )
 from pallas_kernels.masks import _uniforms, layout_block_sizes
@@ -56,7 +57,7 @@ def _random_case(rng: np.random.Generator):
 def test_block_table_matches_formula_mask(seed):
   mask, dense, q_len, kv_len, heads, block_q, block_k = _random_case(np.random.default_rng(seed))
   dense = np.broadcast_to(dense, (heads, q_len, kv_len))
-  table = mask.block_table(q_len, kv_len, block_q, block_k, heads)
+  table = block_table(mask, q_len, kv_len, block_q, block_k, heads)
   nqb, nkb = -(-q_len // block_q), -(-kv_len // block_k)
   assert table.kv_count.shape[1:] == (nqb,) and table.q_count.shape[1:] == (nkb,)
   for h in range(heads):
@@ -87,7 +88,7 @@ def test_block_table_matches_formula_mask(seed):
 
 
 def test_local_window_partial_only_at_edges():
-  table = LocalMask(32, 32).block_table(256, 256, 16, 16)
+  table = block_table(LocalMask(32, 32), 256, 256, 16, 16)
   # A 16-row block away from the ends visits blocks qb-2 .. qb+2; only the outer two are partial.
   middle = 8
   assert list(table.kv_index[0, middle, : table.kv_count[0, middle]]) == [6, 7, 8, 9, 10]
@@ -276,15 +277,15 @@ def test_layout_block_sizes():
         (lambda: BlockSparseMask.pattern(16, local=-1), "local"),
         (lambda: LocalMask(1, 1) & np.ones((2, 2)), "right operand of &"),
         (
-            lambda: BlockSparseMask(np.ones((2, 2), bool), 16).block_table(64, 32, 16, 16),
+            lambda: block_table(BlockSparseMask(np.ones((2, 2), bool), 16), 64, 32, 16, 16),
             "BlockSparseMask.layout",
         ),
         (
-            lambda: BlockSparseMask(np.ones((3, 2, 2), bool), 16).block_table(32, 32, 16, 16, 2),
+            lambda: block_table(BlockSparseMask(np.ones((3, 2, 2), bool), 16), 32, 32, 16, 16, 2),
             "heads",
         ),
         (
-            lambda: BlockSparseMask(np.ones((2, 2), bool), 32).block_table(64, 64, 64, 32),
+            lambda: block_table(BlockSparseMask(np.ones((2, 2), bool), 32), 64, 64, 64, 32),
             "block sizes",
         ),
     ],

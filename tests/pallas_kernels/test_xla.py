@@ -7,7 +7,7 @@ import pytest
 from cases import CASES, allowed_for, assert_close, make_inputs, run_vjp
 from oracle import oracle_vjp
 
-from pallas_kernels import LocalMask, xla
+from pallas_kernels import LocalMask, block_table, xla
 
 # Cases whose rows differ in visit count or element mask: where grouping matters.
 GROUPED = [
@@ -41,7 +41,7 @@ def test_local_window_interior_rows_share_one_pattern():
   # A window's interior query blocks see the same element mask relative to
   # their keys: they must form one group (one shared bias), the edges a few more.
   mask = LocalMask(128, 128)
-  table = mask.block_table(4096, 4096, 128, 64, 1)
+  table = block_table(mask, 4096, 4096, 128, 64, 1)
   count = table.kv_count.reshape(-1)
   groups = []
   for rows, visits in xla._row_groups(count):
