@@ -79,8 +79,12 @@ class RunConfig:
 
   @classmethod
   def from_json(cls, data: Mapping[str, Any]) -> RunConfig:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in data.items() if k in fields}
+    # One policy for every config's from_json (TrainConfig, AttentionConfig): an unknown key is
+    # an error naming it, never silently dropped; a missing key takes the field's default.
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"run config: unknown keys {unknown} (written by another jxr version?)")
+    values = dict(data)
     for key in ("languages", "eval_data", "eval_languages"):
       if values.get(key) is not None:
         values[key] = tuple(values[key])

@@ -133,6 +133,8 @@ def test_resolved_config_and_default_out(tmp_path, monkeypatch):
   )
   assert other.short_hash() != config.short_hash()
   assert options.RunConfig.from_json(config.to_json()) == config
+  with pytest.raises(ValueError, match=r"run config: unknown keys \['colour'\]"):
+    options.RunConfig.from_json({**config.to_json(), "colour": "blue"})
 
 
 def test_command_line_rejects_before_any_work(tmp_path):
