@@ -14,11 +14,15 @@ Command line: `python -m jxr.eval --dataset xquad-r --query-emb q.npy --cand-emb
 from jxr.eval.evaluate import embed_task, evaluate, evaluate_pools
 from jxr.eval.metrics import positions, query_metrics, rank_distance
 from jxr.eval.report import compare, write_report
+from jxr.eval.schema import Report, StageReport, check_report
 from jxr.eval.scoring import RelevantRanks, l2_normalise, relevant_ranks
 from jxr.eval.trec import qrels_lines, run_lines, write_trec
 
 __all__ = [
     "RelevantRanks",
+    "Report",
+    "StageReport",
+    "check_report",
     "compare",
     "embed_task",
     "evaluate",

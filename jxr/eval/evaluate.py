@@ -42,7 +42,7 @@ import numpy as np
 
 from jxr.data.splits import select
 from jxr.data.task import RetrievalTask
-from jxr.eval import metrics
+from jxr.eval import metrics, schema
 from jxr.eval.scoring import RelevantRanks, l2_normalise, relevant_ranks
 
 MATRIX_RECALL_K = (1, 10)
@@ -120,7 +120,7 @@ def _multilingual(
     query_lang: np.ndarray,
     languages: Sequence[str],
     k_values: tuple[int, ...],
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[schema.Multilingual, np.ndarray]:
   m = metrics.query_metrics(ranks.pooled, ranks.valid, k_values=k_values)
   per_language = {}
   for i, lang in enumerate(languages):
@@ -148,7 +148,7 @@ def _bias(
     cand_lang: np.ndarray,
     languages: Sequence[str],
     num_candidates: int,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[schema.Bias, np.ndarray]:
   distance = metrics.rank_distance(ranks.pooled, ranks.valid)
   per_language = {lang: _mean(distance[query_lang == i]) for i, lang in enumerate(languages)}
   present = [v for v in per_language.values() if v is not None]
@@ -165,7 +165,7 @@ def _bias(
 
 def _matrices(
     ranks: RelevantRanks, query_lang: np.ndarray, cand_lang: np.ndarray, languages: Sequence[str]
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[schema.Matrices, np.ndarray]:
   """Query language x candidate language cells, each over its own language pool.
 
   Also returns the per-query AP within each language's candidates, float64
@@ -194,7 +194,7 @@ def _matrices(
   return matrices, ap_by_language
 
 
-def _summary(matrices: dict[str, Any], multilingual: dict[str, Any]) -> dict[str, float | None]:
+def _summary(matrices: schema.Matrices, multilingual: schema.Multilingual) -> schema.Summary:
   """Mo., Cr. and Mul. as arXiv 2408.10536 defines them, plus LAReQA's pooled mAP."""
   grid = matrices["map"]
   n = len(grid)
@@ -288,8 +288,8 @@ def evaluate(
     *,
     k_values: Sequence[int] = (1, 5, 10, 20),
     chunk_size: int | None = None,
-) -> dict[str, Any]:
-  """Evaluates embeddings on a retrieval task; returns the report dict (module docstring).
+) -> schema.Report:
+  """Evaluates embeddings on a retrieval task; returns the report (`jxr.eval.schema.Report`).
 
   Args:
     task: queries, candidates and relevance.
@@ -407,7 +407,7 @@ def evaluate_pools(
     cand_emb: np.ndarray,
     pools: Mapping[str, Sequence[str]],
     **evaluate_kwargs: Any,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, schema.Report]:
   """The `evaluate` report of each named language pool, from one set of embeddings.
 
   Pool `name` is the task restricted to the queries and candidates of
