@@ -355,6 +355,21 @@ def _forward_kernel(*refs, plan: _Plan):
   lse_ref[b, h, q_slice] = jnp.where(has_key, row_max + jnp.log2(row_sum), EMPTY_ROW_LSE)
 
 
+def _tile_gradients(problem, walk, tile, q, k, v, do, lse, delta, q_seg, kv_seg):
+  """What both backward kernels recompute on a visited tile: the probabilities `p` (from the
+  forward's log2-sum-exp) and the score gradients `ds = p * (dp - delta)`.
+
+  `tile` is `(q_start, kv_start, length, partial, bits)`: where the tile lies, the batch
+  row's key length and its table flags.
+  """
+  q_start, kv_start, length, partial, bits = tile
+  s = _dot(q, k, problem.precision, transpose_b=True) * (problem.scale * LOG2_E)
+  s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
+  p = jnp.exp2(s - lse[:, None])
+  dp = _dot(do, v, problem.precision, transpose_b=True)
+  return p, p * (dp - delta[:, None])
+
+
 def _dkv_kernel(*refs, plan: _Plan):
   problem, walk = plan.problem, plan.dkv.walk
   tables, order_ref, inputs, (q_seg_ref, kv_seg_ref), (dk_ref, dv_ref) = _unpack(refs, 7, problem)
@@ -367,22 +382,28 @@ def _dkv_kernel(*refs, plan: _Plan):
   kv_slice = pl.ds(kv_start, block_k)
   k, v = k_ref[b, kv_slice, h, :], v_ref[b, kv_slice, h, :]
   kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
-  scale = problem.scale * LOG2_E
 
   def body(step, carry):
     dk, dv = carry
     q_start = pl.multiple_of(visits.block(step) * block_q, block_q)
     q_slice = pl.ds(q_start, block_q)
-    q = q_ref[b, q_slice, h, :]
-    s = _dot(q, k, problem.precision, transpose_b=True) * scale
-    partial, bits = visits.flags(step)
+    q, do = q_ref[b, q_slice, h, :], do_ref[b, q_slice, h, :]
     q_seg = q_seg_ref[b, q_slice] if problem.has_segments else None
-    s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
-    p = jnp.exp2(s - lse_ref[b, h, q_slice][:, None])
-    do = do_ref[b, q_slice, h, :]
+    tile = (q_start, kv_start, length, *visits.flags(step))
+    p, ds = _tile_gradients(
+        problem,
+        walk,
+        tile,
+        q,
+        k,
+        v,
+        do,
+        lse_ref[b, h, q_slice],
+        delta_ref[b, h, q_slice],
+        q_seg,
+        kv_seg,
+    )
     dv = dv + _dot(p.astype(do.dtype), do, problem.precision, transpose_a=True)
-    dp = _dot(do, v, problem.precision, transpose_b=True)
-    ds = p * (dp - delta_ref[b, h, q_slice][:, None])
     dk = dk + _dot(ds.astype(q.dtype), q, problem.precision, transpose_a=True)
     return dk, dv
 
@@ -405,20 +426,14 @@ def _dq_kernel(*refs, plan: _Plan):
   q, do = q_ref[b, q_slice, h, :], do_ref[b, q_slice, h, :]
   lse, delta = lse_ref[b, h, q_slice], delta_ref[b, h, q_slice]
   q_seg = q_seg_ref[b, q_slice] if problem.has_segments else None
-  scale = problem.scale * LOG2_E
 
   def body(step, dq):
     kv_start = pl.multiple_of(visits.block(step) * block_k, block_k)
     kv_slice = pl.ds(kv_start, block_k)
-    k = k_ref[b, kv_slice, h, :]
-    s = _dot(q, k, problem.precision, transpose_b=True) * scale
-    partial, bits = visits.flags(step)
+    k, v = k_ref[b, kv_slice, h, :], v_ref[b, kv_slice, h, :]
     kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
-    s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
-    p = jnp.exp2(s - lse[:, None])
-    v = v_ref[b, kv_slice, h, :]
-    dp = _dot(do, v, problem.precision, transpose_b=True)
-    ds = p * (dp - delta[:, None])
+    tile = (q_start, kv_start, length, *visits.flags(step))
+    _, ds = _tile_gradients(problem, walk, tile, q, k, v, do, lse, delta, q_seg, kv_seg)
     return dq + _dot(ds.astype(k.dtype), k, problem.precision)
 
   dq = lax.fori_loop(0, visits.count, body, jnp.zeros((block_q, q.shape[-1]), jnp.float32))
