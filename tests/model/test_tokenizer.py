@@ -103,9 +103,12 @@ def test_pairs_truncate_only_the_context(e5):
   assert len(ids) == 64
   assert ids[: len(alone)] == alone and ids[len(alone)] == 2  # <s> A </s></s> B </s>
   assert ids[-1] == 2
+  # A sentence longer than the pair's budget: it is cut too, and the pair keeps its separators
+  # (jxr.tokens' rule, the one training uses), `<s> sentence[:28] </s></s></s>`.
   long_sentence = "word " * 300
   ids = e5.token_ids([long_sentence], kind="passage", contexts=[context], max_length=32)[0]
-  assert len(ids) == 32 and ids == e5.token_ids([long_sentence], kind="passage", max_length=32)[0]
+  alone = e5.token_ids([long_sentence], kind="passage", max_length=32)[0]
+  assert len(ids) == 32 and ids == alone[:29] + [2, 2, 2]
 
 
 def test_truncation_and_padding(e5):
