@@ -33,9 +33,10 @@ from jxr.model.encoder import abstract_model
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
-def used_ids(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
+def used_ids(tokenizer: Tokenizer, texts: Iterable[str], spec: dict | None = None) -> np.ndarray:
   """Sorted ids of every piece the texts tokenise into, the special tokens, and the piece with
-  the lowest score (which sets the unknown piece's score)."""
+  the lowest score (which sets the unknown piece's score). `spec`: the tokenizer's parsed JSON,
+  when the caller has it (serialising 250k pieces takes a while)."""
   texts = list(dict.fromkeys(texts))  # LAReQA repeats each paragraph once per sentence
   ids = {
       i
@@ -43,7 +44,7 @@ def used_ids(tokenizer: Tokenizer, texts: Iterable[str]) -> np.ndarray:
       for i in encoding.ids
   }
   ids |= set(tokenizer.get_added_tokens_decoder())  # <s> <pad> </s> <unk> <mask>
-  scores = [score for _, score in _unigram(tokenizer)["vocab"]]
+  scores = [score for _, score in _unigram(spec or _spec(tokenizer))["vocab"]]
   ids.add(int(np.argmin(scores)))
   return np.asarray(sorted(ids), np.int64)
 
@@ -59,8 +60,9 @@ def trim_vocabulary(encoder, texts: Iterable[str]):
         + (f"; texts[{bad}] is a {type(texts[bad]).__name__}" if bad is not None else "")
     )
   prefixes = [p for p in (encoder.config.query_prefix, encoder.config.passage_prefix) if p]
-  keep = used_ids(encoder.tokenizer, texts + prefixes)
-  tokenizer = _trimmed_tokenizer(encoder.tokenizer, keep)
+  spec = _spec(encoder.tokenizer)  # parsed once: it is 250k pieces long
+  keep = used_ids(encoder.tokenizer, texts + prefixes, spec)
+  tokenizer = _trimmed_tokenizer(spec, keep)
   tensors = weights.params_to_hf(encoder.config, encoder.params)
   tensors[WORD_EMBEDDINGS] = np.asarray(tensors[WORD_EMBEDDINGS])[keep]
   config = encoder.config.replace(vocab_size=len(keep))
@@ -93,7 +95,7 @@ def save_bundle(encoder, path: str | os.PathLike) -> pathlib.Path:
         f"{encoder.config.attention.label} model with Encoder.save instead"
     )
   original, vocabulary = bundle.read_bundle_vocab(source)
-  pieces, scores = zip(*_unigram(encoder.tokenizer)["vocab"])
+  pieces, scores = zip(*_unigram(_spec(encoder.tokenizer))["vocab"])
   specials = {
       name: encoder.tokenizer.token_to_id(name) for name in ("<s>", "</s>", "<pad>", "<unk>")
   }
@@ -111,8 +113,12 @@ def save_bundle(encoder, path: str | os.PathLike) -> pathlib.Path:
   return bundle.write_bundle(path, header, vocab, tensors)
 
 
-def _unigram(tokenizer: Tokenizer) -> dict:
-  model = json.loads(tokenizer.to_str())["model"]
+def _spec(tokenizer: Tokenizer) -> dict:
+  return json.loads(tokenizer.to_str())
+
+
+def _unigram(spec: dict) -> dict:
+  model = spec["model"]
   if model.get("type") != "Unigram":
     raise ValueError(
         f"encoder: trimming needs a Unigram (SentencePiece) tokenizer, got " f"{model.get('type')}"
@@ -120,10 +126,9 @@ def _unigram(tokenizer: Tokenizer) -> dict:
   return model
 
 
-def _trimmed_tokenizer(tokenizer: Tokenizer, keep: np.ndarray) -> Tokenizer:
-  """The tokenizer with only the pieces `keep`, renumbered; normaliser, pre-tokeniser and
-  templates unchanged (their special-token ids renumbered)."""
-  spec = json.loads(tokenizer.to_str())
+def _trimmed_tokenizer(spec: dict, keep: np.ndarray) -> Tokenizer:
+  """The tokenizer (`spec`, its parsed JSON, changed in place) with only the pieces `keep`,
+  renumbered; normaliser, pre-tokeniser and templates unchanged (special-token ids renumbered)."""
   new_id = {int(old): new for new, old in enumerate(keep)}
   model = spec["model"]
   model["vocab"] = [model["vocab"][i] for i in keep]
