@@ -1,7 +1,12 @@
 """What an export directory holds besides weights and tokenizer: the HF config, the modeling
 code a sparse model needs, and the sentence-transformers packaging.
 
-- Dense models stay plain BERT / XLM-RoBERTa (`AutoModel.from_pretrained(dir)`).
+- Dense models stay plain BERT / XLM-RoBERTa (`AutoModel.from_pretrained(dir)`). A model whose
+  source had no pooler weights (the bundle, `tiny`) is exported without one, never with invented
+  weights: `AutoModel.from_pretrained(dir, add_pooling_layer=False)` loads it with nothing missing
+  (plain `BertModel` cannot read that choice from config.json, so without the argument
+  transformers builds a pooler and reports it MISSING); sentence-transformers gets the argument
+  from `sentence_bert_config.json`.
 - Sparse models get model type `jxr-<base>` and `auto_map` pointing at `modeling_jxr.py`
   (a copy of `jxr/model/hf_modeling_jxr.py`): transformers runs them with jxr's mask under
   `trust_remote_code=True` and refuses them without it, instead of running dense.
@@ -54,7 +59,9 @@ def write_remote_code(directory: pathlib.Path) -> None:
   shutil.copyfile(REMOTE_CODE, directory / f"{REMOTE_MODULE}.py")
 
 
-def sentence_transformers_files(config: EncoderConfig, max_length: int) -> dict[str, Any]:
+def sentence_transformers_files(
+    config: EncoderConfig, *, max_length: int, has_pooler: bool
+) -> dict[str, Any]:
   """Relative path -> JSON content of the sentence-transformers packaging."""
   modules = [
       ("", "sentence_transformers.models.Transformer"),
@@ -66,7 +73,12 @@ def sentence_transformers_files(config: EncoderConfig, max_length: int) -> dict[
           {"idx": i, "name": str(i), "path": path, "type": kind}
           for i, (path, kind) in enumerate(modules)
       ],
-      "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
+      "sentence_bert_config.json": {
+          "max_seq_length": max_length,
+          "do_lower_case": False,
+          # Passed to from_pretrained: no pooler to build when the export has no pooler weights.
+          "model_kwargs": {"add_pooling_layer": has_pooler},
+      },
       "1_Pooling/config.json": {
           "word_embedding_dimension": config.hidden_size,
           "pooling_mode_cls_token": config.pooling == "cls",
@@ -95,7 +107,9 @@ def write_export_files(
   (directory / "config.json").write_text(text + "\n")
   if needs_remote_code(config):
     write_remote_code(directory)
-  for relative, content in sentence_transformers_files(config, max_length).items():
+  for relative, content in sentence_transformers_files(
+      config, max_length=max_length, has_pooler=has_pooler
+  ).items():
     path = directory / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("" if content is None else json.dumps(content, indent=2) + "\n")

@@ -84,10 +84,17 @@ def test_a_dense_export_stays_plain_bert(texts, tmp_path):
   assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
   assert "auto_map" not in config and not (directory / "modeling_jxr.py").exists()
   assert config["attention_probs_dropout_prob"] == 0.0  # jxr trains without it
-  model = transformers.AutoModel.from_pretrained(directory).eval()
-  assert type(model).__name__ == "BertModel"
-  ours, theirs = _hidden_states(model, encoder, texts["passage"])
+  assert config["jxr"]["pooler"] is False  # tiny has no pooler weights, and none are invented
+  model, loading = transformers.AutoModel.from_pretrained(
+      directory, add_pooling_layer=False, output_loading_info=True
+  )
+  assert type(model).__name__ == "BertModel" and model.pooler is None
+  assert not any(loading.values()), loading  # nothing missing, unexpected or mismatched
+  ours, theirs = _hidden_states(model.eval(), encoder, texts["passage"])
   assert np.abs(ours - theirs).max() <= 1e-4
+  # Without the argument transformers builds BertModel's pooler: the only thing it misses.
+  _, loading = transformers.AutoModel.from_pretrained(directory, output_loading_info=True)
+  assert sorted(loading["missing_keys"]) == ["pooler.dense.bias", "pooler.dense.weight"]
 
 
 @pytest.mark.parametrize("kind", ["dense", "block_sparse"])
@@ -98,6 +105,7 @@ def test_sentence_transformers_gives_encode_embeddings(kind, texts, tmp_path):
       str(directory), device="cpu", trust_remote_code=kind != "dense"
   )
   assert model.prompts["query"] == "query: " and model.prompts["passage"] == "passage: "
+  assert model[0].auto_model.pooler is None  # sentence_bert_config.json's add_pooling_layer
   for prompt in ("query", "passage"):
     theirs = model.encode(texts[prompt], prompt_name=prompt, batch_size=4)
     ours = encoder.encode(texts[prompt], kind=prompt)
