@@ -1,6 +1,7 @@
 """CPU attention benchmark: sparse masks against dense, side by side in one run.
 
     python benchmarks/attention.py [--quick] [--out benchmarks/RESULTS-attention-cpu.md]
+    python benchmarks/attention.py --study-shapes     # the study's masks at its lengths
 
 Shape of multilingual-e5-small: B=1, 12 heads, head dim 32, float32. Every
 ratio is (sparse time) / (dense time through the same blocked XLA path), both
@@ -21,16 +22,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import BlockSparseMask, DenseMask, LocalMask, Mask, attention
+from jxr.model import AttentionConfig
+from pallas_kernels import (
+    BlockSparseMask,
+    DenseMask,
+    LocalMask,
+    Mask,
+    attention,
+    random_for_density,
+)
 
 BATCH, HEADS, HEAD_DIM = 1, 12, 32
 WINDOW = LocalMask(128, 128)  # the local case: 128 keys on each side
 
 
-def _inputs(length: int, seed: int = 0):
+def _inputs(length: int, seed: int = 0, batch: int = BATCH):
   keys = jax.random.split(jax.random.key(seed), 3)
   return tuple(
-      jax.random.normal(key, (BATCH, length, HEADS, HEAD_DIM), jnp.float32) for key in keys
+      jax.random.normal(key, (batch, length, HEADS, HEAD_DIM), jnp.float32) for key in keys
   )
 
 
@@ -124,6 +133,61 @@ def random_layout_mask(length: int, block: int, density: float, seed: int = 0) -
   return BlockSparseMask(layout, block)
 
 
+# The study's batches: `study-cpu` trains on 16 passages of 128 tokens and encodes 32 at a time.
+STUDY_BATCH = 32
+
+
+def study_cases(length: int) -> list[tuple[str, Mask]]:
+  """The masks a study runs at `length`: its CPU arms at 128 tokens (8-token cells), and at
+  256 / 512 (the GPU study's lengths) the same recipes on 16-token cells, each at two levels."""
+  from experiments import sweep
+  from jxr.model import attention_mask_for
+
+  cell = 8 if length <= 128 else 16
+  cases = []
+  for level in (0.25, 0.5):
+    local = sweep.solve_window(level, [length])
+    cases.append((f"{local.label} (~{level})", attention_mask_for(local)))
+    for global_blocks in (0, 1):
+      try:
+        random = random_for_density(level, [length], block=cell, local=1, global_=global_blocks)
+      except ValueError:  # the band and global blocks alone attend more than the level
+        continue
+      spec = AttentionConfig.block_sparse(cell, band=1, global_blocks=global_blocks, random=random)
+      cases.append((f"{spec.label} (~{level})", attention_mask_for(spec)))
+  return cases
+
+
+def study_shapes(repeats: int, emit) -> None:
+  """Forward and forward+backward of each study mask against dense, on full-length sequences."""
+  emit(
+      f"The study's masks at its shapes: B={STUDY_BATCH}, H={HEADS}, D={HEAD_DIM}, float32, every "
+      "sequence at full length; blocked XLA path with `pallas_kernels.attention`'s default tiles "
+      "(which `BlockSizes.fit` shrinks to the layout cell)."
+  )
+  emit("")
+  emit(
+      "| mask | L | attended | fwd ms | dense fwd ms | sdpa fwd ms | fwd ratio | fwd+bwd ms "
+      "| dense fwd+bwd ms | fwd+bwd ratio |"
+  )
+  emit("|---|---|---|---|---|---|---|---|---|---|")
+  for length in (128, 256, 512):
+    x = _inputs(length, batch=STUDY_BATCH)
+    d_out = _inputs(length, seed=1, batch=STUDY_BATCH)[0]
+    for name, mask in study_cases(length):
+      fwd, dense_fwd, sdpa_fwd = seconds(
+          [_forward(mask), _forward(DenseMask()), _sdpa()], x, repeats
+      )
+      bwd, dense_bwd = seconds(
+          [_forward_backward(mask), _forward_backward(DenseMask())], (*x, d_out), repeats
+      )
+      emit(
+          f"| {name} | {length} | {mask.density(length, length):.3f} | {fwd * 1e3:.2f} | "
+          f"{dense_fwd * 1e3:.2f} | {sdpa_fwd * 1e3:.2f} | {fwd / dense_fwd:.3f} | "
+          f"{bwd * 1e3:.2f} | {dense_bwd * 1e3:.2f} | {bwd / dense_bwd:.3f} |"
+      )
+
+
 def main():
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +195,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--quick", action="store_true", help="fewer repeats, skip L=16k timing")
   parser.add_argument("--out", help="also write the markdown tables to this file")
+  parser.add_argument(
+      "--study-shapes", action="store_true", help="only the study's masks at L=128/256/512"
+  )
   parser.add_argument(
       "--peak-run", type=int, metavar="L", help=argparse.SUPPRESS
   )  # one child measurement
@@ -148,6 +215,13 @@ def main():
   def emit(line=""):
     print(line, flush=True)
     lines.append(line)
+
+  if args.study_shapes:
+    study_shapes(repeats, emit)
+    if args.out:
+      with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return
 
   cases = [
       ("block-sparse 25%, 128-blocks", random_layout_mask(2048, 128, 0.25), 2048, 0.32, 0.32),

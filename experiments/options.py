@@ -23,13 +23,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jxr import fields
 from jxr.data.lareqa import LANGUAGES
 from jxr.model.config import ATTENTION_KINDS, AttentionConfig
+from jxr.train.config import TrainConfig
 
 CANDIDATE_CONTEXTS = ("sentence", "paragraph")
 PRESETS_ORDER = ("cpu", "gpu", "pod", "tiny")
 BUNDLED_MODELS = ("multilingual-e5-small", "tiny")
-MAX_LENGTH = 512
 # Fields that do not change what is computed: left out of the hash.
 _UNHASHED = ("out", "preset", "checkpoint_every", "checkpoint_minutes")  # change no result
 
@@ -38,35 +39,50 @@ _UNHASHED = ("out", "preset", "checkpoint_every", "checkpoint_minutes")  # chang
 class RunConfig:
   """Everything one run depends on; `config.json` holds it (plus the question ids)."""
 
-  preset: str
-  model: str
-  attention: AttentionConfig
-  train_data: str  # a LAReQA name or a JSONL file of pairs
-  languages: tuple[str, ...] | None  # training languages, in order (None: all of train_data)
-  eval_data: tuple[str, ...]
-  eval_languages: tuple[str, ...] | None
-  eval_questions: int | None  # per dataset: whole articles until this many questions
-  mono_prob: float
-  train_steps: int
-  batch_size: int
-  lr: float
-  warmup_steps: int
-  max_query_length: int
-  max_passage_length: int
-  candidate_context: str  # "sentence" or "paragraph"
-  seed: int
-  mesh: str
-  eval_fraction: float  # share of XQuAD-R articles held out of training
-  split_seed: int
-  eval_batch_size: int
-  eval_pools: tuple[int, ...]  # nested pools of the first n of LANGUAGE_ORDER, from one encoding
-  eval_only: tuple[AttentionConfig, ...]  # re-evaluate the fine-tuned model under these masks
-  curve_every: int | None  # learning curve: evaluate a fixed subset every this many steps
-  curve_questions: int  # the learning curve's subset: whole articles until this many
-  out: str
+  preset: str = fields.declare(check=fields.OneOf(PRESETS_ORDER))
+  model: str = fields.like(TrainConfig, "model")
+  attention: AttentionConfig = fields.declare()  # it checks its own fields
+  train_data: str = fields.like(TrainConfig, "train_data")  # a LAReQA name or a JSONL of pairs
+  languages: tuple[str, ...] | None = fields.declare()  # training languages, in order (None: all)
+  eval_data: tuple[str, ...] = fields.declare()
+  eval_languages: tuple[str, ...] | None = fields.declare()
+  # per dataset: whole articles until this many questions (None: all)
+  eval_questions: int | None = fields.declare(check=fields.Int(1, optional=True))
+  mono_prob: float = fields.like(TrainConfig, "mono_prob")
+  train_steps: int = fields.like(TrainConfig, "steps")
+  batch_size: int = fields.like(TrainConfig, "batch_size")
+  lr: float = fields.like(TrainConfig, "lr")
+  warmup_steps: int = fields.like(TrainConfig, "warmup_steps")
+  max_query_length: int = fields.like(TrainConfig, "max_query_length")
+  max_passage_length: int = fields.like(TrainConfig, "max_passage_length")
+  candidate_context: str = fields.declare(check=fields.OneOf(CANDIDATE_CONTEXTS))
+  seed: int = fields.like(TrainConfig, "seed")
+  mesh: str = fields.like(TrainConfig, "mesh")
+  eval_fraction: float = fields.like(TrainConfig, "eval_fraction")  # XQuAD-R articles held out
+  split_seed: int = fields.like(TrainConfig, "split_seed")
+  eval_batch_size: int = fields.declare(check=fields.Int(1))
+  eval_pools: tuple[int, ...] = fields.declare()  # nested pools of the first n of LANGUAGE_ORDER
+  eval_only: tuple[AttentionConfig, ...] = fields.declare()  # re-evaluations under these masks
+  # learning curve: evaluate a fixed subset every this many steps (None: no curve)
+  curve_every: int | None = fields.like(TrainConfig, "eval_every")
+  curve_questions: int = fields.declare(check=fields.Int(1))  # the subset: whole articles until
+  out: str = fields.declare()
   # Training lost to a crash or preemption: checkpoints every this many steps and minutes.
-  checkpoint_every: int | None = None
-  checkpoint_minutes: float | None = None
+  checkpoint_every: int | None = fields.like(TrainConfig, "checkpoint_every", None)
+  checkpoint_minutes: float | None = fields.like(TrainConfig, "checkpoint_minutes", None)
+
+  def __post_init__(self):
+    fields.check_all(self)
+    if self.warmup_steps >= self.train_steps:
+      raise ValueError(
+          f"warmup_steps: expected fewer than train_steps ({self.train_steps}), "
+          f"got {self.warmup_steps}"
+      )
+    if self.attention.kind == "local" and self.attention.window >= self.max_passage_length:
+      raise ValueError(
+          f"attention.window: {self.attention.window} keys each side covers every passage of "
+          f"max_passage_length {self.max_passage_length}: that is dense attention"
+      )
 
   def to_json(self) -> dict[str, Any]:
     data = dataclasses.asdict(self)
@@ -280,19 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
   )
   a(
       "--mono-prob",
-      help="probability that a batch is monolingual, in [0, 1]" + _presets("mono_prob"),
+      help=f"probability that a batch is monolingual, {_bounds('mono_prob')}"
+      + _presets("mono_prob"),
   )
-  a("--train-steps", help="optimizer steps (>= 1)" + _presets("train_steps"))
-  a("--batch-size", help="global batch of (query, passage) pairs (>= 2)" + _presets("batch_size"))
-  a("--lr", help="peak learning rate (> 0)" + _presets("lr"))
+  a("--train-steps", help=f"optimizer steps ({_bounds('train_steps')})" + _presets("train_steps"))
+  a(
+      "--batch-size",
+      help=f"global batch of (query, passage) pairs, {_bounds('batch_size')}"
+      + _presets("batch_size"),
+  )
+  a("--lr", help=f"peak learning rate, {_bounds('lr')}" + _presets("lr"))
   a(
       "--warmup-steps",
-      help="linear warmup steps (>= 0, below --train-steps)" + _presets("warmup_steps"),
+      help=f"linear warmup steps ({_bounds('warmup_steps')}, below --train-steps)"
+      + _presets("warmup_steps"),
   )
-  a("--max-query-length", help=f"query tokens, in [8, {MAX_LENGTH}]" + _presets("max_query_length"))
+  a(
+      "--max-query-length",
+      help=f"query tokens ({_bounds('max_query_length')})" + _presets("max_query_length"),
+  )
   a(
       "--max-passage-length",
-      help=f"passage tokens, in [8, {MAX_LENGTH}]" + _presets("max_passage_length"),
+      help=f"passage tokens ({_bounds('max_passage_length')})" + _presets("max_passage_length"),
   )
   a(
       "--candidate-context",
@@ -300,14 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
       help="sentence (the answer sentence alone) or paragraph (the "
       "sentence with its paragraph)" + _presets("candidate_context"),
   )
-  a("--seed", help="training seed (>= 0)")
+  a("--seed", help=f"training seed, {_bounds('seed')}")
   a("--mesh", help="device mesh, e.g. data=-1 or data=4,model=2")
-  a("--checkpoint-every", metavar="STEPS", help="also checkpoint every this many steps (>= 1)")
+  a(
+      "--checkpoint-every",
+      metavar="STEPS",
+      help=f"also checkpoint every this many steps, {_bounds('checkpoint_every')}",
+  )
   a(
       "--checkpoint-minutes",
       metavar="M",
-      help="checkpoint when M minutes passed since the last "
-      "(> 0)" + _presets("checkpoint_minutes"),
+      help="checkpoint when M minutes passed since the last, "
+      f"{_bounds('checkpoint_minutes')}" + _presets("checkpoint_minutes"),
   )
   a("--out", help="run directory (default runs/<date>-<attn>-<hash of the config>)")
   a("--resume", action="store_true", help="continue the run in --out (or the default one)")
@@ -328,28 +357,33 @@ def _presets(field: str) -> str:
   return "; presets: " + ", ".join(f"{name} {v}" for name, v in zip(PRESETS_ORDER, values))
 
 
-def _int(flag: str, text: str, low: int | None = None, high: int | None = None) -> int:
+def flag_of(name: str) -> str:
+  """The flag that sets config field `name` (`attention.<field>` for the attention spec's)."""
+  if name.startswith("attention."):
+    name = {"kind": "attn", "seed": "attn_seed"}.get(name[10:], name[10:])
+  return "--" + name.replace("_", "-")
+
+
+def _parse(name: str, text: str) -> Any:
+  """Flag text -> the value of config field `name`, checked by the field's own check."""
+  if name.startswith("attention."):
+    check = fields.check_of(AttentionConfig, name[10:])
+  else:
+    check = fields.check_of(RunConfig, name)
   try:
-    value = int(text)
-  except (TypeError, ValueError):
-    raise FlagError(f"{flag}: expected an integer, got {text!r}") from None
-  if (low is not None and value < low) or (high is not None and value > high):
-    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-    raise FlagError(f"{flag}: expected an integer {bounds}, got {value}")
+    value = check.parse(text)
+    check.check(flag_of(name), value)
+  except ValueError as e:
+    message = str(e)
+    raise FlagError(
+        message if message.startswith("--") else f"{flag_of(name)}: {message}"
+    ) from None
   return value
 
 
-def _float(flag: str, text: str, low: float, high: float | None, *, open_low: bool) -> float:
-  try:
-    value = float(text)
-  except (TypeError, ValueError):
-    raise FlagError(f"{flag}: expected a number, got {text!r}") from None
-  bad_low = value <= low if open_low else value < low
-  if value != value or bad_low or (high is not None and value > high):
-    left = "(" if open_low else "["
-    right = f"{high}]" if high is not None else "inf)"
-    raise FlagError(f"{flag}: expected a number in {left}{low}, {right}, got {text}")
-  return value
+def _bounds(name: str) -> str:
+  """`an integer in [8, 512]`: what field `name` accepts, for --help."""
+  return fields.check_of(RunConfig, name).describe()
 
 
 def _codes(flag: str, text: str) -> tuple[str, ...]:
@@ -464,27 +498,24 @@ def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> A
       else str(ATTENTION_DEFAULTS[name])  # noqa: E731
   )
   if kind == "local":
-    window = _int("--window", value("window"), 1, MAX_LENGTH)
-    if window >= max_passage_length:
-      raise FlagError(
-          f"--window: {window} keys each side covers every passage of "
-          f"--max-passage-length {max_passage_length}: that is dense attention"
-      )
-    return AttentionConfig.local(window)
+    return AttentionConfig.local(_parse("attention.window", value("window")))
   if kind == "block_sparse":
     if args.density is not None and args.random is not None:
       raise FlagError("--density: give --density or --random, not both")
-    block_size = _int("--block-size", value("block_size"), 1, MAX_LENGTH)
-    band = _int("--band", value("band"), 0, MAX_LENGTH)
-    global_blocks = _int("--global-blocks", value("global_blocks"), 0, MAX_LENGTH)
-    seed = _int("--attn-seed", value("attn_seed"), 0)
+    block_size = _parse("attention.block_size", value("block_size"))
+    band = _parse("attention.band", value("band"))
+    global_blocks = _parse("attention.global_blocks", value("global_blocks"))
+    seed = _parse("attention.seed", value("attn_seed"))
     if args.density is None:
-      random = _float("--random", value("random"), 0.0, 1.0, open_low=False)
+      random = _parse("attention.random", value("random"))
     else:
       import pallas_kernels  # only here: it imports jax
 
-      density = _float("--density", args.density, 0.0, 1.0, open_low=True)
       try:
+        density = fields.Number.parse(args.density)
+      except ValueError as e:
+        raise FlagError(f"--density: {e}") from None
+      try:  # the density's bounds and reachability are the mask library's to check
         random = pallas_kernels.random_for_density(
             density,
             [max_passage_length],
@@ -494,11 +525,36 @@ def attention_from_flags(args: argparse.Namespace, max_passage_length: int) -> A
             seed=seed,
         )
       except ValueError as e:
-        raise FlagError(f"--{e} (--block-size, --band, --global-blocks)") from None
+        # The floor message speaks of the library's arguments: name the flags that set them.
+        flags = " (--block-size, --band, --global-blocks)" if "band" in str(e) else ""
+        raise FlagError(f"--{e}{flags}") from None
     return AttentionConfig.block_sparse(
         block_size, band=band, global_blocks=global_blocks, random=random, seed=seed
     )
   return AttentionConfig.dense()
+
+
+# Flags whose text is one RunConfig field of the same name, parsed and checked by that field.
+_PLAIN_FLAGS = (
+    "mono_prob",
+    "train_steps",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "max_query_length",
+    "max_passage_length",
+    "candidate_context",
+    "seed",
+    "checkpoint_every",
+    "checkpoint_minutes",
+)
+
+
+def _flag_error(error: ValueError) -> FlagError:
+  """A config's `field: message` as `--flag: message`."""
+  name, sep, message = str(error).partition(": ")
+  known = name.startswith("attention.") or name in {f.name for f in dataclasses.fields(RunConfig)}
+  return FlagError(f"{flag_of(name)}: {message}" if sep and known else str(error))
 
 
 def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
@@ -539,48 +595,19 @@ def resolve(args: argparse.Namespace, preset: str | None = None) -> RunConfig:
         )
   if given("eval_questions"):
     values["eval_questions"] = (
-        None if args.eval_questions == "all" else _int("--eval-questions", args.eval_questions, 1)
+        None if args.eval_questions == "all" else _parse("eval_questions", args.eval_questions)
     )
-  if given("mono_prob"):
-    values["mono_prob"] = _float("--mono-prob", args.mono_prob, 0.0, 1.0, open_low=False)
-  if given("train_steps"):
-    values["train_steps"] = _int("--train-steps", args.train_steps, 1)
-  if given("batch_size"):
-    values["batch_size"] = _int("--batch-size", args.batch_size, 2)
-  if given("lr"):
-    values["lr"] = _float("--lr", args.lr, 0.0, 1.0, open_low=True)
-  if given("warmup_steps"):
-    values["warmup_steps"] = _int("--warmup-steps", args.warmup_steps, 0)
-  if values["warmup_steps"] >= values["train_steps"]:
-    raise FlagError(
-        f"--warmup-steps: expected fewer than --train-steps ({values['train_steps']}),"
-        f" got {values['warmup_steps']}"
-    )
-  if given("max_query_length"):
-    values["max_query_length"] = _int("--max-query-length", args.max_query_length, 8, MAX_LENGTH)
-  if given("max_passage_length"):
-    values["max_passage_length"] = _int(
-        "--max-passage-length", args.max_passage_length, 8, MAX_LENGTH
-    )
-  if given("candidate_context"):
-    if args.candidate_context not in CANDIDATE_CONTEXTS:
-      raise FlagError(
-          f"--candidate-context: expected one of {', '.join(CANDIDATE_CONTEXTS)}, "
-          f"got {args.candidate_context!r}"
-      )
-    values["candidate_context"] = args.candidate_context
-  if given("seed"):
-    values["seed"] = _int("--seed", args.seed, 0)
+  for name in _PLAIN_FLAGS:
+    if given(name):
+      values[name] = _parse(name, getattr(args, name))
   if given("mesh"):
     values["mesh"] = _mesh(args.mesh)
-  if given("checkpoint_every"):
-    values["checkpoint_every"] = _int("--checkpoint-every", args.checkpoint_every, 1)
-  if given("checkpoint_minutes"):
-    values["checkpoint_minutes"] = _float(
-        "--checkpoint-minutes", args.checkpoint_minutes, 0.0, None, open_low=True
-    )
   values["attention"] = attention_from_flags(args, values["max_passage_length"])
-  config = RunConfig(**values)
+  try:  # what no single flag decides: the checks across fields
+    config = RunConfig(**values)
+  except ValueError as e:
+    raise _flag_error(e) from None
+
   out = args.out if args.out is not None else ""
   if out and pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
     raise FlagError(f"--out: {out} exists and is not a directory")

@@ -19,6 +19,12 @@ from collections.abc import Sequence
 
 from tokenizers import Encoding, Tokenizer
 
+# The shortest `max_length` a config accepts: room for a pair's special tokens under every
+# supported tokenizer (XLM-R adds 4) and as many of text. `encode` checks the exact need.
+MIN_LENGTH = 8
+# The longest: the 512 positions of BERT and XLM-R; a checkpoint with fewer is checked on loading.
+MAX_LENGTH = 512
+
 
 def encode(
     tokenizer: Tokenizer,

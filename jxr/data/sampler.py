@@ -21,7 +21,6 @@ import numpy as np
 
 from jxr.data.pairs import TrainingPairs
 
-_WEIGHTINGS = ("uniform", "proportional")
 _ATTEMPTS = 16  # greedy orders tried before a batch size is declared infeasible
 
 
@@ -58,8 +57,6 @@ class HybridSampler(Iterator[Batch]):
     seed: the shared seed; batch `t` depends only on `(seed, t)`.
     languages: use only pairs whose query and positive languages are among
       these (default: all languages of `pairs`).
-    language_weighting: how a mono batch picks its language: `"uniform"`, or
-      `"proportional"` to its number of mono pairs.
     process_index, process_count: this process keeps rows
       `[process_index * b, (process_index + 1) * b)` of each global batch,
       `b = batch_size // process_count`.
@@ -72,7 +69,6 @@ class HybridSampler(Iterator[Batch]):
       mono_prob: float = 0.5,
       seed: int = 0,
       languages: Sequence[str] | None = None,
-      language_weighting: str = "uniform",
       process_index: int = 0,
       process_count: int = 1,
   ):
@@ -90,10 +86,6 @@ class HybridSampler(Iterator[Batch]):
       )
     if not isinstance(mono_prob, (int, float)) or not 0.0 <= mono_prob <= 1.0:
       raise ValueError(f"mono_prob: expected a probability in [0, 1], got {mono_prob!r}")
-    if language_weighting not in _WEIGHTINGS:
-      raise ValueError(
-          f"language_weighting: expected one of {_WEIGHTINGS}, got {language_weighting!r}"
-      )
     available = pairs.languages
     if languages is None:
       languages = available
@@ -113,7 +105,6 @@ class HybridSampler(Iterator[Batch]):
     self.mono_prob = float(mono_prob)
     self.seed = seed
     self.languages = languages
-    self.language_weighting = language_weighting
     self.process_index = process_index
     self.process_count = process_count
     self._step = 0
@@ -124,11 +115,10 @@ class HybridSampler(Iterator[Batch]):
     self._mono_languages = tuple(lang for lang in languages if len(pools[lang]))
     self._mono_pools = tuple(pools[lang] for lang in self._mono_languages)
     self._cross_pool = np.flatnonzero(usable & (pairs.kind == "cross"))
-    sizes = np.array([len(pool) for pool in self._mono_pools], np.float64)
-    if language_weighting == "proportional":
-      self._language_p = sizes / sizes.sum()
-    else:
-      self._language_p = np.full(len(sizes), 1 / max(len(sizes), 1))
+    # A mono batch's language is uniform over the languages. Drawn with `p` rather than
+    # `rng.integers`, which would consume the stream differently and change every batch.
+    n = len(self._mono_pools)
+    self._language_p = np.full(n, 1 / max(n, 1))
     self._positive_keys, self._query_key = _conflict_keys(pairs)
     self._check_feasible()
     self._fingerprint = self._make_fingerprint()
@@ -253,8 +243,8 @@ class HybridSampler(Iterator[Batch]):
       raise ValueError(f"state: expected a dict with keys 'step' and 'fingerprint', got {state!r}")
     if state["fingerprint"] != self._fingerprint:
       raise ValueError(
-          "state: it comes from a sampler with other pairs, batch_size, mono_prob, seed, languages or "
-          "language_weighting; resuming would not continue the same batches"
+          "state: it comes from a sampler with other pairs, batch_size, mono_prob, seed or "
+          "languages; resuming would not continue the same batches"
       )
     _check_int("state['step']", state["step"], 0)
     self._step = int(state["step"])
@@ -266,7 +256,6 @@ class HybridSampler(Iterator[Batch]):
         self.mono_prob,
         self.seed,
         self.languages,
-        self.language_weighting,
         len(self.pairs),
     )
     digest.update(repr(setup).encode())

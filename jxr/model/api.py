@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
-from jxr import tokens
+from jxr import fields, tokens
 from jxr._progress import progress
 from jxr.model import bundle, export, weights
 from jxr.model import tokenizer as tokenization
@@ -198,12 +198,9 @@ class Encoder:
           f"contexts: expected a list as long as texts ({len(texts)}), got "
           f"{len(contexts) if not isinstance(contexts, str) else 'a string'}"
       )
-    if max_length is not None and (
-        not isinstance(max_length, int) or max_length < 3 or max_length > self.config.max_length
-    ):
-      raise ValueError(
-          f"max_length: expected an int in [3, {self.config.max_length}], got " f"{max_length!r}"
-      )
+    fields.Int(tokens.MIN_LENGTH, self.config.max_length, optional=True).check(
+        "max_length", max_length
+    )
     return list(texts), list(contexts), self._max_length(max_length)
 
   # ------------------------------------------------------------------ encoding
@@ -374,8 +371,7 @@ def load_encoder(
     overrides["attention"] = attention
   if implementation is not None:
     overrides["implementation"] = implementation
-  if not isinstance(max_length, int) or max_length < 3:
-    raise ValueError(f"max_length: expected an int >= 3, got {max_length!r}")
+  fields.Int(tokens.MIN_LENGTH).check("max_length", max_length)
   if dtype not in DTYPES:
     raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
   if pooling is not None and pooling not in POOLINGS:

@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from jxr import fields
+
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta")
 # transformers model type of a sparse export (jxr.model.export) -> the architecture it extends
 SPARSE_EXPORT_TYPES = {"jxr-bert": "bert", "jxr-xlm-roberta": "xlm-roberta"}
@@ -45,39 +47,25 @@ class AttentionConfig:
     not part of the spec's JSON (it changes speed, not results).
   """
 
-  kind: str = "dense"
-  window: int | None = None
-  block_size: int | None = None
-  band: int | None = None
-  global_blocks: int | None = None
-  random: float | None = None
-  seed: int | None = None
+  kind: str = fields.declare("dense", fields.OneOf(ATTENTION_KINDS))
+  window: int | None = fields.declare(None, fields.Int(0, optional=True))
+  block_size: int | None = fields.declare(None, fields.Int(1, optional=True))
+  band: int | None = fields.declare(None, fields.Int(0, optional=True))
+  global_blocks: int | None = fields.declare(None, fields.Int(0, optional=True))
+  random: float | None = fields.declare(None, fields.Number(0.0, 1.0, optional=True))
+  seed: int | None = fields.declare(None, fields.Int(0, optional=True))
   implementation: str | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
-    if self.kind not in ATTENTION_KINDS:
-      raise ValueError(f"attention.kind: expected one of {ATTENTION_KINDS}, got {self.kind!r}")
-    fields = {
-        "local": ("window",),
-        "block_sparse": ("block_size", "band", "global_blocks", "random", "seed"),
-    }
-    used = fields.get(self.kind, ())
+    fields.check_all(self, prefix="attention.")
+    used = _KIND_FIELDS.get(self.kind, ())
     stray = [name for name in _SPEC_FIELDS if name not in used and getattr(self, name) is not None]
     if stray:
       raise ValueError(f"attention: {', '.join(stray)} do not apply to kind {self.kind!r}")
-    if self.kind == "local":
-      _check_spec_int("window", self.window, 0)
-    if self.kind == "block_sparse":
-      _check_spec_int("block_size", self.block_size, 1)
-      _check_spec_int("band", self.band, 0)
-      _check_spec_int("global_blocks", self.global_blocks, 0)
-      _check_spec_int("seed", self.seed, 0)
-      if (
-          not isinstance(self.random, (int, float))
-          or isinstance(self.random, bool)
-          or not 0.0 <= float(self.random) <= 1.0
-      ):
-        raise ValueError(f"attention.random: expected a fraction in [0, 1], got {self.random!r}")
+    absent = [name for name in used if getattr(self, name) is None]
+    if absent:
+      raise ValueError(f"attention.{absent[0]}: required by kind {self.kind!r}, got None")
+    if self.random is not None:
       object.__setattr__(self, "random", float(self.random))
 
   @classmethod
@@ -138,12 +126,11 @@ class AttentionConfig:
     return cls(**data)
 
 
+_KIND_FIELDS = {
+    "local": ("window",),
+    "block_sparse": ("block_size", "band", "global_blocks", "random", "seed"),
+}
 _SPEC_FIELDS = ("window", "block_size", "band", "global_blocks", "random", "seed")
-
-
-def _check_spec_int(name: str, value: Any, minimum: int) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f"attention.{name}: expected an int >= {minimum}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,19 +11,22 @@ import pytest
 import pallas_kernels
 from experiments import options
 from experiments.options import FlagError
+from jxr.model import AttentionConfig
+from jxr.train import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 BAD = [
     (["--attn", "sparse"], "--attn: expected one of dense, local, block_sparse"),
     (["--preset", "laptop"], "--preset: expected one of cpu, gpu, pod, tiny"),
-    (["--attn", "local", "--window", "0"], r"--window: expected an integer in \[1, 512\]"),
+    (["--attn", "local", "--window", "-1"], "--window: expected an integer >= 0, got -1"),
     (["--attn", "local", "--window", "x"], "--window: expected an integer, got 'x'"),
     (["--attn", "dense", "--window", "8"], "--window: only applies to --attn=local"),
     (["--attn", "local", "--window", "200"], "--window: 200 keys each side covers every passage"),
     (["--attn", "block_sparse", "--block-size", "0"], "--block-size: expected an integer"),
-    (["--attn", "block_sparse", "--density", "0"], r"--density: expected a number in \(0.0, 1.0\]"),
-    (["--attn", "block_sparse", "--density", "1.5"], "--density: expected a number"),
+    (["--attn", "block_sparse", "--density", "0"], r"--density: expected a fraction in \(0, 1\]"),
+    (["--attn", "block_sparse", "--density", "1.5"], "--density: expected a fraction"),
+    (["--attn", "block_sparse", "--density", "x"], "--density: expected a number, got 'x'"),
     (["--attn", "local", "--density", "0.5"], "--density: only applies to --attn=block_sparse"),
     (["--attn", "local", "--band", "1"], "--band: only applies to --attn=block_sparse"),
     (
@@ -76,6 +79,38 @@ def test_bad_flag_is_rejected(argv, message, tmp_path, monkeypatch):
   with pytest.raises(FlagError, match=message):
     options.parse(["--preset", "tiny", *argv] if "--preset" not in argv else argv)
   assert not (tmp_path / "runs").exists()
+
+
+SHARED = [
+    ("--max-query-length", "max_query_length", 4),
+    ("--max-passage-length", "max_passage_length", 1024),
+    ("--batch-size", "batch_size", 1),
+    ("--lr", "lr", 2.0),
+    ("--mono-prob", "mono_prob", 1.5),
+    ("--checkpoint-every", "checkpoint_every", 0),
+    ("--seed", "seed", -1),
+]
+
+
+@pytest.mark.parametrize("flag, field, value", SHARED, ids=[flag for flag, _, _ in SHARED])
+def test_flag_and_train_config_reject_with_one_check(flag, field, value, tmp_path, monkeypatch):
+  """A bound lives on the field: the flag's message is the config's, under the flag's name."""
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FlagError) as from_flag:
+    options.parse(["--preset", "tiny", flag, str(value)])
+  with pytest.raises(ValueError) as from_config:
+    TrainConfig(**{field: value})
+  assert str(from_flag.value) == str(from_config.value).replace(field, flag, 1)
+
+
+def test_run_config_checks_itself_like_its_flags():
+  config, _ = options.parse(["--preset", "tiny", "--out", "unused"], check_out=False)
+  with pytest.raises(ValueError, match=r"^train_steps: expected an integer >= 1, got 0"):
+    config.replace(train_steps=0)
+  with pytest.raises(ValueError, match=r"^warmup_steps: expected fewer than train_steps"):
+    config.replace(warmup_steps=config.train_steps)
+  with pytest.raises(ValueError, match=r"^attention.window: 48 keys each side covers every"):
+    config.replace(attention=AttentionConfig.local(48))
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):
@@ -160,7 +195,7 @@ def test_command_line_rejects_before_any_work(tmp_path):
   )
   elapsed = time.perf_counter() - start
   assert proc.returncode == 2, proc.stderr
-  assert "--window: expected an integer in [1, 512], got -3" in proc.stderr
+  assert "--window: expected an integer >= 0, got -3" in proc.stderr
   assert list(tmp_path.iterdir()) == []
   assert elapsed < 60  # no model, data or jax backend was touched
 
@@ -169,5 +204,6 @@ def test_help_lists_choices_and_what_each_preset_sets():
   text = " ".join(options.build_parser().format_help().split())
   assert "--preset {cpu,gpu,pod,tiny}" in text and "--attn {dense,local,block_sparse}" in text
   assert "--candidate-context {sentence,paragraph}" in text
-  assert "optimizer steps (>= 1); presets: cpu 30, gpu 600, pod 1000, tiny 2" in text
-  assert "probability that a batch is monolingual, in [0, 1] (default 0.5)" in text
+  assert "optimizer steps (an integer >= 1); presets: cpu 30, gpu 600, pod 1000, tiny 2" in text
+  assert "monolingual, a number in [0.0, 1.0] (default 0.5)" in text
+  assert "query tokens (an integer in [8, 512]); presets: cpu 32, gpu 64" in text
