@@ -94,8 +94,16 @@ class Number:
     return value
 
 
+class _Text:
+  """A check of a string field: a flag's text is already its value."""
+
+  @staticmethod
+  def parse(text: str) -> str:
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
-class OneOf:
+class OneOf(_Text):
   """One of `values` (strings)."""
 
   values: tuple[str, ...]
@@ -107,22 +115,14 @@ class OneOf:
     if value not in self.values:
       raise ValueError(f"{name}: expected one of {', '.join(self.values)}, got {value!r}")
 
-  @staticmethod
-  def parse(text: str) -> str:
-    return text
-
 
 @dataclasses.dataclass(frozen=True)
-class NonEmpty:
+class NonEmpty(_Text):
   """A non-empty string."""
 
   def check(self, name: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
       raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
-
-  @staticmethod
-  def parse(text: str) -> str:
-    return text
 
 
 @dataclasses.dataclass(frozen=True)
