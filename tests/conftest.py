@@ -31,36 +31,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compile_cache(tmp_path_factory):
-  """One persistent XLA cache per test worker, for this process and every subprocess it starts
-  (they copy `os.environ`): runs with equal programs, such as a resume or the `tiny` model in
-  another test, compile once. Set here, not inherited, and undone at the end of the session."""
-  import jax
-  from jax._src import compilation_cache
-
-  directory = str(tmp_path_factory.mktemp("xla_cache"))
-  settings = {
-      "jax_compilation_cache_dir": directory,
-      "jax_persistent_cache_min_compile_time_secs": 0.5,
-  }
-  previous = {name: getattr(jax.config, name) for name in settings}
-  environ = {name.upper(): os.environ.get(name.upper()) for name in settings}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-    os.environ[name.upper()] = str(value)
-  compilation_cache.reset_cache()
-  yield directory
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  for name, value in environ.items():
-    if value is None:
-      os.environ.pop(name, None)
-    else:
-      os.environ[name] = value
-  compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="session")
 def lareqa_dir() -> pathlib.Path:
   """The LAReQA release: $JXR_DATA_DIR, else ../shared/data/lareqa."""

@@ -33,9 +33,8 @@ ARGS = [
 ]
 
 
-def _env(lareqa_dir, **extra) -> dict:
-  """The runs' environment; every run compiles the same programs, which the session's persistent
-  XLA cache (tests/conftest.py, inherited through os.environ) holds after the first."""
+def _env(lareqa_dir, xla_cache: pathlib.Path, **extra) -> dict:
+  """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
   return dict(
       os.environ,
       PYTHONPATH=str(ROOT),
@@ -44,6 +43,8 @@ def _env(lareqa_dir, **extra) -> dict:
       HF_HUB_OFFLINE="1",
       JXR_OFFLINE="1",
       PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=str(xla_cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
       **extra,
   )
 
@@ -69,7 +70,7 @@ def _losses(out: pathlib.Path) -> tuple[list[int], list[float]]:
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   """One test (not parametrized) so that the straight run is made once, on one worker."""
-  env = _env(lareqa_dir)
+  env = _env(lareqa_dir, tmp_path / "xla")
   straight = tmp_path / "straight" / "run"
   straight.parent.mkdir()
   done = _run(straight, env)
@@ -92,7 +93,7 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   for point in points:
     out = tmp_path / point.replace(":", "-") / "run"
     out.parent.mkdir()
-    killed = _run(out, _env(lareqa_dir, JXR_KILL_AT=point))
+    killed = _run(out, _env(lareqa_dir, tmp_path / "xla", JXR_KILL_AT=point))
     assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
     assert not (out / "results.json").exists(), point
     resumed = _run(out, env, "--resume")

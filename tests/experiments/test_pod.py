@@ -33,9 +33,6 @@ def _env(lareqa_dir, devices: int, **extra) -> dict:
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS"):
     if name not in extra:
       env.pop(name, None)
-  # Not the session's XLA cache: its entries are written in place, and two processes of one
-  # pod would write the same ones at once.
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return env
 
 

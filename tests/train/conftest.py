@@ -1,11 +1,32 @@
-"""Fixtures of the training tests: the data env and a straight run (the compilation cache is
-tests/conftest.py's)."""
+"""Fixtures of the training tests: a compilation cache shared with subprocesses, data env."""
 
 from __future__ import annotations
 
 import os
 
+import jax
 import pytest
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  """A persistent XLA cache: runs with equal programs (resume, repeated meshes) compile once.
+
+  Also handed to subprocesses via JAX_COMPILATION_CACHE_DIR. The settings are
+  restored afterwards so other test directories are unaffected.
+  """
+  from jax._src import compilation_cache
+
+  directory = str(tmp_path_factory.mktemp("xla_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  previous = {name: getattr(jax.config, name) for name in names}
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  compilation_cache.reset_cache()
+  yield directory
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")
