@@ -360,24 +360,24 @@ def _presets(field: str) -> str:
 def flag_of(name: str) -> str:
   """The flag that sets config field `name` (`attention.<field>` for the attention spec's)."""
   if name.startswith("attention."):
-    name = {"kind": "attn", "seed": "attn_seed"}.get(name[10:], name[10:])
-  return "--" + name.replace("_", "-")
+    name = {"kind": "attn", "seed": "attn_seed"}.get(name.removeprefix("attention."), name)
+  return "--" + name.removeprefix("attention.").replace("_", "-")
 
 
 def _parse(name: str, text: str) -> Any:
   """Flag text -> the value of config field `name`, checked by the field's own check."""
   if name.startswith("attention."):
-    check = fields.check_of(AttentionConfig, name[10:])
+    check = fields.check_of(AttentionConfig, name.removeprefix("attention."))
   else:
     check = fields.check_of(RunConfig, name)
   try:
     value = check.parse(text)
+  except ValueError as e:  # the text is not of the field's type
+    raise FlagError(f"{flag_of(name)}: {e}") from None
+  try:
     check.check(flag_of(name), value)
-  except ValueError as e:
-    message = str(e)
-    raise FlagError(
-        message if message.startswith("--") else f"{flag_of(name)}: {message}"
-    ) from None
+  except ValueError as e:  # already named by the flag
+    raise FlagError(str(e)) from None
   return value
 
 

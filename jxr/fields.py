@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 _CHECK = "jxr.check"
@@ -67,9 +66,13 @@ class Number:
   high_open: bool = False
   optional: bool = False
 
+  @property
+  def _high_excluded(self) -> bool:
+    return self.high_open or self.high == math.inf  # infinity is never a value
+
   def describe(self) -> str:
     left = "(" if self.low_open else "["
-    right = ")" if self.high_open or self.high == math.inf else "]"
+    right = ")" if self._high_excluded else "]"
     return f"a number in {left}{float(self.low)}, {float(self.high)}{right}"
 
   def check(self, name: str, value: Any) -> None:
@@ -78,7 +81,7 @@ class Number:
     ok = (
         _is_number(value)
         and (value > self.low if self.low_open else value >= self.low)
-        and (value < self.high if self.high_open or self.high == math.inf else value <= self.high)
+        and (value < self.high if self._high_excluded else value <= self.high)
     )
     if not ok:
       raise ValueError(f"{name}: expected {self.describe()}, got {value!r}")
@@ -155,10 +158,10 @@ def check_of(cls: type, name: str) -> Check:
   raise KeyError(f"{cls.__name__}.{name} declares no check")
 
 
-def check_all(config: Any, prefix: str = "", skip: Sequence[str] = ()) -> None:
+def check_all(config: Any, prefix: str = "") -> None:
   """Runs every declared check of dataclass instance `config`; raises on the first bad field,
   named `prefix + field`."""
   for field in dataclasses.fields(config):
     check = field.metadata.get(_CHECK)
-    if check is not None and field.name not in skip:
+    if check is not None:
       check.check(prefix + field.name, getattr(config, field.name))
