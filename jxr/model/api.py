@@ -240,10 +240,12 @@ class Encoder:
     return out
 
   def _run_embed(self, batch: dict[str, np.ndarray]) -> jax.Array:
-    if jax.local_device_count() == 1:
-      return self._embed_jit(self.params, batch)
+    if not all(x.is_fully_addressable for x in jax.tree.leaves(self.params)):
+      return self._embed_jit(self.params, batch)  # a pod's global arrays: jit places them
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
     if self._replicated is None or self._replicated[1] is not self.params:
+      # Placed alike wherever the parameters come from (the host, a training mesh), so the
+      # trainer's learning curve and the final evaluation share one compiled program.
       replicated = jax.device_put(
           self.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
       )

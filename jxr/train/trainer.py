@@ -12,6 +12,7 @@ checkpoints are collective (orbax).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import pathlib
 import time
@@ -221,6 +222,48 @@ def host_params(params: Any) -> Any:
   return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+  """What a jitted training step computes, compared by value: two runs that differ only in
+  data, languages or mixing (a sweep's cells at one arm and seed) compile one program."""
+
+  encoder: Encoder  # its graph and config, not its parameters
+  optimization: tuple  # make_optimizer's arguments
+  options: StepOptions
+  mesh: jax.sharding.Mesh
+  shardings: TrainState
+  batch_spec: dict[str, int]
+
+  def key(self) -> tuple:
+    leaves, treedef = jax.tree.flatten(self.shardings)
+    return (
+        self.encoder.graphdef,
+        self.encoder.config,
+        self.optimization,
+        self.options,
+        self.mesh,
+        treedef,
+        tuple(leaves),
+        tuple(sorted(self.batch_spec.items())),
+    )
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, StepProgram) and self.key() == other.key()
+
+  def __hash__(self) -> int:
+    return hash(self.key())
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_train_step(program: StepProgram) -> Callable:
+  """The jitted step of `program`, built once per distinct program in this process."""
+  optimizer, schedule = make_optimizer(*program.optimization)
+  step_fn = make_train_step(
+      embed_fn_of(program.encoder), optimizer, schedule, program.options, program.mesh
+  )
+  return jit_train_step(step_fn, program.shardings, program.batch_spec, program.mesh)
+
+
 # ---------------------------------------------------------------------- train
 
 
@@ -270,9 +313,14 @@ def train(
   )
   encoder = _load_model(config)
 
-  optimizer, schedule = make_optimizer(
-      config.lr, config.steps, config.warmup_steps, config.weight_decay, config.clip_norm
+  optimization = (
+      config.lr,
+      config.steps,
+      config.warmup_steps,
+      config.weight_decay,
+      config.clip_norm,
   )
+  optimizer, _ = make_optimizer(*optimization)
   options = StepOptions(
       temperature=config.temperature,
       learn_temperature=config.learn_temperature,
@@ -303,12 +351,13 @@ def train(
     config.save(run_dir / "config.json")
   writer = MetricsWriter(run_dir, resume_step=start if resume else None, enabled=primary)
 
-  step_fn = make_train_step(embed_fn_of(encoder), optimizer, schedule, options, mesh)
   batch_spec = {
       name: np.ndim(x)
       for name, x in batch_arrays(sampler.batch_at(0), pairs, encoder, config).items()
   }
-  train_step = jit_train_step(step_fn, shardings, batch_spec, mesh)
+  train_step = compiled_train_step(
+      StepProgram(encoder, optimization, options, mesh, shardings, batch_spec)
+  )
 
   def current_encoder(state: TrainState) -> Encoder:
     return dataclasses.replace(encoder, params=state.params["encoder"])

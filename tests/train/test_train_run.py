@@ -220,6 +220,44 @@ def test_jsonl_pairs_negatives_and_every_step_option(tmp_path, compile_cache):
   assert temperatures[2] != pytest.approx(0.05, abs=1e-4) and temperatures[1] != temperatures[2]
 
 
+def test_runs_that_differ_only_in_data_compile_one_step(tmp_path):
+  """A sweep's cells at one arm and seed: the second run builds no new step; another
+  learning rate (a different program) does."""
+  from jxr.train import trainer
+
+  def pairs(name: str, topic: int):
+    records = [
+        {"query": f"{name} question {i}", "positive": f"answer {i} on {topic + i}", "id": f"q{i}"}
+        for i in range(8)
+    ]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(
+        "".join(json.dumps(dict(r, query_lang="en", positive_lang="en")) + "\n" for r in records)
+    )
+    return str(path)
+
+  def run(name: str, lr: float):
+    config = tiny_config(
+        tmp_path / name,
+        train_data=pairs(name, len(name)),
+        mono_prob=1.0,
+        steps=2,
+        batch_size=4,
+        eval_every=None,
+        languages=("en",),
+        lr=lr,
+    )
+    return train(config)
+
+  before = trainer.compiled_train_step.cache_info()
+  run("first", 0.0123)  # a learning rate no other test uses: this program is new here
+  run("second", 0.0123)
+  same = trainer.compiled_train_step.cache_info()
+  assert (same.misses - before.misses, same.hits - before.hits) == (1, 1)
+  run("third", 0.0321)
+  assert trainer.compiled_train_step.cache_info().misses == same.misses + 1
+
+
 @pytest.mark.slow
 def test_loss_decreases_on_mlqa_subset(tmp_path, compile_cache, data_env):
   result = train(
