@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
-from pallas_kernels.masks import Mask, layout_block_sizes
+from pallas_kernels.masks import MAX_CELLS_PER_TILE, Mask
 
 # Triton's dot needs tiles of at least 16 along every dimension.
 MIN_TRITON_BLOCK = 16
@@ -57,26 +58,38 @@ class BlockSizes:
     return (self.block_k, self.block_k_dkv, self.block_k_dq)
 
   def fit(self, mask: Mask, q_len: int, kv_len: int) -> BlockSizes:
-    """Shrinks tiles to divide every block-sparse layout cell and not overshoot short sequences.
+    """These tiles for one problem: each kept unless the problem cannot use it.
 
-    Tiles stay powers of two. A sequence shorter than a tile gets the smallest
-    power of two (at least 16) that covers it, so short inputs are not padded
-    to a long tile.
+    A tile longer than its sequence shrinks to the smallest power of two (at
+    least 16) that covers it, so short inputs are not padded to a long tile. A
+    tile must nest with every block-sparse layout cell (one divides the other)
+    and span at most `MAX_CELLS_PER_TILE` of them; one that does not shrinks
+    until it does. Tiles spanning several cells are masked per cell in-kernel.
     """
-    layout_q, layout_k = layout_block_sizes(mask)
-
-    def shrink(block: int, length: int, layout_block: int) -> int:
-      block = min(block, max(MIN_TRITON_BLOCK, 1 << (length - 1).bit_length()))
-      if layout_block:
-        block = math.gcd(block, layout_block)
-      return block
-
+    leaves = mask.layout_leaves()
+    cells_q = tuple(leaf.block_q for leaf in leaves)
+    cells_k = tuple(leaf.block_k for leaf in leaves)
+    q_tile = functools.partial(_fit_tile, length=q_len, cells=cells_q)
+    k_tile = functools.partial(_fit_tile, length=kv_len, cells=cells_k)
     return dataclasses.replace(
         self,
-        block_q=shrink(self.block_q, q_len, layout_q),
-        block_k=shrink(self.block_k, kv_len, layout_k),
-        block_q_dkv=shrink(self.block_q_dkv, q_len, layout_q),
-        block_k_dkv=shrink(self.block_k_dkv, kv_len, layout_k),
-        block_q_dq=shrink(self.block_q_dq, q_len, layout_q),
-        block_k_dq=shrink(self.block_k_dq, kv_len, layout_k),
+        block_q=q_tile(self.block_q),
+        block_k=k_tile(self.block_k),
+        block_q_dkv=q_tile(self.block_q_dkv),
+        block_k_dkv=k_tile(self.block_k_dkv),
+        block_q_dq=q_tile(self.block_q_dq),
+        block_k_dq=k_tile(self.block_k_dq),
     )
+
+
+def _nests(tile: int, cells: tuple[int, ...]) -> bool:
+  return all(tile % cell == 0 or cell % tile == 0 for cell in cells)
+
+
+def _fit_tile(tile: int, *, length: int, cells: tuple[int, ...]) -> int:
+  tile = min(tile, max(MIN_TRITON_BLOCK, 1 << (length - 1).bit_length()))
+  if cells and tile > min(cells) * MAX_CELLS_PER_TILE:
+    tile = math.gcd(tile, min(cells) * MAX_CELLS_PER_TILE)
+  if not _nests(tile, cells):
+    tile = math.gcd(tile, *cells)  # divides every cell
+  return tile

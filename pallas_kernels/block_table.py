@@ -12,7 +12,19 @@ import functools
 
 import numpy as np
 
-from pallas_kernels.masks import EMPTY, FULL, PARTIAL, Mask, _check_int, _check_lengths, _Tiling
+from pallas_kernels.masks import (
+    EMPTY,
+    FULL,
+    PARTIAL,
+    Mask,
+    _check_int,
+    _check_lengths,
+    _Combined,
+    _Tiling,
+)
+
+# Elements evaluated at once when deciding a combined mask's partial tiles on the host.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -20,11 +32,12 @@ class BlockTable:
   """Which tiles a kernel visits. `H'` is 1 for head-independent masks.
 
   Forward / dq pass, per query block:
-    kv_index   int32 [H', nqb, max_kv_visits]  key blocks to visit (padded with the last valid one)
-    kv_count   int32 [H', nqb]                 how many entries of kv_index are real
-    kv_partial bool  [H', nqb, max_kv_visits]  the tile needs element masking
-    kv_bits    int32 [H', nqb, max_kv_visits]  layout-leaf values on the tile (bit n = leaf n)
-  dk/dv pass, per key block: q_index, q_count, q_partial, q_bits, likewise.
+    kv_index   int32 [H', nqb, max_kv_visits]     key blocks to visit (padded with the last valid one)
+    kv_count   int32 [H', nqb]                    how many entries of kv_index are real
+    kv_partial bool  [H', nqb, max_kv_visits]     the tile needs element masking
+    kv_cells   int32 [H', nqb, max_kv_visits, W]  the tile's layout cells, as `Mask.tile_allowed`
+                                                  reads them (W = max(1, mask.cell_words(tile)))
+  dk/dv pass, per key block: q_index, q_count, q_partial, q_cells, likewise (the same tiles).
   """
 
   q_len: int
@@ -34,11 +47,11 @@ class BlockTable:
   kv_index: np.ndarray
   kv_count: np.ndarray
   kv_partial: np.ndarray
-  kv_bits: np.ndarray
+  kv_cells: np.ndarray
   q_index: np.ndarray
   q_count: np.ndarray
   q_partial: np.ndarray
-  q_bits: np.ndarray
+  q_cells: np.ndarray
 
   @property
   def num_q_blocks(self) -> int:
@@ -57,8 +70,8 @@ class BlockTable:
     return int(self.kv_count.sum())
 
 
-def _compress(states: np.ndarray, bits: np.ndarray, fill: int):
-  """Per row of `states [H, R, C]`: the visited columns, padded; and their flags."""
+def _compress(states: np.ndarray, cells: np.ndarray, fill: int):
+  """Per row of `states [H, R, C]`: the visited columns, padded; their flags and cell words."""
   visited = states != EMPTY
   count = visited.sum(axis=-1).astype(np.int32)
   width = max(1, int(count.max(initial=0)))
@@ -69,18 +82,49 @@ def _compress(states: np.ndarray, bits: np.ndarray, fill: int):
   last = np.where(count[..., None] > 0, last, fill)
   index = np.where(valid, order, last).astype(np.int32)
   partial = np.take_along_axis(states, index, axis=-1) == PARTIAL
-  tile_bits = np.take_along_axis(bits, index, axis=-1).astype(np.int32)
-  return index, count, partial & valid, tile_bits
+  tile_cells = np.take_along_axis(cells, index[..., None], axis=-2).astype(np.int32)
+  return index, count, partial & valid, tile_cells
 
 
-def _leaf_bits(mask: Mask, tiling: _Tiling, heads: int) -> np.ndarray:
-  bits = np.zeros((heads, tiling.num_q_blocks, tiling.num_kv_blocks), np.int32)
-  leaves = mask.layout_leaves()
-  if len(leaves) > 31:
-    raise ValueError(f"mask: at most 31 block-sparse parts are supported, got {len(leaves)}")
-  for n, leaf in enumerate(leaves):
-    bits |= (leaf._tile_states(tiling) == FULL).astype(np.int32) << n
-  return bits
+def _cell_words(mask: Mask, tiling: _Tiling, heads: int) -> np.ndarray:
+  """int32 `[heads, nqb, nkb, W]`: every leaf's words, in `layout_leaves()` order.
+
+  A mask without layout gets one zero word, so the array is never empty.
+  """
+  shape = (heads, tiling.num_q_blocks, tiling.num_kv_blocks)
+  words = [
+      np.broadcast_to(words, shape + words.shape[-1:])
+      for words in (leaf.tile_cell_words(tiling) for leaf in mask.layout_leaves())
+  ]
+  return np.concatenate(words, axis=-1) if words else np.zeros(shape + (1,), np.int32)
+
+
+def _decide_partial_tiles(mask: Mask, tiling: _Tiling, states: np.ndarray, cells: np.ndarray):
+  """`states` with each partial tile of a combination decided element by element.
+
+  Joining tile states is exact for leaves but not for `a & b` of two partial
+  tiles (it may allow nothing) or `a | b` of two (it may allow everything), so
+  such tiles are evaluated on their real positions: never visit an empty tile,
+  never mask a full one.
+  """
+  states = np.array(np.broadcast_to(states, cells.shape[:-1]))
+  heads, q_blocks, kv_blocks = np.nonzero(states == PARTIAL)
+  tile = (tiling.block_q, tiling.block_k)
+  rows = max(1, _CHUNK_ELEMENTS // (tiling.block_q * tiling.block_k))
+  for start in range(0, len(heads), rows):
+    part = slice(start, start + rows)
+    q_pos = q_blocks[part, None, None] * tiling.block_q + np.arange(tiling.block_q)[:, None]
+    kv_pos = kv_blocks[part, None, None] * tiling.block_k + np.arange(tiling.block_k)[None, :]
+    words = cells[heads[part], q_blocks[part], kv_blocks[part]][:, None, None, :]
+    allowed = mask.tile_allowed(
+        q_pos, kv_pos, [words[..., w] for w in range(words.shape[-1])], tile, xp=np
+    )
+    real = (q_pos < tiling.q_len) & (kv_pos < tiling.kv_len)
+    full = (allowed | ~real).all(axis=(1, 2))
+    some = (allowed & real).any(axis=(1, 2))
+    decided = np.where(full, FULL, np.where(some, PARTIAL, EMPTY))
+    states[heads[part], q_blocks[part], kv_blocks[part]] = decided
+  return states
 
 
 def _readonly(*arrays):
@@ -101,14 +145,18 @@ def block_table(
   tiling = _Tiling(q_len, kv_len, block_q, block_k, num_heads)
   states = mask._tile_states(tiling)
   heads = states.shape[0]
-  bits = np.broadcast_to(_leaf_bits(mask, tiling, heads), states.shape)
+  cells = _cell_words(mask, tiling, heads)
+  if isinstance(mask, _Combined):
+    states = _decide_partial_tiles(mask, tiling, states, cells)
   # Rows with nothing to visit still need a safe index to pad with: one that
   # some row visits, so padded loads never touch a block no one reads.
   visited_kv = np.flatnonzero((states != EMPTY).any(axis=(0, 1)))
   visited_q = np.flatnonzero((states != EMPTY).any(axis=(0, 2)))
-  kv = _compress(states, bits, int(visited_kv[0]) if visited_kv.size else 0)
+  kv = _compress(states, cells, int(visited_kv[0]) if visited_kv.size else 0)
   q = _compress(
-      states.transpose(0, 2, 1), bits.transpose(0, 2, 1), int(visited_q[0]) if visited_q.size else 0
+      states.transpose(0, 2, 1),
+      cells.transpose(0, 2, 1, 3),
+      int(visited_q[0]) if visited_q.size else 0,
   )
   return BlockTable(q_len, kv_len, block_q, block_k, *_readonly(*kv), *_readonly(*q))
 

@@ -127,7 +127,7 @@ class _Walk:
   per_head: bool  # one table row set per head (else shared by all heads)
   contiguous: bool  # every row's visited blocks are consecutive: index = first + step
   any_partial: bool  # some visited tile needs the mask's element predicate
-  has_bits: bool  # the mask has block-sparse leaves (tile_allowed reads their bits)
+  cell_words: int  # words per tile that tile_allowed reads (0: the mask has no layout)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,11 +142,11 @@ class _Tables:
   index: np.ndarray
   count: np.ndarray
   partial: np.ndarray
-  bits: np.ndarray
+  cells: np.ndarray
   order: np.ndarray
 
   def arrays(self) -> list[jax.Array]:
-    return [jnp.asarray(a) for a in (self.index, self.count, self.partial, self.bits, self.order)]
+    return [jnp.asarray(a) for a in (self.index, self.count, self.partial, self.cells, self.order)]
 
 
 def _launch_order(count: np.ndarray) -> tuple[np.ndarray, int]:
@@ -161,8 +161,8 @@ def _launch_order(count: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables:
   """The per-query-block (`"kv"`) or per-key-block (`"q"`) side of `table`, padded to `rows`."""
-  index, count, partial, bits = (
-      getattr(table, f"{direction}_{name}") for name in ("index", "count", "partial", "bits")
+  index, count, partial, cells = (
+      getattr(table, f"{direction}_{name}") for name in ("index", "count", "partial", "cells")
   )
   steps = np.arange(index.shape[-1])
   listed = steps < count[..., None]
@@ -181,9 +181,9 @@ def _tables(table: BlockTable, direction: str, rows: int, mask: Mask) -> _Tables
       per_head=index.shape[0] > 1,
       contiguous=bool(np.all(~listed | (index == index[..., :1] + steps))),
       any_partial=bool(partial.any()),
-      has_bits=bool(mask.layout_leaves()),
+      cell_words=mask.cell_words(table.block_q, table.block_k),
   )
-  return _Tables(walk, pad(index), pad(count), pad(partial), pad(bits), order)
+  return _Tables(walk, pad(index), pad(count), pad(partial), pad(cells), order)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -247,7 +247,7 @@ class _Visits:
   """Reads one table row inside a kernel: how many tiles, and tile `step`'s block and flags."""
 
   def __init__(self, refs, walk: _Walk, head, row):
-    self.index_ref, count_ref, self.partial_ref, self.bits_ref = refs
+    self.index_ref, count_ref, self.partial_ref, self.cells_ref = refs
     self.walk = walk
     self.head = head if walk.per_head else 0
     self.row = row
@@ -260,16 +260,16 @@ class _Visits:
     return self.index_ref[self.head, self.row, step]
 
   def flags(self, step):
-    """`(partial, bits)` of tile `step`; None where the walk never needs them."""
+    """`(partial, cells)` of tile `step`; None where the walk never needs them."""
     if not self.walk.any_partial:
       return None, None
     partial = self.partial_ref[self.head, self.row, step]
-    bits = self.bits_ref[self.head, self.row, step] if self.walk.has_bits else None
-    return partial, bits
+    cells = [self.cells_ref[self.head, self.row, step, w] for w in range(self.walk.cell_words)]
+    return partial, cells
 
 
 def _mask_scores(
-    s, problem: _Problem, walk: _Walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg
+    s, problem: _Problem, walk: _Walk, q_start, kv_start, length, partial, cells, q_seg, kv_seg
 ):
   """`s` (the tile at `q_start`, `kv_start`) with disallowed pairs set to MASKED.
 
@@ -282,7 +282,8 @@ def _mask_scores(
     kv_pos = kv_start + lax.iota(jnp.int32, walk.block_k)
     allowed = (kv_pos < length)[None, :]
     if walk.any_partial:
-      allowed = allowed & problem.mask.tile_allowed(q_pos[:, None], kv_pos[None, :], bits)
+      tile = (walk.block_q, walk.block_k)
+      allowed = allowed & problem.mask.tile_allowed(q_pos[:, None], kv_pos[None, :], cells, tile)
     if q_seg is not None:
       allowed = allowed & (q_seg[:, None] == kv_seg[None, :])
     return jnp.where(allowed, s, MASKED)
@@ -330,9 +331,9 @@ def _forward_kernel(*refs, plan: _Plan):
     kv_slice = pl.ds(kv_start, block_k)
     k = k_ref[b, kv_slice, h, :]
     s = _dot(q, k, problem.precision, transpose_b=True) * scale
-    partial, bits = visits.flags(step)
+    partial, cells = visits.flags(step)
     kv_seg = kv_seg_ref[b, kv_slice] if problem.has_segments else None
-    s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
+    s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, cells, q_seg, kv_seg)
     new_max = jnp.maximum(row_max, s.max(axis=1))
     correction = jnp.exp2(row_max - new_max)
     p = jnp.exp2(s - new_max[:, None])
@@ -359,12 +360,12 @@ def _tile_gradients(problem, walk, tile, q, k, v, do, lse, delta, q_seg, kv_seg)
   """What both backward kernels recompute on a visited tile: the probabilities `p` (from the
   forward's log2-sum-exp) and the score gradients `ds = p * (dp - delta)`.
 
-  `tile` is `(q_start, kv_start, length, partial, bits)`: where the tile lies, the batch
+  `tile` is `(q_start, kv_start, length, partial, cells)`: where the tile lies, the batch
   row's key length and its table flags.
   """
-  q_start, kv_start, length, partial, bits = tile
+  q_start, kv_start, length, partial, cells = tile
   s = _dot(q, k, problem.precision, transpose_b=True) * (problem.scale * LOG2_E)
-  s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, bits, q_seg, kv_seg)
+  s = _mask_scores(s, problem, walk, q_start, kv_start, length, partial, cells, q_seg, kv_seg)
   p = jnp.exp2(s - lse[:, None])
   dp = _dot(do, v, problem.precision, transpose_b=True)
   return p, p * (dp - delta[:, None])

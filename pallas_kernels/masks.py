@@ -7,10 +7,12 @@ into the tables kernels walk). Inside a tile, `tile_allowed` evaluates the exact
 iota positions with `jnp` ops, so the same code serves the Pallas kernel and the
 blocked XLA path.
 
-Block-sparse layouts are constant over their cells. Kernels therefore use tiles
-that lie inside one layout cell (the kernel block divides the layout block, see
-`layout_block_sizes`), so a layout never makes a tile partial; its value on a
-visited tile travels in the table as one bit (`kv_bits`) per layout leaf.
+Block-sparse layouts are constant over their cells, and kernel tiles nest with
+them along each axis: a tile lies inside one cell, or spans whole cells (at most
+`MAX_CELLS_PER_TILE` per axis). A tile is visited when any cell it spans is
+active, and is partial when some but not all are. The cells' values travel in
+the table (`kv_cells`): per layout leaf, one int32 word per row of cells the tile
+spans, bit `c` for its `c`-th column of cells; `tile_allowed` reads them back.
 
 Formulas (head `h`, query `i`, key `j`):
   DenseMask()                    true
@@ -32,7 +34,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-import math
 import numbers
 import operator
 from typing import Any, Sequence
@@ -42,6 +43,8 @@ import numpy as np
 
 # Tile states in block tables.
 EMPTY, PARTIAL, FULL = 0, 1, 2
+# Layout cells one tile may span along an axis: a row of cells is one int32 word.
+MAX_CELLS_PER_TILE = 32
 
 
 class Mask(abc.ABC):
@@ -75,12 +78,16 @@ class Mask(abc.ABC):
     """int8 `[H', nqb, nkb]` of EMPTY / PARTIAL / FULL for the kernel tiles."""
 
   @abc.abstractmethod
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf: int, xp) -> tuple[Any, int]:
-    """The element predicate on a tile; returns it and the next leaf number."""
+  def _tile_allowed(self, q_pos, kv_pos, cells, word: int, tile, xp) -> tuple[Any, int]:
+    """The element predicate on a tile; returns it and the next leaf's first word in `cells`."""
 
   def layout_leaves(self) -> tuple[BlockSparseMask | BlockSparsePattern, ...]:
-    """The block-sparse parts of this mask, in the order of their `kv_bits` bits."""
+    """The block-sparse parts of this mask, in the order of their words in `kv_cells`."""
     return ()
+
+  def cell_words(self, block_q: int, block_k: int) -> int:
+    """How many int32 words describe a `block_q x block_k` tile's layout cells (see `tile_allowed`)."""
+    return sum(leaf.cells_per_tile(block_q, block_k)[0] for leaf in self.layout_leaves())
 
   @property
   def per_head(self) -> bool:
@@ -93,14 +100,17 @@ class Mask(abc.ABC):
 
   # -- Derived. -----------------------------------------------------------------
 
-  def tile_allowed(self, q_pos, kv_pos, bits, xp=jnp):
+  def tile_allowed(self, q_pos, kv_pos, cells, tile: tuple[int, int], xp=jnp):
     """bool array broadcast from `q_pos [bq, 1]` and `kv_pos [1, bk]` (absolute positions).
 
-    `bits` is the tile's `kv_bits` entry (an int32 scalar, or an array that
-    broadcasts with the positions): bit `n` is the value of layout leaf `n` on
-    the tile. `xp` is `jnp` inside kernels, `np` on the host.
+    The positions lie in one `tile = (block_q, block_k)` tile of the kernel's
+    grid. `cells` is the tile's `kv_cells` entry: a sequence of
+    `cell_words(*tile)` int32 values (scalars, or arrays that broadcast with the
+    positions); per layout leaf, word `r` holds the leaf's cells in the tile's
+    `r`-th row of cells, bit `c` its `c`-th column. `xp` is `jnp` inside
+    kernels, `np` on the host.
     """
-    allowed, _ = self._tile_allowed(q_pos, kv_pos, bits, 0, xp)
+    allowed, _ = self._tile_allowed(q_pos, kv_pos, cells, 0, tile, xp)
     return allowed
 
   def density(self, q_len: int, kv_len: int, num_heads: int = 1) -> float:
@@ -175,8 +185,8 @@ class DenseMask(Mask):
   def _tile_states(self, tiling):
     return np.full((1, tiling.num_q_blocks, tiling.num_kv_blocks), FULL, np.int8)
 
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
-    return xp.full(np.broadcast_shapes(q_pos.shape, kv_pos.shape), True), leaf
+  def _tile_allowed(self, q_pos, kv_pos, cells, word, tile, xp):
+    return xp.full(np.broadcast_shapes(q_pos.shape, kv_pos.shape), True), word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +227,8 @@ class LocalMask(Mask):
     states = np.where(full, FULL, np.where(empty, EMPTY, PARTIAL)).astype(np.int8)
     return states[None]
 
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
-    return self._allowed(q_pos, kv_pos, xp), leaf
+  def _tile_allowed(self, q_pos, kv_pos, cells, word, tile, xp):
+    return self._allowed(q_pos, kv_pos, xp), word
 
 
 def _as_layout(layout: Any) -> np.ndarray:
@@ -263,21 +273,84 @@ class _LayoutLeaf(Mask):
     layout = self.layout(q_len, kv_len, num_heads)
     return layout[:, q_pos // self.block_q, kv_pos // self.block_k]
 
-  def _tile_states(self, tiling):
-    if self.block_q % tiling.block_q or self.block_k % tiling.block_k:
-      raise ValueError(
-          f"block sizes: kernel tiles ({tiling.block_q}, {tiling.block_k}) must divide the layout "
-          f"blocks ({self.block_q}, {self.block_k}) of {type(self).__name__}"
-      )
-    layout = self.layout(tiling.q_len, tiling.kv_len, tiling.num_heads)
-    rows = (np.arange(tiling.num_q_blocks) * tiling.block_q) // self.block_q
-    cols = (np.arange(tiling.num_kv_blocks) * tiling.block_k) // self.block_k
-    return np.where(layout[:, rows[:, None], cols[None, :]], FULL, EMPTY).astype(np.int8)
+  def cells_per_tile(self, block_q: int, block_k: int) -> tuple[int, int]:
+    """How many of this leaf's cells a `block_q x block_k` tile spans: `(rows, columns)`.
 
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
-    on = ((bits >> leaf) & 1) == 1
+    Raises ValueError unless tiles and cells nest along each axis (one divides the
+    other) and a tile spans at most `MAX_CELLS_PER_TILE` cells per axis.
+    """
+
+    def span(tile: int, cell: int, name: str) -> int:
+      if tile % cell and cell % tile:
+        raise ValueError(
+            f"block sizes: kernel tile {name}={tile} and the layout cell {cell} of "
+            f"{type(self).__name__} must nest (one divides the other)"
+        )
+      if tile // cell > MAX_CELLS_PER_TILE:
+        raise ValueError(
+            f"block sizes: kernel tile {name}={tile} spans {tile // cell} layout cells of "
+            f"{cell}; at most {MAX_CELLS_PER_TILE} are supported"
+        )
+      return max(1, tile // cell)
+
+    return span(block_q, self.block_q, "block_q"), span(block_k, self.block_k, "block_k")
+
+  def _tile_states(self, tiling):
+    return _leaf_cells(self, tiling)[0]
+
+  def tile_cell_words(self, tiling: _Tiling) -> np.ndarray:
+    """int32 `[H', nqb, nkb, rows]`: per tile, its rows of cells as words (see `tile_allowed`)."""
+    return _leaf_cells(self, tiling)[1]
+
+  def _tile_allowed(self, q_pos, kv_pos, cells, word, tile, xp):
+    rows, columns = self.cells_per_tile(*tile)
+    value = cells[word]
+    if rows > 1:  # pick each query's row of cells; positions are absolute, tiles aligned
+      row = (q_pos % tile[0]) // self.block_q
+      for r in range(1, rows):
+        value = xp.where(row == r, cells[word + r], value)
+    if columns > 1:
+      value = value >> ((kv_pos % tile[1]) // self.block_k)
+    on = (value & 1) == 1
     shape = np.broadcast_shapes(np.shape(on), q_pos.shape, kv_pos.shape)
-    return xp.broadcast_to(on, shape), leaf + 1
+    return xp.broadcast_to(on, shape), word + rows
+
+
+def _fit_axis(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+  """`array` cut or padded with False to `size` along `axis`."""
+  if array.shape[axis] >= size:
+    return np.take(array, np.arange(size), axis=axis)
+  pad = [(0, 0)] * array.ndim
+  pad[axis] = (0, size - array.shape[axis])
+  return np.pad(array, pad)
+
+
+@functools.lru_cache(maxsize=256)
+def _leaf_cells(leaf: _LayoutLeaf, tiling: _Tiling) -> tuple[np.ndarray, np.ndarray]:
+  """A layout leaf on a tiling: tile states `[H', nqb, nkb]` and cell words `[H', nqb, nkb, rows]`."""
+  rows, columns = leaf.cells_per_tile(tiling.block_q, tiling.block_k)
+  layout = leaf.layout(tiling.q_len, tiling.kv_len, tiling.num_heads)
+  # The layout on a grid of units, the finer of tile and cell along each axis,
+  # covering the tiles exactly; a tile is then `rows x columns` units.
+  unit_q, unit_k = min(tiling.block_q, leaf.block_q), min(tiling.block_k, leaf.block_k)
+  units = layout.repeat(leaf.block_q // unit_q, axis=1).repeat(leaf.block_k // unit_k, axis=2)
+  units = _fit_axis(units, 1, tiling.num_q_blocks * rows)
+  units = _fit_axis(units, 2, tiling.num_kv_blocks * columns)
+  heads = units.shape[0]
+  on = units.reshape(heads, tiling.num_q_blocks, rows, tiling.num_kv_blocks, columns)
+  # Units past the sequence's end are padding: they make no tile partial.
+  real_q = (np.arange(tiling.num_q_blocks * rows) * unit_q < tiling.q_len).reshape(-1, rows)
+  real_k = (np.arange(tiling.num_kv_blocks * columns) * unit_k < tiling.kv_len).reshape(-1, columns)
+  real = real_q[:, :, None, None] & real_k[None, None, :, :]
+  full = (on | ~real).all(axis=(2, 4))
+  some = (on & real).any(axis=(2, 4))
+  states = np.where(full, FULL, np.where(some, PARTIAL, EMPTY)).astype(np.int8)
+  weights = np.uint64(1) << np.arange(columns, dtype=np.uint64)
+  words = (on.astype(np.uint64) * weights).sum(axis=-1, dtype=np.uint64)  # [H', nqb, rows, nkb]
+  words = words.astype(np.uint32).view(np.int32).transpose(0, 1, 3, 2)
+  for array in (states, words):
+    array.setflags(write=False)
+  return states, words
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -589,10 +662,10 @@ class _Combined(Mask):
   def _tile_states(self, tiling):
     return self._join_states(self.left._tile_states(tiling), self.right._tile_states(tiling))
 
-  def _tile_allowed(self, q_pos, kv_pos, bits, leaf, xp):
-    a, leaf = self.left._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
-    b, leaf = self.right._tile_allowed(q_pos, kv_pos, bits, leaf, xp)
-    return self._join(a, b), leaf
+  def _tile_allowed(self, q_pos, kv_pos, cells, word, tile, xp):
+    a, word = self.left._tile_allowed(q_pos, kv_pos, cells, word, tile, xp)
+    b, word = self.right._tile_allowed(q_pos, kv_pos, cells, word, tile, xp)
+    return self._join(a, b), word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -613,18 +686,3 @@ class OrMask(_Combined):
   _join = staticmethod(operator.or_)
   # Full if either side is, empty if both are, else partial: the max of the states.
   _join_states = staticmethod(np.maximum)
-
-
-def layout_block_sizes(mask: Mask) -> tuple[int, int]:
-  """The largest tile `(block_q, block_k)` that fits every layout cell of `mask`.
-
-  Kernel blocks must divide these (see the module docstring); `(0, 0)` means no
-  constraint (no block-sparse part).
-  """
-  leaves = mask.layout_leaves()
-  if not leaves:
-    return 0, 0
-  return (
-      math.gcd(*(leaf.block_q for leaf in leaves)),
-      math.gcd(*(leaf.block_k for leaf in leaves)),
-  )

@@ -95,9 +95,9 @@ def _dense(mask: Mask, table: BlockTable, x: _Blocks):
   q_blocks = np.arange(nqb)
   q_pos = _q_positions(q_blocks, block_q)
   kv_pos = np.arange(table.num_kv_blocks * table.block_k)[None, None, :]  # [1, 1, Lk_pad]
-  bits = table.kv_bits[0][:, None, :].repeat(table.block_k, axis=-1)  # [nqb, 1, Lk_pad]
+  cells = table.kv_cells[0][:, None].repeat(table.block_k, axis=2)  # [nqb, 1, Lk_pad, words]
   static = _static_allowed(
-      mask, table.any_partial, q_pos, kv_pos, bits, np.ones((1, 1), bool), x.kv_len
+      mask, table, table.any_partial, q_pos, kv_pos, cells, np.ones((1, 1), bool), x.kv_len
   )
   view = (batch, heads, nqb, block_q, kv_pos.shape[-1])
   bias, row_ok = _masking(static, q_pos, kv_pos, q_blocks, x)
@@ -121,7 +121,7 @@ def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
   width = table.kv_index.shape[-1]
   index = table.kv_index.reshape(-1, width)  # rows are (h', qb) pairs
   count = table.kv_count.reshape(-1)
-  bits = table.kv_bits.reshape(-1, width)
+  cells = table.kv_cells.reshape(-1, width, table.kv_cells.shape[-1])
   partial = table.kv_partial.reshape(-1, width)
   outs, order = [], []
   for rows, visits in _row_groups(count):
@@ -137,10 +137,11 @@ def _sparse(mask: Mask, table: BlockTable, x: _Blocks):
     )  # [R, 1, W]
     static = _static_allowed(
         mask,
+        table,
         bool(partial[rows, :visits].any()),
         _q_positions(qb, block_q),
         kv_pos,
-        bits[rows, :visits, None].repeat(block_k, -1).reshape(len(rows), 1, -1),
+        cells[rows, :visits].repeat(block_k, axis=1)[:, None],  # [R, 1, W, words]
         (np.arange(visits) < count[rows, None]).repeat(block_k, -1),
         x.kv_len,
     )
@@ -297,16 +298,19 @@ def _q_positions(q_blocks: np.ndarray, block_q: int) -> np.ndarray:
 
 
 def _static_allowed(
-    mask: Mask, any_partial: bool, q_pos, kv_pos, bits, real, kv_len: int
+    mask: Mask, table: BlockTable, any_partial: bool, q_pos, kv_pos, cells, real, kv_len: int
 ) -> np.ndarray:
   """What the host knows: `[R|1, bq|1, W]` bool for query positions `q_pos [R, bq]`.
 
-  The rows visit key positions `kv_pos [R|1, 1, W]` with layout bits `bits [R, 1, W]`;
-  `real [R|1, W]` is False on table padding; keys at or past `kv_len` are padding.
+  The rows visit key positions `kv_pos [R|1, 1, W]` of `table`'s tiles, whose
+  cell words are `cells [R, 1, W, words]`; `real [R|1, W]` is False on table
+  padding; keys at or past `kv_len` are padding.
   """
   static = real[:, None] & (kv_pos < kv_len)
   if any_partial:
-    static = static & mask.tile_allowed(q_pos[:, :, None], kv_pos, bits, xp=np)
+    words = [cells[..., w] for w in range(cells.shape[-1])]
+    tile = (table.block_q, table.block_k)
+    static = static & mask.tile_allowed(q_pos[:, :, None], kv_pos, words, tile, xp=np)
   return static
 
 

@@ -170,6 +170,48 @@ CASES = [
 ]
 
 
+# Layout cells finer than the kernel tiles: 16-token cells on 64- and 128-token
+# tiles (each tile spans several cells and is masked cell by cell), and 8-token
+# cells on the small tiles. Row 0 of cells is empty in every head.
+FINE_LAYOUT = make_layout(8, (3, 9, 9), 0.35, empty_rows=1)  # per head, 144 x 144, cells 16
+TILES_64 = BlockSizes(64, 64, 64, 64, 64, 64)
+TILES_128 = BlockSizes(128, 128, 128, 64, 64, 128)
+
+
+def _fine_cell_cases():
+  bsm, bsm_formula = block_sparse(FINE_LAYOUT, 16, 16)
+  local, local_formula = LocalMask(20, 40), dict(kind="local", left=20, right=40)
+  return [
+      Case(
+          "block_sparse_16_cells_on_64_tiles",
+          bsm,
+          bsm_formula,
+          q_len=140,
+          kv_len=140,
+          heads=3,
+          kv_lengths=(140, 61),
+          block_sizes=TILES_64,
+      ),
+      Case(
+          "local_and_block_sparse_16_cells_on_128_tiles",
+          local & bsm,
+          ("and", local_formula, bsm_formula),
+          q_len=140,
+          kv_len=140,
+          heads=3,
+          kv_lengths=(131, 140),
+          block_sizes=TILES_128,
+      ),
+      Case(
+          "block_sparse_8_cells_on_small_tiles",
+          *block_sparse(make_layout(9, (7, 6), 0.5), 8, 8),
+          q_len=50,
+          kv_len=45,
+          kv_lengths=(45, 30),
+      ),
+  ]
+
+
 def _combined_cases():
   # local & block-sparse, local | block-sparse: formulas combined in numpy.
   bsm, bsm_formula = block_sparse(WIDE_LAYOUT, 32, 32)
@@ -194,7 +236,7 @@ def _combined_cases():
   ]
 
 
-CASES += _combined_cases()
+CASES += _combined_cases() + _fine_cell_cases()
 
 
 def expected_mask(case: Case) -> np.ndarray:

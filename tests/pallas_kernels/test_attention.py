@@ -13,6 +13,7 @@ import pytest
 from cases import (
     CASES,
     LAYOUT,
+    TILES_64,
     Case,
     allowed_for,
     assert_close,
@@ -24,6 +25,7 @@ from cases import (
 from oracle import formula_mask, full_mask, oracle_vjp
 
 from pallas_kernels import (
+    BlockSizes,
     BlockSparseMask,
     LocalMask,
     attention,
@@ -67,6 +69,43 @@ def test_fully_masked_rows_zero_output_and_gradients(implementation: str):
 
 
 @pytest.mark.parametrize("implementation", ["pallas", "xla"])
+def test_tiles_no_cell_of_which_is_active_are_never_loaded(implementation: str):
+  # 16-token cells on 64-token tiles. Cell columns 4..7 and 12..15 (keys 64..127
+  # and 192..255) are off for every row and head, so key tiles 1 and 3 are never
+  # visited: NaN there must not reach outputs or gradients. The visited tiles
+  # mix active and inactive cells.
+  layout = make_layout(10, (2, 16, 16), 0.4, empty_rows=1)
+  layout[:, :, 4:8] = layout[:, :, 12:16] = False
+  case = Case(
+      "nan_fine",
+      *block_sparse(layout, 16, 16),
+      q_len=256,
+      kv_len=256,
+      kv_lengths=(256, 150),
+      block_sizes=TILES_64,
+      batch=2,
+      heads=2,
+      head_dim=16,
+  )
+  q, k, v, d_out, _ = make_inputs(case, seed=8)
+  poisoned = np.zeros(256, bool)
+  poisoned[64:128] = poisoned[192:256] = True
+  got = run_vjp(
+      case,
+      implementation,
+      q,
+      k.at[:, poisoned].set(jnp.nan),
+      v.at[:, poisoned].set(jnp.nan),
+      d_out,
+      {},
+  )
+  want = oracle_vjp(q, k, v, allowed_for(case, {}), case.head_dim**-0.5, d_out)
+  for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+    assert_close(g, w, case.dtype, name)
+  assert not np.asarray(got[2])[:, poisoned].any() and not np.asarray(got[3])[:, poisoned].any()
+
+
+@pytest.mark.parametrize("implementation", ["pallas", "xla"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_unvisited_key_blocks_are_never_loaded(dtype: str, implementation: str):
   # Layout columns 1 and 3 (keys 16..31 and 48..63) are off for every row and
@@ -76,7 +115,13 @@ def test_unvisited_key_blocks_are_never_loaded(dtype: str, implementation: str):
   layout[:, :, [1, 3]] = False
   layout[:, :, 0] = True
   case = Case(
-      "nan", *block_sparse(layout, 16, 16), q_len=64, kv_len=64, dtype=dtype, kv_lengths=(64, 40)
+      "nan",
+      *block_sparse(layout, 16, 16),
+      q_len=64,
+      kv_len=64,
+      dtype=dtype,
+      kv_lengths=(64, 40),
+      block_sizes=BlockSizes(16, 16, 16, 16, 16, 16),  # one tile per cell: columns 1, 3 unvisited
   )
   q, k, v, d_out, _ = make_inputs(case, seed=7)
   poisoned = np.zeros(64, bool)

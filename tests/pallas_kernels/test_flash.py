@@ -58,12 +58,20 @@ def test_unusable_block_sizes_raise(block_sizes):
     )
 
 
-def test_layout_block_below_16_raises():
-  # Tiles must lie inside layout cells, so an 8-wide layout would force 8-wide tiles.
-  q = jnp.zeros((1, 32, 1, 32))
-  mask = BlockSparseMask(np.ones((4, 4), bool), 8, 8)
-  with pytest.raises(ValueError, match="block_sizes"):
-    attention(q, q, q, mask, implementation="pallas", interpret=True)
+def test_tiles_span_fine_layout_cells():
+  # 8-token cells need no 8-wide Triton tile: the default tiles are kept and
+  # masked per cell, and every tile the layout leaves empty is skipped.
+  layout = np.zeros((16, 16), bool)
+  layout[:8, :8] = np.eye(8, dtype=bool)
+  mask = BlockSparseMask(layout, 8, 8)
+  plan = flash._plan(
+      flash._Problem(
+          1, 128, 128, 1, 32, "float32", mask, 1.0, BlockSizes().fit(mask, 128, 128), False, True
+      )
+  )
+  assert (plan.forward.walk.block_q, plan.forward.walk.block_k) == (128, 64)
+  assert list(plan.forward.count[0]) == [1] and plan.forward.walk.any_partial
+  assert plan.forward.walk.cell_words == 16
 
 
 def test_tables_walked_per_pass():
@@ -78,7 +86,8 @@ def test_tables_walked_per_pass():
   tiles = SMALL_TILES.fit(sparse, 64, 64)
   plan = flash._plan(flash._Problem(1, 64, 64, 1, 32, "float32", sparse, 1.0, tiles, False, True))
   assert not plan.forward.walk.contiguous
-  assert plan.forward.count.shape == (1, 4)
+  assert tiles == SMALL_TILES  # they nest with the 16-token cells, so they are kept
+  assert plan.forward.count.shape == (1, 2)
   # Lq = 40 pads to 64 (the largest q tile, 32): the dq pass's fourth 16-row
   # block lies wholly in the padding and visits nothing.
   tiles = BlockSizes(32, 16, 16, 32, 16, 16)
@@ -91,7 +100,7 @@ def test_tables_walked_per_pass():
 
 def test_heavy_rows_launch_first():
   mask = BlockSparseMask(GLOBAL_LAYOUT, 16, 16)
-  tiles = SMALL_TILES.fit(mask, 128, 128)
+  tiles = BlockSizes(16, 16, 16, 16, 16, 16)  # one tile per cell: row 0 visits 8 of 8
   plan = flash._plan(flash._Problem(1, 128, 128, 1, 32, "float32", mask, 1.0, tiles, False, True))
   for tables in (plan.forward, plan.dkv, plan.dq):
     assert tables.walk.heavy == 1 and tables.order.tolist() == list(range(8))

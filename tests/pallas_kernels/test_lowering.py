@@ -19,6 +19,8 @@ MASKS = {
     "dense": DenseMask(),
     "local": LocalMask(100, 37),
     "block_sparse": BlockSparseMask.pattern(128, random=0.3),
+    # 16-token cells on the default 128 x 64 tiles: per-cell masking in-kernel.
+    "block_sparse_16_cells": BlockSparseMask.pattern(16, random=0.3),
     "local_and_per_head_block_sparse": LocalMask(256, 256)
     & BlockSparseMask.pattern(128, random=0.2, per_head=True),
 }

@@ -7,6 +7,7 @@ import pytest
 from oracle import formula_mask, random_layout
 
 from pallas_kernels import (
+    BlockSizes,
     BlockSparseMask,
     DenseMask,
     LocalMask,
@@ -14,7 +15,7 @@ from pallas_kernels import (
     block_table,
     random_for_density,
 )
-from pallas_kernels.masks import _uniforms, layout_block_sizes
+from pallas_kernels.masks import _uniforms
 
 
 def _random_case(rng: np.random.Generator):
@@ -30,8 +31,11 @@ def _random_case(rng: np.random.Generator):
     return LocalMask(left, right), formula_mask("local", q_len, kv_len, left=left, right=right)
 
   def block_sparse():
-    # Layout cells are multiples of the kernel tiles (kernels require it).
-    cell_q, cell_k = block_q * int(rng.integers(1, 3)), block_k * int(rng.integers(1, 3))
+    # Layout cells nest with the kernel tiles (kernels require it): a tile lies
+    # inside one cell or spans several.
+    cell_q, cell_k = (
+        max(1, int(tile * rng.choice([0.25, 0.5, 1, 2]))) for tile in (block_q, block_k)
+    )
     shape = (-(-q_len // cell_q), -(-kv_len // cell_k))
     if rng.random() < 0.5:
       shape = (heads,) + shape
@@ -73,12 +77,11 @@ def test_block_table_matches_formula_mask(seed):
       for slot, kb in enumerate(visits):
         # A tile not marked partial must be fully allowed (over its real positions).
         assert table.kv_partial[th, qb, slot] or tile(qb, kb).all(), (h, qb, kb)
-        bits = int(table.kv_bits[th, qb, slot])
+        cells = [int(word) for word in table.kv_cells[th, qb, slot]]
         q_pos = np.arange(qb * block_q, min(q_len, (qb + 1) * block_q))[:, None]
         kv_pos = np.arange(kb * block_k, min(kv_len, (kb + 1) * block_k))[None, :]
-        np.testing.assert_array_equal(
-            np.asarray(mask.tile_allowed(q_pos, kv_pos, bits, xp=np)), tile(qb, kb)
-        )
+        allowed = mask.tile_allowed(q_pos, kv_pos, cells, (block_q, block_k), xp=np)
+        np.testing.assert_array_equal(np.asarray(allowed), tile(qb, kb))
       # Padding repeats the last valid index (or a visited block) and is never partial.
       assert not table.kv_partial[th, qb, count:].any()
     for kb in range(nkb):
@@ -254,12 +257,40 @@ def test_masks_are_hashable_and_comparable():
   assert BlockSparseMask(layout, 16) != BlockSparseMask(~layout, 16)
 
 
-def test_layout_block_sizes():
-  assert layout_block_sizes(LocalMask(3, 3)) == (0, 0)
-  mask = LocalMask(3, 3) & BlockSparseMask(np.ones((2, 3), bool), 48, 32) | BlockSparseMask.pattern(
-      64
-  )
-  assert layout_block_sizes(mask) == (16, 32)
+def test_block_sizes_fit_keeps_tiles_that_nest_with_the_layout():
+  tiles = BlockSizes(128, 64, 64, 64, 64, 64)
+  # 16-token cells: 128 x 64 tiles span 8 x 4 cells, masked per cell in-kernel.
+  assert tiles.fit(BlockSparseMask.pattern(16), 512, 512) == tiles
+  assert tiles.fit(LocalMask(3, 3), 512, 512) == tiles
+  # Short sequences: the smallest power of two >= 16 that covers them.
+  assert tiles.fit(DenseMask(), 40, 20) == BlockSizes(64, 32, 64, 32, 64, 32)
+  # Query cells of 48 and 64 do not both nest with 128 or 64: those tiles shrink
+  # to the gcd, 16; key cells of 32 and 64 nest with 64-wide tiles, which stay.
+  mixed = BlockSparseMask(np.ones((11, 16), bool), 48, 32) | BlockSparseMask.pattern(64)
+  assert tiles.fit(mixed, 512, 512) == BlockSizes(16, 64, 16, 64, 16, 64)
+  # Cells of 2: a 128-wide tile would span 64 cells, more than one word holds.
+  assert tiles.fit(BlockSparseMask.pattern(2), 512, 512).block_q == 64
+
+
+def test_tiles_must_nest_with_layout_cells():
+  mask = BlockSparseMask(np.ones((11, 16), bool), 48, 32)
+  with pytest.raises(ValueError, match="must nest"):
+    block_table(mask, 512, 512, 64, 32)
+  with pytest.raises(ValueError, match="at most 32"):
+    block_table(BlockSparseMask.pattern(1), 128, 128, 64, 64)
+
+
+def test_fine_cells_make_tiles_partial_and_travel_as_words():
+  # Cells of 16 on 32 x 32 tiles: each tile spans 2 x 2 cells.
+  layout = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]], bool)
+  table = block_table(BlockSparseMask(layout, 16), 64, 64, 32, 32)
+  assert list(table.kv_count[0]) == [1, 1]
+  assert list(table.kv_index[0, :, 0]) == [0, 1]
+  assert list(table.kv_partial[0, :, 0]) == [True, True]
+  # Tile (0, 0): row 0 of cells is 0b01, row 1 is 0b11; tile (1, 1): row 0 empty, row 1 0b11.
+  np.testing.assert_array_equal(table.kv_cells[0, :, 0], [[0b01, 0b11], [0b00, 0b11]])
+  # The dk/dv side lists the same tiles per key block, with the same words.
+  np.testing.assert_array_equal(table.q_cells[0, :, 0], table.kv_cells[0, :, 0])
 
 
 @pytest.mark.parametrize(
@@ -285,7 +316,7 @@ def test_layout_block_sizes():
             "heads",
         ),
         (
-            lambda: block_table(BlockSparseMask(np.ones((2, 2), bool), 32), 64, 64, 64, 32),
+            lambda: block_table(BlockSparseMask(np.ones((2, 2), bool), 48), 64, 64, 32, 32),
             "block sizes",
         ),
     ],

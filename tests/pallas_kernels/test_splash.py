@@ -45,7 +45,13 @@ def _kernel_cases() -> list[Case]:
       "block_sparse", q_len, kv_len, layout=layout, block_q=64, block_k=32
   )
   local = oracle.formula_mask("local", q_len, kv_len, left=9, right=3)
+  # 16-token cells, as the study's layouts: many cells per splash tile.
+  fine = oracle.random_layout(rng, (13, 10), density=0.3, empty_rows=1)
+  fine_mask = oracle.formula_mask(
+      "block_sparse", q_len, kv_len, layout=fine, block_q=16, block_k=16
+  )
   return [
+      Case("block_sparse_16_cells", BlockSparseMask(fine, 16, 16), fine_mask, q_len, kv_len),
       Case("dense", DenseMask(), oracle.formula_mask("dense", q_len, kv_len), q_len, kv_len),
       Case("local", LocalMask(9, 3), local, q_len, kv_len),
       Case("block_sparse", BlockSparseMask(layout, 64, 32), layout_mask, q_len, kv_len),

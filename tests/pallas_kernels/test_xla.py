@@ -46,9 +46,11 @@ def test_local_window_interior_rows_share_one_pattern():
   groups = []
   for rows, visits in xla._row_groups(count):
     kv_pos = (table.kv_index[0, rows, :visits, None] * 64 + np.arange(64)).reshape(len(rows), 1, -1)
-    bits = table.kv_bits[0, rows, :visits, None].repeat(64, -1).reshape(len(rows), 1, -1)
+    cells = table.kv_cells[0, rows, :visits].repeat(64, axis=1)[:, None]
     real = (np.arange(visits) < count[rows, None]).repeat(64, -1)
-    static = xla._static_allowed(mask, True, xla._q_positions(rows, 128), kv_pos, bits, real, 4096)
+    static = xla._static_allowed(
+        mask, table, True, xla._q_positions(rows, 128), kv_pos, cells, real, 4096
+    )
     groups += [part for part, _ in xla._pattern_groups(static)]
   sizes = sorted(len(part) for part in groups)
   assert sum(sizes) == 32 and sizes[-1] >= 28, sizes
