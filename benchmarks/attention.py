@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py [--quick] [--out benchmarks/RESULTS-attention-cpu.md]
     python benchmarks/attention.py --study-shapes     # the study's masks at its lengths
+    python benchmarks/attention.py --study-tiles      # their block-sparse masks on several tiles
 
 Shape of multilingual-e5-small: B=1, 12 heads, head dim 32, float32. Every
 ratio is (sparse time) / (dense time through the same blocked XLA path), both
@@ -24,12 +25,14 @@ import numpy as np
 
 from jxr.model import AttentionConfig
 from pallas_kernels import (
+    BlockSizes,
     BlockSparseMask,
     DenseMask,
     LocalMask,
     Mask,
     attention,
     random_for_density,
+    visited_fraction,
 )
 
 BATCH, HEADS, HEAD_DIM = 1, 12, 32
@@ -43,16 +46,23 @@ def _inputs(length: int, seed: int = 0, batch: int = BATCH):
   )
 
 
-def _forward(mask: Mask, implementation: str = "xla"):
-  return jax.jit(lambda q, k, v: attention(q, k, v, mask, implementation=implementation))
+def _forward(mask: Mask, implementation: str = "xla", block_sizes: BlockSizes | None = None):
+  return jax.jit(
+      lambda q, k, v: attention(
+          q, k, v, mask, implementation=implementation, block_sizes=block_sizes
+      )
+  )
 
 
-def _forward_backward(mask: Mask):
+def _forward_backward(mask: Mask, block_sizes: BlockSizes | None = None):
   """Output and input gradients for a given output cotangent (a constant one, as from
   `.sum()`, would let XLA fold part of the backward pass away)."""
 
+  def attend(q, k, v):
+    return attention(q, k, v, mask, implementation="xla", block_sizes=block_sizes)
+
   def run(q, k, v, d_out):
-    out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, mask, implementation="xla"), q, k, v)
+    out, vjp = jax.vjp(attend, q, k, v)
     return out, *vjp(d_out)
 
   return jax.jit(run)
@@ -188,6 +198,51 @@ def study_shapes(repeats: int, emit) -> None:
       )
 
 
+# Tiles tried on the study's block-sparse masks: one per layout cell (what `BlockSizes.fit`
+# forced before tiles could span cells) up to the CPU default, 128 x 64.
+STUDY_TILES = ((None, None), (32, 32), (64, 64), (128, 64), (128, 128))
+
+
+def study_tiles(repeats: int, emit) -> None:
+  """The study's block-sparse masks on tiles from one layout cell up to 128: fwd and fwd+bwd ms."""
+  emit(
+      f"Tiles for the study's block-sparse masks: B={STUDY_BATCH}, H={HEADS}, D={HEAD_DIM}, "
+      "float32, full-length sequences, blocked XLA path; every tile size of a row measured side "
+      "by side with dense. `cell` is one tile per layout cell."
+  )
+  emit("")
+  emit("| mask | L | tiles | visited | fwd ms | fwd+bwd ms | dense fwd ms | dense fwd+bwd ms |")
+  emit("|---|---|---|---|---|---|---|---|")
+  for length in (128, 256, 512):
+    x = _inputs(length, batch=STUDY_BATCH)
+    d_out = _inputs(length, seed=1, batch=STUDY_BATCH)[0]
+    for name, mask in study_cases(length):
+      if not mask.layout_leaves():
+        continue
+      cell = mask.layout_leaves()[0].block_q
+      tiles = {}
+      for block_q, block_k in STUDY_TILES:
+        bs = BlockSizes(*((block_q or cell, block_k or cell) * 3)).fit(mask, length, length)
+        tiles.setdefault((bs.block_q, bs.block_k), bs)
+      fwd = seconds(
+          [_forward(mask, block_sizes=bs) for bs in tiles.values()] + [_forward(DenseMask())],
+          x,
+          repeats,
+      )
+      bwd = seconds(
+          [_forward_backward(mask, bs) for bs in tiles.values()] + [_forward_backward(DenseMask())],
+          (*x, d_out),
+          repeats,
+      )
+      for n, (block_q, block_k) in enumerate(tiles):
+        label = "cell" if (block_q, block_k) == (cell, cell) else f"{block_q}x{block_k}"
+        visited = visited_fraction(mask, length, length, block_q, block_k)
+        emit(
+            f"| {name} | {length} | {label} | {visited:.3f} | {fwd[n] * 1e3:.2f} | "
+            f"{bwd[n] * 1e3:.2f} | {fwd[-1] * 1e3:.2f} | {bwd[-1] * 1e3:.2f} |"
+        )
+
+
 def main():
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,6 +252,11 @@ def main():
   parser.add_argument("--out", help="also write the markdown tables to this file")
   parser.add_argument(
       "--study-shapes", action="store_true", help="only the study's masks at L=128/256/512"
+  )
+  parser.add_argument(
+      "--study-tiles",
+      action="store_true",
+      help="only the study's block-sparse masks on tiles from one layout cell to 128",
   )
   parser.add_argument(
       "--peak-run", type=int, metavar="L", help=argparse.SUPPRESS
@@ -216,8 +276,8 @@ def main():
     print(line, flush=True)
     lines.append(line)
 
-  if args.study_shapes:
-    study_shapes(repeats, emit)
+  if args.study_shapes or args.study_tiles:
+    (study_tiles if args.study_tiles else study_shapes)(repeats, emit)
     if args.out:
       with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -12,6 +12,8 @@
 - "reference": dense attention with an explicit mask (`reference.py`), the oracle.
 
 `implementation=None` picks "pallas" on GPU, "splash" on TPU, "xla" elsewhere.
+With `sharding=AttentionSharding(mesh, batch_axes, head_axes)` the implementation
+runs per device shard under `shard_map` (`sharding.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pallas_kernels.masks import (
     random_for_density,
 )
 from pallas_kernels.reference import reference_attention
+from pallas_kernels.sharding import AttentionSharding, run_sharded
 
 __all__ = [
     "attention",
@@ -46,6 +49,7 @@ __all__ = [
     "AndMask",
     "OrMask",
     "BlockSizes",
+    "AttentionSharding",
     "BlockTable",
     "block_table",
     "visited_fraction",
@@ -76,6 +80,7 @@ def attention(
     block_sizes: BlockSizes | None = None,
     implementation: str | None = None,
     interpret: bool = False,
+    sharding: AttentionSharding | None = None,
 ) -> jax.Array:
   """Masked multi-head attention; see docs/DESIGN.md ("pallas_kernels") for the contract.
 
@@ -89,6 +94,8 @@ def attention(
     block_sizes: kernel tiles; default `BlockSizes.default(D, dtype, backend)`, fitted to the mask.
     implementation: None, "pallas", "xla", "splash" or "reference".
     interpret: run Pallas kernels in interpret mode (CPU).
+    sharding: the mesh axes the batch and heads lie on; the implementation then
+      runs on each device's shard (no gather of q, k, v).
 
   Returns:
     `[B, Lq, H, D]` in the dtype of `q`. Query rows with no allowed key are zeros.
@@ -96,6 +103,33 @@ def attention(
   implementation = _check_inputs(
       q, k, v, mask, kv_lengths, q_segment_ids, kv_segment_ids, block_sizes, implementation
   )
+  if sharding is not None:
+    if not isinstance(sharding, AttentionSharding):
+      raise ValueError(f"sharding: expected an AttentionSharding, got {type(sharding).__name__}")
+    arrays = dict(
+        q=q,
+        k=k,
+        v=v,
+        kv_lengths=kv_lengths,
+        q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids,
+    )
+
+    def attend(q, k, v, **rows):
+      return attention(
+          q,
+          k,
+          v,
+          mask,
+          scale=scale,
+          block_sizes=block_sizes,
+          implementation=implementation,
+          interpret=interpret,
+          **rows,
+      )
+
+    present = {name: x for name, x in arrays.items() if x is not None}
+    return run_sharded(attend, sharding, present, per_head_mask=mask.per_head)
   batch, q_len, num_heads, head_dim = q.shape
   kv_len = k.shape[1]
   scale = float(head_dim**-0.5 if scale is None else scale)

@@ -38,6 +38,7 @@ from jxr.model.config import (
     is_e5_name,
 )
 from jxr.model.encoder import abstract_model, create_model, pool
+from pallas_kernels import AttentionSharding
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,20 @@ class Encoder:
       token_type_ids: jax.Array | None = None,
       deterministic: bool = True,
       rngs: jax.Array | nnx.Rngs | None = None,
+      attention_sharding: AttentionSharding | None = None,
   ) -> jax.Array:
-    """Hidden states `[B, L, hidden]` (compute dtype). Dropout needs `rngs` (a key)."""
+    """Hidden states `[B, L, hidden]` (compute dtype). Dropout needs `rngs` (a key).
+
+    `attention_sharding` (under a mesh) runs attention on each device's shard.
+    """
     key = None
     if not deterministic:
       if rngs is None:
         raise ValueError("rngs: deterministic=False needs a PRNG key (or nnx.Rngs) for dropout")
       key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
-    return _forward(self.graphdef, params, input_ids, attention_mask, token_type_ids, key)
+    return _forward(
+        self.graphdef, params, input_ids, attention_mask, token_type_ids, key, attention_sharding
+    )
 
   def embed(
       self,
@@ -103,6 +110,7 @@ class Encoder:
       *,
       deterministic: bool = True,
       rngs: jax.Array | None = None,
+      attention_sharding: AttentionSharding | None = None,
   ) -> jax.Array:
     """Pooled, L2-normalised float32 `[B, dim]` from a batch of `input_ids`,
     `attention_mask` (and optional `token_type_ids`)."""
@@ -113,6 +121,7 @@ class Encoder:
         token_type_ids=batch.get("token_type_ids"),
         deterministic=deterministic,
         rngs=rngs,
+        attention_sharding=attention_sharding,
     )
     return pool(hidden, batch["attention_mask"], self.config.pooling)
 
@@ -251,7 +260,11 @@ class Encoder:
       )
       self._replicated = (replicated, self.params)
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    return self._embed_jit(self._replicated[0], jax.device_put(batch, rows))
+    # Attention per device's rows: a Pallas call would otherwise run replicated.
+    embed = self._embed_jit
+    if mesh.size > 1:
+      embed = _compiled_embed(self.graphdef, self.config, AttentionSharding(mesh, ("data",)))
+    return embed(self._replicated[0], jax.device_put(batch, rows))
 
   # ------------------------------------------------------------------ saving
 
@@ -275,16 +288,28 @@ class Encoder:
 
 
 def _forward(
-    graphdef: Any, params: nnx.State, input_ids, attention_mask, token_type_ids, dropout_key
+    graphdef: Any,
+    params: nnx.State,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    dropout_key,
+    attention_sharding: AttentionSharding | None = None,
 ) -> jax.Array:
   return nnx.merge(graphdef, params)(
-      input_ids, attention_mask, token_type_ids, dropout_key=dropout_key
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      dropout_key=dropout_key,
+      attention_sharding=attention_sharding,
   )
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_embed(graphdef: Any, config: EncoderConfig):
-  """`jax.jit` of `Encoder.embed` (deterministic) for one model graph and config."""
+def _compiled_embed(
+    graphdef: Any, config: EncoderConfig, attention_sharding: AttentionSharding | None = None
+):
+  """`jax.jit` of `Encoder.embed` (deterministic) for one model graph, config and sharding."""
 
   def embed(params: nnx.State, batch: dict[str, jax.Array]) -> jax.Array:
     hidden = _forward(
@@ -294,6 +319,7 @@ def _compiled_embed(graphdef: Any, config: EncoderConfig):
         batch["attention_mask"],
         batch.get("token_type_ids"),
         None,
+        attention_sharding,
     )
     return pool(hidden, batch["attention_mask"], config.pooling)
 

@@ -4,6 +4,7 @@ Post-LayerNorm transformer blocks (self-attention, GELU feed-forward), word +
 position + token-type embeddings, parameters in float32 with an optional
 bfloat16 compute dtype. Attention is `pallas_kernels.attention` with the mask
 chosen by `AttentionConfig`; padding reaches it as `kv_lengths` (right padding).
+On a mesh, `attention_sharding` runs it per device shard (`pallas_kernels.sharding`).
 
 Parameters carry logical axis names (`vocab`, `embed`, `heads`, `mlp`) so that
 training can shard them with `nnx.get_partition_spec` + logical axis rules.
@@ -14,6 +15,9 @@ once, then `nnx.merge(graphdef, params)` inside jitted functions.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -116,9 +120,9 @@ class SelfAttention(nnx.Module):
       self,
       x: jax.Array,
       kv_lengths: jax.Array,
-      mask: pallas_kernels.Mask,
-      implementation: str | None,
+      attend: Callable[..., jax.Array],
   ) -> jax.Array:
+    """`attend(q, k, v, kv_lengths=, scale=)` is `pallas_kernels.attention` with the mask bound."""
     batch, length, hidden = x.shape
     # One [hidden, 3 * hidden] matmul instead of three: better use of the CPU/GPU.
     projections = (self.query, self.key, self.value)
@@ -126,15 +130,7 @@ class SelfAttention(nnx.Module):
     bias = jnp.concatenate([p.bias[...] for p in projections])
     qkv = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
     q, k, v = jnp.split(qkv.reshape(batch, length, 3 * self.num_heads, self.head_dim), 3, axis=2)
-    context = pallas_kernels.attention(
-        q,
-        k,
-        v,
-        mask,
-        kv_lengths=kv_lengths,
-        scale=self.head_dim**-0.5,
-        implementation=implementation,
-    )
+    context = attend(q, k, v, kv_lengths=kv_lengths, scale=self.head_dim**-0.5)
     return self.out(context.reshape(batch, length, hidden))
 
 
@@ -154,10 +150,10 @@ class Layer(nnx.Module):
     self.dropout_rate = config.hidden_dropout_prob
     self.gelu_approximate = config.gelu_approximate
 
-  def __call__(self, x, kv_lengths, mask, implementation, dropout_key=None) -> jax.Array:
+  def __call__(self, x, kv_lengths, attend, dropout_key=None) -> jax.Array:
     keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
     dtype = x.dtype
-    attended = self.attention(x, kv_lengths, mask, implementation)
+    attended = self.attention(x, kv_lengths, attend)
     x = self.attention_norm(x + _dropout(attended, self.dropout_rate, keys[0])).astype(dtype)
     h = jax.nn.gelu(self.mlp_in(x), approximate=self.gelu_approximate)
     x = self.mlp_norm(x + _dropout(self.mlp_out(h), self.dropout_rate, keys[1])).astype(dtype)
@@ -179,6 +175,7 @@ class EncoderModel(nnx.Module):
       token_type_ids: jax.Array | None = None,
       *,
       dropout_key: jax.Array | None = None,
+      attention_sharding: pallas_kernels.AttentionSharding | None = None,
   ) -> jax.Array:
     config = self.config
     batch, length = input_ids.shape
@@ -186,14 +183,19 @@ class EncoderModel(nnx.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     positions = jnp.broadcast_to(jnp.arange(length) + config.position_offset, (batch, length))
     kv_lengths = jnp.sum(attention_mask != 0, axis=-1).astype(jnp.int32)
-    mask = attention_mask_for(config.attention)
+    attend = functools.partial(
+        pallas_kernels.attention,
+        mask=attention_mask_for(config.attention),
+        implementation=config.attention.implementation,
+        sharding=attention_sharding,
+    )
     keys = [None] * (config.num_hidden_layers + 1)
     if dropout_key is not None:
       keys = list(jax.random.split(dropout_key, config.num_hidden_layers + 1))
     x = self.embeddings(input_ids, token_type_ids, positions)
     x = _dropout(x, config.hidden_dropout_prob, keys[0]).astype(config.dtype)
     for layer, key in zip(self.layers, keys[1:]):
-      x = layer(x, kv_lengths, mask, config.attention.implementation, key)
+      x = layer(x, kv_lengths, attend, key)
     return x
 
 

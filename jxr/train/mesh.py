@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jxr._files import is_primary  # noqa: F401  (meshlib.is_primary, for the trainer)
+from pallas_kernels import AttentionSharding
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -91,6 +92,13 @@ def make_mesh(spec: str = "data=-1", devices: Sequence[jax.Device] | None = None
       axis_types=(AxisType.Auto,) * len(MESH_AXES),
       devices=devices,
   )
+
+
+def attention_sharding(mesh: Mesh) -> AttentionSharding:
+  """Attention split as the activations are: rows over the batch axes, heads over theirs."""
+  rules = dict(LOGICAL_RULES)
+  as_tuple = lambda axes: (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return AttentionSharding(mesh, as_tuple(rules["batch"]), as_tuple(rules["heads"]))
 
 
 def data_parallel_size(mesh: Mesh) -> int:

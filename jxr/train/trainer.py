@@ -37,13 +37,14 @@ from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
 from jxr.train.metrics import MetricsWriter, StepLog
 from jxr.train.optim import make_optimizer
 from jxr.train.step import (
-    StepOptions,
-    TrainState,
-    init_state,
-    jit_train_step,
-    make_train_step,
-    state_shardings,
+  StepOptions,
+  TrainState,
+  init_state,
+  jit_train_step,
+  make_train_step,
+  state_shardings,
 )
+from pallas_kernels import AttentionSharding
 
 EvalHook = Callable[[int, Encoder], "dict[str, Any] | None"]
 # Fields a resumed run may change: they do not alter what is computed.
@@ -204,11 +205,20 @@ def _load_model(config: TrainConfig) -> Encoder:
   return encoder
 
 
-def embed_fn_of(encoder: Encoder):
-  """`embed_fn(params, batch, key)` for the step: dropout on exactly when a key is given."""
+def embed_fn_of(encoder: Encoder, attention_sharding: AttentionSharding | None = None):
+  """`embed_fn(params, batch, key)` for the step: dropout on exactly when a key is given.
+
+  `attention_sharding` runs attention on each device's rows and heads (a mesh's).
+  """
 
   def embed_fn(params, batch, key):
-    return encoder.embed(params, batch, deterministic=key is None, rngs=key)
+    return encoder.embed(
+        params,
+        batch,
+        deterministic=key is None,
+        rngs=key,
+        attention_sharding=attention_sharding,
+    )
 
   return embed_fn
 
@@ -259,7 +269,11 @@ def compiled_train_step(program: StepProgram) -> Callable:
   """The jitted step of `program`, built once per distinct program in this process."""
   optimizer, schedule = make_optimizer(*program.optimization)
   step_fn = make_train_step(
-      embed_fn_of(program.encoder), optimizer, schedule, program.options, program.mesh
+      embed_fn_of(program.encoder, meshlib.attention_sharding(program.mesh)),
+      optimizer,
+      schedule,
+      program.options,
+      program.mesh,
   )
   return jit_train_step(step_fn, program.shardings, program.batch_spec, program.mesh)
 

@@ -27,6 +27,9 @@ except KeyboardInterrupt:
   report({{"devices": jax.device_count(), "interrupted": True}})
 """
 
+# The block-sparse layout of the sharded step (16-token cells, as the study's).
+SPARSE = dict(block_size=16, band=1, global_blocks=0, random=0.3)
+
 ON_8 = """
 import numpy as np
 import jax.numpy as jnp
@@ -65,6 +68,22 @@ loss, grads = grad(params, batch)
 out["cache_loss"] = float(loss)
 out["cache_grad"] = np.asarray(grads["encoder"]["layers"][0]["attention"]["query"]["bias"][...]).tolist()
 
+# A block-sparse step on data=4,model=2: attention runs per (rows, heads) shard.
+from jxr.model import AttentionConfig
+from train_helpers import activation_gathers
+sparse = load_encoder("tiny", max_length=48, attention=AttentionConfig.block_sparse(**{sparse!r}))
+tp = make_mesh("data=4,model=2")
+tp_params = jax.device_put({{"encoder": sparse.params}},
+                           {{"encoder": meshlib.param_shardings(sparse.params, tp)}})
+tp_batch = jax.device_put(jax.device_get(batch), meshlib.batch_sharding(tp))
+tp_embed = embed_fn_of(sparse, meshlib.attention_sharding(tp))
+tp_grad = jax.jit(lambda prm, b: steplib.plain_loss_and_grads(
+    tp_embed, prm, b, None, steplib.StepOptions(), tp))
+loss, grads = tp_grad(tp_params, tp_batch)
+out["tp_loss"] = float(loss)
+out["tp_grad"] = np.asarray(grads["encoder"]["layers"][0]["attention"]["query"]["bias"][...]).tolist()
+out["tp_activation_gathers"] = activation_gathers(tp_grad.lower(tp_params, tp_batch).compile().as_text())
+
 # FSDP x tensor parallel: where the parameters go, and the forward pass they give.
 fsdp = make_mesh("fsdp=4,model=2")
 placed = jax.device_put(enc.params, meshlib.param_shardings(enc.params, fsdp))
@@ -102,7 +121,7 @@ def multi(tmp_path_factory, compile_cache, data_env):
   saved = str(root / "data4")
   first = run_python(SAVE_ON_4.format(out=saved), devices=4, env=env)
   assert first == {"devices": 4, "interrupted": True}
-  return run_python(ON_8.format(root=str(root), saved=saved), devices=8, env=env)
+  return run_python(ON_8.format(root=str(root), saved=saved, sparse=SPARSE), devices=8, env=env)
 
 
 def _numpy_info_nce(q, p, t, negatives=None, mask=None, symmetric=False):
@@ -117,6 +136,19 @@ def _numpy_info_nce(q, p, t, negatives=None, mask=None, symmetric=False):
     logits = np.concatenate([logits, np.where(mask[None], q @ negatives.T / t, -np.inf)], axis=1)
   loss = ce(logits)
   return 0.5 * (loss + ce(p @ q.T / t)) if symmetric else loss
+
+
+def _step_batch() -> dict[str, np.ndarray]:
+  """The 16-row batch the subprocess builds (same seeds), on the host."""
+  ids = np.random.default_rng(1).integers(5, 30000, size=(16, 24)).astype(np.int32)
+  lengths = np.random.default_rng(2).integers(6, 24, size=(16, 1))
+  mask = (np.arange(24)[None] < lengths).astype(np.int32)
+  return {
+      "query_input_ids": ids[:, :12],
+      "query_attention_mask": mask[:, :12],
+      "passage_input_ids": ids,
+      "passage_attention_mask": mask,
+  }
 
 
 def test_loss_over_sharded_batch_matches_numpy(multi):
@@ -141,23 +173,34 @@ def test_gradient_cache_on_sharded_batch_matches_one_device(multi):
   from jxr.train.trainer import embed_fn_of
 
   enc = load_encoder("tiny", max_length=48)
-  ids = np.random.default_rng(1).integers(5, 30000, size=(16, 24)).astype(np.int32)
-  lengths = np.random.default_rng(2).integers(6, 24, size=(16, 1))
-  mask = (np.arange(24)[None] < lengths).astype(np.int32)
-  batch = {
-      "query_input_ids": ids[:, :12],
-      "query_attention_mask": mask[:, :12],
-      "passage_input_ids": ids,
-      "passage_attention_mask": mask,
-  }
   loss, grads = jax.jit(
       lambda prm, b: steplib.plain_loss_and_grads(
           embed_fn_of(enc), prm, b, None, steplib.StepOptions()
       )
-  )({"encoder": enc.params}, batch)
+  )({"encoder": enc.params}, _step_batch())
   assert multi["cache_loss"] == pytest.approx(float(loss), rel=1e-5)
   expected = np.asarray(grads["encoder"]["layers"][0]["attention"]["query"]["bias"][...])
   np.testing.assert_allclose(multi["cache_grad"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_block_sparse_step_on_data_and_model_axes_matches_one_device(multi):
+  import jax
+
+  from jxr.model import AttentionConfig, load_encoder
+  from jxr.train import step as steplib
+  from jxr.train.trainer import embed_fn_of
+
+  enc = load_encoder("tiny", max_length=48, attention=AttentionConfig.block_sparse(**SPARSE))
+  loss, grads = jax.jit(
+      lambda prm, b: steplib.plain_loss_and_grads(
+          embed_fn_of(enc), prm, b, None, steplib.StepOptions()
+      )
+  )({"encoder": enc.params}, _step_batch())
+  assert multi["tp_loss"] == pytest.approx(float(loss), rel=1e-5)
+  expected = np.asarray(grads["encoder"]["layers"][0]["attention"]["query"]["bias"][...])
+  np.testing.assert_allclose(multi["tp_grad"], expected, atol=1e-5, rtol=1e-4)
+  # Attention ran on each device's rows and heads: no q, k or v was gathered.
+  assert multi["tp_activation_gathers"] == 0
 
 
 def test_fsdp_and_model_axes_shard_parameters_and_embed_the_same(multi):

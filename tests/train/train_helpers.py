@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,16 @@ def run_python(
         f"{done.stderr[-6000:]}"
     )
   return json.loads(results[-1])
+
+
+def activation_gathers(hlo: str) -> int:
+  """All-gathers in compiled HLO text whose result has rank >= 3.
+
+  q, k, v and their blocks have rank >= 4; parameters and pooled embeddings have
+  rank <= 2, so a count of 0 means no activation was gathered.
+  """
+  shapes = re.findall(r"= \w+\[([\d,]*)\][^ ]* all-gather", hlo)
+  return sum(len(shape.split(",")) >= 3 for shape in shapes)
 
 
 def tiny_config(out_dir, **changes):
