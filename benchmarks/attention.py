@@ -3,6 +3,7 @@
     python benchmarks/attention.py [--quick] [--out benchmarks/RESULTS-attention-cpu.md]
     python benchmarks/attention.py --study-shapes     # the study's masks at its lengths
     python benchmarks/attention.py --study-tiles      # their block-sparse masks on several tiles
+    python benchmarks/attention.py --long             # 2k-16k on 64/128-token cells
 
 Shape of multilingual-e5-small: B=1, 12 heads, head dim 32, float32. Every
 ratio is (sparse time) / (dense time through the same blocked XLA path), both
@@ -13,6 +14,7 @@ dense baseline. Memory is XLA's `temp_size_in_bytes` of the compiled program.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import subprocess
@@ -30,6 +32,7 @@ from pallas_kernels import (
     DenseMask,
     LocalMask,
     Mask,
+    attended_fraction,
     attention,
     random_for_density,
     visited_fraction,
@@ -213,6 +216,7 @@ def study_tiles(repeats: int, emit) -> None:
   emit("")
   emit("| mask | L | tiles | visited | fwd ms | fwd+bwd ms | dense fwd ms | dense fwd+bwd ms |")
   emit("|---|---|---|---|---|---|---|---|")
+  to_best = collections.defaultdict(list)  # (tiles, pass) -> time / the row's fastest tile
   for length in (128, 256, 512):
     x = _inputs(length, batch=STUDY_BATCH)
     d_out = _inputs(length, seed=1, batch=STUDY_BATCH)[0]
@@ -241,6 +245,80 @@ def study_tiles(repeats: int, emit) -> None:
             f"| {name} | {length} | {label} | {visited:.3f} | {fwd[n] * 1e3:.2f} | "
             f"{bwd[n] * 1e3:.2f} | {fwd[-1] * 1e3:.2f} | {bwd[-1] * 1e3:.2f} |"
         )
+        for pass_, times in (("fwd", fwd), ("fwd+bwd", bwd)):
+          to_best[(label, pass_)].append(times[n] / min(times[:-1]))
+  emit("")
+  emit("Each tile's time over the fastest tile of its row, over every row above:")
+  emit("")
+  emit("| tiles | fwd geometric mean | fwd worst | fwd+bwd geometric mean | fwd+bwd worst |")
+  emit("|---|---|---|---|---|")
+  for label in dict.fromkeys(label for label, _ in to_best):
+    cells = []
+    for pass_ in ("fwd", "fwd+bwd"):
+      ratios = np.asarray(to_best[(label, pass_)])
+      cells += [f"{np.exp(np.log(ratios).mean()):.2f}", f"{ratios.max():.2f}"]
+    emit(f"| {label} | " + " | ".join(cells) + " |")
+
+
+# Long sequences: BigBird layouts on 64- and 128-token cells, and the local window of
+# the same attended fraction. Dense at 16k would need a 12.9 GB score matrix per head
+# group on this box, so 16k times the sparse masks alone.
+LONG_LENGTHS = (2048, 4096, 8192, 16384)
+LONG_DENSE_LIMIT = 8192
+LONG_DENSITIES = (0.125, 0.25)
+
+
+def long_cases(length: int) -> list[tuple[str, Mask]]:
+  cases = {}
+  for density in LONG_DENSITIES:
+    for cell in (64, 128):
+      try:
+        random = random_for_density(density, [length], block=cell, local=1, global_=1)
+        name = f"BigBird {density:.1%}, {cell}-cells"
+      except ValueError:  # the band and global blocks alone attend more than `density`
+        random, name = 0.0, f"BigBird band + global only, {cell}-cells"
+      cases.setdefault(BlockSparseMask.pattern(cell, random=random), name)
+    window = round(density * length / 2)
+    cases.setdefault(LocalMask(window, window), f"local w={window} ({density:.1%})")
+  return [(name, mask) for mask, name in cases.items()]
+
+
+def long_shapes(repeats: int, emit) -> None:
+  """e5-small's heads at long lengths: sparse forward (and forward+backward) against dense."""
+  emit(
+      f"Long sequences, B={BATCH}, H={HEADS}, D={HEAD_DIM}, float32, blocked XLA path with its "
+      f"default tiles (128 x 64, kept on 64- and 128-token cells); dense (`DenseMask()` "
+      f"through the same path) and `jax.nn.dot_product_attention` side by side up to "
+      f"L={LONG_DENSE_LIMIT}; above it the sparse masks alone."
+  )
+  emit("")
+  emit(
+      "| mask | L | attended | fwd ms | dense fwd ms | sdpa fwd ms | fwd ratio | fwd+bwd ms "
+      "| dense fwd+bwd ms | fwd+bwd ratio |"
+  )
+  emit("|---|---|---|---|---|---|---|---|---|---|")
+  for length in LONG_LENGTHS:
+    x = _inputs(length)
+    d_out = _inputs(length, seed=1)[0]
+    with_dense = length <= LONG_DENSE_LIMIT
+    if with_dense:
+      dense_fwd, sdpa_fwd = seconds([_forward(DenseMask()), _sdpa()], x, repeats)
+      (dense_bwd,) = seconds([_forward_backward(DenseMask())], (*x, d_out), repeats)
+    for name, mask in long_cases(length):
+      (fwd,) = seconds([_forward(mask)], x, repeats)
+      (bwd,) = seconds([_forward_backward(mask)], (*x, d_out), repeats)
+      attended = attended_fraction(mask, [length])
+      if with_dense:
+        emit(
+            f"| {name} | {length} | {attended:.3f} | {fwd * 1e3:.1f} | {dense_fwd * 1e3:.1f} | "
+            f"{sdpa_fwd * 1e3:.1f} | {fwd / dense_fwd:.3f} | {bwd * 1e3:.1f} | "
+            f"{dense_bwd * 1e3:.1f} | {bwd / dense_bwd:.3f} |"
+        )
+      else:
+        emit(
+            f"| {name} | {length} | {attended:.3f} | {fwd * 1e3:.1f} | — | — | — | "
+            f"{bwd * 1e3:.1f} | — | — |"
+        )
 
 
 def main():
@@ -257,6 +335,9 @@ def main():
       "--study-tiles",
       action="store_true",
       help="only the study's block-sparse masks on tiles from one layout cell to 128",
+  )
+  parser.add_argument(
+      "--long", action="store_true", help="only long sequences (2k-16k) on 64/128-token cells"
   )
   parser.add_argument(
       "--peak-run", type=int, metavar="L", help=argparse.SUPPRESS
@@ -276,8 +357,12 @@ def main():
     print(line, flush=True)
     lines.append(line)
 
-  if args.study_shapes or args.study_tiles:
-    (study_tiles if args.study_tiles else study_shapes)(repeats, emit)
+  section = {"study_shapes": study_shapes, "study_tiles": study_tiles, "long": long_shapes}
+  chosen = [fn for flag, fn in section.items() if getattr(args, flag)]
+  if chosen:
+    for fn in chosen:
+      fn(repeats, emit)
+      emit("")
     if args.out:
       with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

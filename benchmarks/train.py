@@ -1,4 +1,4 @@
-"""Training throughput per attention kind: dense, local, block-sparse, side by side in one run.
+"""Training and encoding throughput per attention kind: dense, local, block-sparse, side by side.
 
     python benchmarks/train.py [--lengths 128 512 2048] [--model tiny|e5-small] [--quick]
 
@@ -6,7 +6,8 @@ Times the real training step of `jxr.train` (shared-encoder InfoNCE, AdamW,
 clipping, dropout on; `jit` over a one-device mesh with donated state) on
 random token ids: each step has `--passage-tokens` passage tokens (pairs =
 tokens / length) plus 32-token queries. tokens/s counts query and passage
-tokens. The encoder is built with as many positions as the longest length:
+tokens. Encoding is the jitted `Encoder.embed` (forward and pooling, no
+dropout) on the same passages, tokens/s counting passage tokens. The encoder is built with as many positions as the longest length:
 
   tiny      hidden 64, 2 layers, 4 heads, ffn 128 (the "tiny" test encoder's shape)
   e5-small  hidden 384, 12 layers, 12 heads, ffn 1536 (multilingual-e5-small's shape)
@@ -130,6 +131,22 @@ def compiled_step(encoder: Encoder, batch: dict[str, np.ndarray]):
   return run, time.perf_counter() - start
 
 
+def compiled_encode(encoder: Encoder, batch: dict[str, np.ndarray]):
+  """`(run, compile seconds)`: `run()` embeds the batch's passages and waits for them."""
+  passages = {
+      "input_ids": batch["passage_input_ids"],
+      "attention_mask": batch["passage_attention_mask"],
+  }
+  embed = jax.jit(encoder.embed)
+
+  def run() -> None:
+    jax.block_until_ready(embed(encoder.params, passages))
+
+  start = time.perf_counter()
+  run()
+  return run, time.perf_counter() - start
+
+
 def time_interleaved(runs: dict[str, object], steps: int) -> dict[str, float]:
   """Median seconds per step of each kind, timed round-robin so that changes in
   the machine's load hit every kind alike."""
@@ -194,11 +211,13 @@ def main() -> None:
   for length in args.lengths:
     pairs = max(2, args.passage_tokens // length)
     batch = random_batch(pairs, length, seed=0)
-    runs, compile_s = {}, {}
+    runs, compile_s, encodes, encode_compile_s = {}, {}, {}, {}
     for name, attention in attention_kinds(args.window, args.block, args.density, length).items():
       encoder = build_encoder(args.model, attention, max(args.lengths), base)
       runs[name], compile_s[name] = compiled_step(encoder, batch)
+      encodes[name], encode_compile_s[name] = compiled_encode(encoder, batch)
     seconds = time_interleaved(runs, args.steps)
+    encode_seconds = time_interleaved(encodes, args.steps)
     for name in kinds:
       row = {
           "length": length,
@@ -207,26 +226,29 @@ def main() -> None:
           "seconds_per_step": seconds[name],
           "tokens_per_s": pairs * (QUERY_LENGTH + length) / seconds[name],
           "compile_s": compile_s[name],
+          "encode_tokens_per_s": pairs * length / encode_seconds[name],
+          "encode_compile_s": encode_compile_s[name],
       }
       results.append(row)
       print(json.dumps(row), flush=True)
-    del runs
+    del runs, encodes
 
-  print()
-  print(
-      "| passage length | pairs/step | "
-      + " | ".join(f"{k} tokens/s" for k in kinds)
-      + " | "
-      + " | ".join(f"{k} / dense" for k in list(kinds)[1:])
-      + " |"
-  )
-  print("| --- " * (2 + 2 * len(kinds) - 1) + "|")
-  for length in args.lengths:
-    rows = {r["attention"]: r for r in results if r["length"] == length}
-    dense = rows["dense"]["tokens_per_s"]
-    cells = [f"{rows[k]['tokens_per_s']:,.0f}" for k in kinds]
-    ratios = [f"{rows[k]['tokens_per_s'] / dense:.2f}x" for k in list(kinds)[1:]]
-    print(f"| {length} | {rows['dense']['pairs']} | " + " | ".join(cells + ratios) + " |")
+  for title, column in (("train", "tokens_per_s"), ("encode", "encode_tokens_per_s")):
+    print(f"\n{title}:\n")
+    print(
+        "| passage length | pairs/step | "
+        + " | ".join(f"{k} tokens/s" for k in kinds)
+        + " | "
+        + " | ".join(f"{k} / dense" for k in list(kinds)[1:])
+        + " |"
+    )
+    print("| --- " * (2 + 2 * len(kinds) - 1) + "|")
+    for length in args.lengths:
+      rows = {r["attention"]: r for r in results if r["length"] == length}
+      dense = rows["dense"][column]
+      cells = [f"{rows[k][column]:,.0f}" for k in kinds]
+      ratios = [f"{rows[k][column] / dense:.2f}x" for k in list(kinds)[1:]]
+      print(f"| {length} | {rows['dense']['pairs']} | " + " | ".join(cells + ratios) + " |")
   print(f"\n# after the run: {machine()}")
   if args.json:
     with open(args.json, "w") as f:

@@ -91,7 +91,7 @@ def attention(
     kv_lengths: int `[B]`; keys at positions `>= kv_lengths[b]` are padding.
     q_segment_ids, kv_segment_ids: int `[B, Lq]`, `[B, Lk]`; queries see only keys of their segment.
     scale: softmax scale, default `D ** -0.5`.
-    block_sizes: kernel tiles; default `BlockSizes.default(D, dtype, backend)`, fitted to the mask.
+    block_sizes: kernel tiles; default `BlockSizes.default(D, dtype, backend, mask)`, fitted to the mask.
     implementation: None, "pallas", "xla", "splash" or "reference".
     interpret: run Pallas kernels in interpret mode (CPU).
     sharding: the mesh axes the batch and heads lie on; the implementation then
@@ -149,7 +149,7 @@ def attention(
     kv_lengths = jnp.minimum(jnp.asarray(kv_lengths, jnp.int32), kv_len)
   backend = {"xla": "cpu", "splash": "tpu"}.get(implementation, "gpu")
   if block_sizes is None:
-    block_sizes = BlockSizes.default(head_dim, q.dtype, backend)
+    block_sizes = BlockSizes.default(head_dim, q.dtype, backend, mask)
   block_sizes = block_sizes.fit(mask, q_len, kv_len)
   segments = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
 

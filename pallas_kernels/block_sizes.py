@@ -10,6 +10,8 @@ from pallas_kernels.masks import MAX_CELLS_PER_TILE, Mask
 
 # Triton's dot needs tiles of at least 16 along every dimension.
 MIN_TRITON_BLOCK = 16
+# The CPU tile for layouts whose cells are smaller than this.
+FINE_CELL_TILE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +37,20 @@ class BlockSizes:
         raise ValueError(f"BlockSizes.{field.name}: expected a positive int, got {value!r}")
 
   @classmethod
-  def default(cls, head_dim: int, dtype=None, backend: str = "gpu") -> BlockSizes:
-    """Tiles that work well for `head_dim` on `backend` ("gpu", "cpu", "tpu")."""
+  def default(
+      cls, head_dim: int, dtype=None, backend: str = "gpu", mask: Mask | None = None
+  ) -> BlockSizes:
+    """Tiles that work well for `head_dim` and `mask` on `backend` ("gpu", "cpu", "tpu")."""
     # One set of tiles serves every head dim and both dtypes (f32 dots run at
     # HIGHEST precision); the arguments stay so per-shape tuning can land here.
     del head_dim, dtype
     if backend == "cpu":
+      cells = [min(leaf.block_q, leaf.block_k) for leaf in mask.layout_leaves()] if mask else []
+      if cells and min(cells) < FINE_CELL_TILE:
+        # Layouts of 8- or 16-token cells (the study's): 64 x 64 tiles were the fastest
+        # forward, or within 1.2x of it, at L = 128, 256 and 512, and train like dense
+        # (benchmarks/RESULTS.md, "Tiles for the study's block-sparse masks").
+        return cls(*(FINE_CELL_TILE,) * 6)
       # The blocked XLA path: tiles small enough that sparsity pays, large
       # enough that each gathered matmul amortises its overhead (128 x 64 was
       # fastest for a 128-wide local window at L=4k; benchmarks/attention.py).

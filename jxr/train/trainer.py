@@ -37,12 +37,12 @@ from jxr.train.config import LAREQA_NAMES, TrainConfig, TrainResult
 from jxr.train.metrics import MetricsWriter, StepLog
 from jxr.train.optim import make_optimizer
 from jxr.train.step import (
-  StepOptions,
-  TrainState,
-  init_state,
-  jit_train_step,
-  make_train_step,
-  state_shardings,
+    StepOptions,
+    TrainState,
+    init_state,
+    jit_train_step,
+    make_train_step,
+    state_shardings,
 )
 from pallas_kernels import AttentionSharding
 

@@ -272,6 +272,17 @@ def test_block_sizes_fit_keeps_tiles_that_nest_with_the_layout():
   assert tiles.fit(BlockSparseMask.pattern(2), 512, 512).block_q == 64
 
 
+def test_cpu_default_tiles_for_fine_layouts():
+  # Measured at the study's shapes (benchmarks/RESULTS.md): 64 x 64 on the CPU for
+  # cells under 64 tokens; coarser layouts and the GPU keep their tiles.
+  assert BlockSizes.default(32, backend="cpu", mask=BlockSparseMask.pattern(16)) == BlockSizes(
+      64, 64, 64, 64, 64, 64
+  )
+  coarse = BlockSizes.default(32, backend="cpu", mask=BlockSparseMask.pattern(128))
+  assert coarse == BlockSizes.default(32, backend="cpu") == BlockSizes(128, 64, 128, 64, 128, 64)
+  assert BlockSizes.default(32, backend="gpu", mask=BlockSparseMask.pattern(16)) == BlockSizes()
+
+
 def test_tiles_must_nest_with_layout_cells():
   mask = BlockSparseMask(np.ones((11, 16), bool), 48, 32)
   with pytest.raises(ValueError, match="must nest"):
