@@ -106,6 +106,7 @@ def attention(
   if sharding is not None:
     if not isinstance(sharding, AttentionSharding):
       raise ValueError(f"sharding: expected an AttentionSharding, got {type(sharding).__name__}")
+    # Each shard runs this function again on its own rows and heads, without a sharding.
     arrays = dict(
         q=q,
         k=k,
