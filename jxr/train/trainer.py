@@ -395,18 +395,21 @@ def train(
   with signals.terminate_as_exception():  # SIGTERM in the loop: save, as on Ctrl-C
     try:
       for step in range(first, config.steps):
-        batch = next(sampler)
-        arrays = meshlib.global_batch(batch_arrays(batch, pairs, encoder, config), mesh)
+        # A step is one unit, from drawing its batch to logging its row: a stop that
+        # lands inside waits for the end, so the saved state never has a step without
+        # its row (or a drawn batch without its step).
         with deferred():
+          batch = next(sampler)
+          arrays = meshlib.global_batch(batch_arrays(batch, pairs, encoder, config), mesh)
           state, metrics = train_step(state, arrays)
-        done = step + 1
+          done = step + 1
+          log.add(
+              done,
+              {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
+              metrics,
+          )
         _failpoints.reached(f"step:{done}")
         bar.update(1)
-        log.add(
-            done,
-            {"kind": batch.kind, "language": batch.language, "batch_id": batch_id(batch)},
-            metrics,
-        )
         if eval_hook and config.eval_every and done % config.eval_every == 0:
           log.collect()
           result = eval_hook(done, current_encoder(state))
