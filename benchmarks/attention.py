@@ -287,7 +287,7 @@ def long_shapes(repeats: int, emit) -> None:
   """e5-small's heads at long lengths: sparse forward (and forward+backward) against dense."""
   emit(
       f"Long sequences, B={BATCH}, H={HEADS}, D={HEAD_DIM}, float32, blocked XLA path with its "
-      f"default tiles (128 x 64, kept on 64- and 128-token cells); dense (`DenseMask()` "
+      f"default tiles (64 x 64 on 64-token cells, 128 x 64 otherwise); dense (`DenseMask()` "
       f"through the same path) and `jax.nn.dot_product_attention` side by side up to "
       f"L={LONG_DENSE_LIMIT}; above it the sparse masks alone."
   )

@@ -10,7 +10,7 @@ from pallas_kernels.masks import MAX_CELLS_PER_TILE, Mask
 
 # Triton's dot needs tiles of at least 16 along every dimension.
 MIN_TRITON_BLOCK = 16
-# The CPU tile for layouts whose cells are smaller than this.
+# The CPU tile for layouts whose cells are smaller than twice this.
 FINE_CELL_TILE = 64
 
 
@@ -46,10 +46,12 @@ class BlockSizes:
     del head_dim, dtype
     if backend == "cpu":
       cells = [min(leaf.block_q, leaf.block_k) for leaf in mask.layout_leaves()] if mask else []
-      if cells and min(cells) < FINE_CELL_TILE:
-        # Layouts of 8- or 16-token cells (the study's): 64 x 64 tiles were the fastest
-        # forward, or within 1.2x of it, at L = 128, 256 and 512, and train like dense
-        # (benchmarks/RESULTS.md, "Tiles for the study's block-sparse masks").
+      if cells and min(cells) < 2 * FINE_CELL_TILE:
+        # Layouts of 8- or 16-token cells (the study's): 64 x 64 tiles had the best
+        # forward over its masks at L = 128, 256 and 512 and train like the coarser ones
+        # (benchmarks/RESULTS.md, "Tiles for the study's block-sparse masks"). On 64-token
+        # cells a 128-row tile would span two rows of cells: partial tiles whose masks the
+        # XLA path evaluates on the host (GBs of constants at 16k), so 64 x 64 there too.
         return cls(*(FINE_CELL_TILE,) * 6)
       # The blocked XLA path: tiles small enough that sparsity pays, large
       # enough that each gathered matmul amortises its overhead (128 x 64 was

@@ -274,10 +274,11 @@ def test_block_sizes_fit_keeps_tiles_that_nest_with_the_layout():
 
 def test_cpu_default_tiles_for_fine_layouts():
   # Measured at the study's shapes (benchmarks/RESULTS.md): 64 x 64 on the CPU for
-  # cells under 64 tokens; coarser layouts and the GPU keep their tiles.
+  # cells under 128 tokens; coarser layouts and the GPU keep their tiles.
   assert BlockSizes.default(32, backend="cpu", mask=BlockSparseMask.pattern(16)) == BlockSizes(
       64, 64, 64, 64, 64, 64
   )
+  assert BlockSizes.default(32, backend="cpu", mask=BlockSparseMask.pattern(64)).block_q == 64
   coarse = BlockSizes.default(32, backend="cpu", mask=BlockSparseMask.pattern(128))
   assert coarse == BlockSizes.default(32, backend="cpu") == BlockSizes(128, 64, 128, 64, 128, 64)
   assert BlockSizes.default(32, backend="gpu", mask=BlockSparseMask.pattern(16)) == BlockSizes()
