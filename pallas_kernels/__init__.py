@@ -107,14 +107,10 @@ def attention(
     if not isinstance(sharding, AttentionSharding):
       raise ValueError(f"sharding: expected an AttentionSharding, got {type(sharding).__name__}")
     # Each shard runs this function again on its own rows and heads, without a sharding.
-    arrays = dict(
-        q=q,
-        k=k,
-        v=v,
-        kv_lengths=kv_lengths,
-        q_segment_ids=q_segment_ids,
-        kv_segment_ids=kv_segment_ids,
+    per_row = dict(
+        kv_lengths=kv_lengths, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids
     )
+    arrays = dict(q=q, k=k, v=v, **{name: x for name, x in per_row.items() if x is not None})
 
     def attend(q, k, v, **rows):
       return attention(
@@ -129,8 +125,7 @@ def attention(
           **rows,
       )
 
-    present = {name: x for name, x in arrays.items() if x is not None}
-    return run_sharded(attend, sharding, present, per_head_mask=mask.per_head)
+    return run_sharded(attend, sharding, arrays, per_head_mask=mask.per_head)
   batch, q_len, num_heads, head_dim = q.shape
   kv_len = k.shape[1]
   scale = float(head_dim**-0.5 if scale is None else scale)

@@ -115,10 +115,8 @@ def _decide_partial_tiles(mask: Mask, tiling: _Tiling, states: np.ndarray, cells
     part = slice(start, start + rows)
     q_pos = q_blocks[part, None, None] * tiling.block_q + np.arange(tiling.block_q)[:, None]
     kv_pos = kv_blocks[part, None, None] * tiling.block_k + np.arange(tiling.block_k)[None, :]
-    words = cells[heads[part], q_blocks[part], kv_blocks[part]][:, None, None, :]
-    allowed = mask.tile_allowed(
-        q_pos, kv_pos, [words[..., w] for w in range(words.shape[-1])], tile, xp=np
-    )
+    words = cells[heads[part], q_blocks[part], kv_blocks[part]].T[:, :, None, None]  # [W, n, 1, 1]
+    allowed = mask.tile_allowed(q_pos, kv_pos, words, tile, xp=np)
     real = (q_pos < tiling.q_len) & (kv_pos < tiling.kv_len)
     full = (allowed | ~real).all(axis=(1, 2))
     some = (allowed & real).any(axis=(1, 2))

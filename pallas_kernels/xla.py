@@ -308,7 +308,7 @@ def _static_allowed(
   """
   static = real[:, None] & (kv_pos < kv_len)
   if any_partial:
-    words = [cells[..., w] for w in range(cells.shape[-1])]
+    words = np.moveaxis(cells, -1, 0)  # words[w]: word w of every position's tile
     tile = (table.block_q, table.block_k)
     static = static & mask.tile_allowed(q_pos[:, :, None], kv_pos, words, tile, xp=np)
   return static

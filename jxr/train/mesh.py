@@ -97,8 +97,7 @@ def make_mesh(spec: str = "data=-1", devices: Sequence[jax.Device] | None = None
 def attention_sharding(mesh: Mesh) -> AttentionSharding:
   """Attention split as the activations are: rows over the batch axes, heads over theirs."""
   rules = dict(LOGICAL_RULES)
-  as_tuple = lambda axes: (axes,) if isinstance(axes, str) else tuple(axes or ())
-  return AttentionSharding(mesh, as_tuple(rules["batch"]), as_tuple(rules["heads"]))
+  return AttentionSharding(mesh, rules["batch"], rules["heads"])
 
 
 def data_parallel_size(mesh: Mesh) -> int:
