@@ -23,7 +23,9 @@ batches; a learning curve on a small fixed subset.
 
 Each cell is an `experiments.run` directory under `<out>/cells/<name>`; a cell
 with results.json is finished and skipped, an unfinished one resumes, and the
-report (experiments.report) is rebuilt after every cell.
+report (experiments.report) is rebuilt after the first cell, then at most every
+`REPORT_EVERY_S` seconds, and when the sweep ends (`--report-only` rebuilds it
+at any time).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from jxr.model.config import AttentionConfig
 
 DENSE = AttentionConfig.dense()
 MATCH_TOLERANCE = 0.02  # largest allowed gap in attended fraction within a matched pair
+# A report costs seconds to minutes (figures, bootstrap over every contrast) and grows with the
+# finished cells; rebuilt after every cell, it took a fifth of the tiny grid's time.
+REPORT_EVERY_S = 300.0
 
 
 # ---------------------------------------------------------------------- the design
@@ -408,8 +413,14 @@ def run_sweep(
     runner: Runner = pipeline.run,
     log: Callable[[str], None] = print,
     num_samples: int = 2000,
+    report_every_s: float = REPORT_EVERY_S,
 ) -> pathlib.Path | None:
-  """Runs every unfinished cell (or those named in `only`), rebuilding the report after each."""
+  """Runs every unfinished cell (or those named in `only`); returns the report's path.
+
+  The report is rebuilt after the first cell this call runs, then after a cell
+  when `report_every_s` seconds have passed since the last rebuild, and at the
+  end unless the last cell's rebuild is current.
+  """
   todo = list(grid.cells)
   if only:
     names = {c.name for c in todo}
@@ -418,6 +429,7 @@ def run_sweep(
       raise ValueError(f"only: unknown cells {unknown}; this grid has {sorted(names)}")
     todo = [c for c in todo if c.name in set(only)]
   _check_sweep_file(out, grid)  # after the checks: a refused command writes nothing
+  reported_at, current = -float("inf"), None  # `current`: the report holds every finished cell
   for i, cell in enumerate(todo):
     config = cell_config(grid, cell, out)
     cell_dir = pathlib.Path(config.out)
@@ -432,8 +444,10 @@ def run_sweep(
     if not keep_checkpoints:  # the exported model stays; optimizer state is large
       shutil.rmtree(cell_dir / "train" / "checkpoints", ignore_errors=True)
     log(f"[{i + 1}/{len(todo)}] {cell.name}: {time.perf_counter() - start:.0f} s")
-    write_sweep_report(out, grid, num_samples)
-  return write_sweep_report(out, grid, num_samples)
+    current = None
+    if time.perf_counter() - reported_at >= report_every_s:
+      current, reported_at = write_sweep_report(out, grid, num_samples), time.perf_counter()
+  return current or write_sweep_report(out, grid, num_samples)
 
 
 def sweep_json(grid: Grid) -> dict[str, Any]:

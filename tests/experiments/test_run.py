@@ -25,7 +25,9 @@ REPORT_KEYS = {
 MATRICES = ("map", "mrr", "recall_at_1", "recall_at_10", "num_queries")
 
 
-def _env(lareqa_dir) -> dict:
+@pytest.fixture(scope="module")
+def env(lareqa_dir, tmp_path_factory) -> dict:
+  """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
   return dict(
       os.environ,
       PYTHONPATH=str(ROOT),
@@ -34,14 +36,16 @@ def _env(lareqa_dir) -> dict:
       HF_HUB_OFFLINE="1",
       JXR_OFFLINE="1",
       PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
   )
 
 
-def _run(args, lareqa_dir, cwd, timeout=600):
+def _run(args, env, cwd, timeout=600):
   return subprocess.run(
       [sys.executable, "-m", "experiments.run", *args],
       cwd=cwd,
-      env=_env(lareqa_dir),
+      env=env,
       capture_output=True,
       text=True,
       timeout=timeout,
@@ -80,12 +84,12 @@ def _check_complete(out: pathlib.Path, datasets=("xquad-r",)):
   return results, rows
 
 
-def _start(args, lareqa_dir, cwd, sigint):
+def _start(args, env, cwd, sigint):
   """experiments.run in a subprocess whose SIGINT disposition is `sigint`, whatever ours is."""
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.run", *args],
       cwd=cwd,
-      env=_env(lareqa_dir),
+      env=env,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -114,9 +118,7 @@ def _stop_during_training(proc, out: pathlib.Path, signum) -> tuple[str, str]:
         (signal.SIGTERM, signal.SIG_IGN, 143),  # preemption of a job started under nohup
     ],
 )
-def test_interrupted_run_resumes_and_writes_every_file(
-    lareqa_dir, tmp_path, signum, sigint, status
-):
+def test_interrupted_run_resumes_and_writes_every_file(env, tmp_path, signum, sigint, status):
   """Stopped during training, then --resume: the finished run has every documented file."""
   out = tmp_path / "run"
   args = [
@@ -131,7 +133,7 @@ def test_interrupted_run_resumes_and_writes_every_file(
       "--out",
       str(out),
   ]
-  proc = _start(args, lareqa_dir, tmp_path, sigint)
+  proc = _start(args, env, tmp_path, sigint)
   stdout, stderr = _stop_during_training(proc, out, signum)
   assert proc.returncode == status, stdout + stderr
   assert "--resume" in stderr and not (out / "results.json").exists()
@@ -140,7 +142,7 @@ def test_interrupted_run_resumes_and_writes_every_file(
   stopped_at = json.loads((out / "train" / "config.json").read_text())  # saved before the stop
   assert stopped_at["checkpoint_minutes"] == 5.0  # the tiny preset's wall-time cadence
 
-  resumed = _run([*args, "--resume"], lareqa_dir, tmp_path)
+  resumed = _run([*args, "--resume"], env, tmp_path)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert "zero_shot xquad-r" not in resumed.stdout  # the finished stage was not redone
   results, rows = _check_complete(out)
@@ -153,5 +155,5 @@ def test_interrupted_run_resumes_and_writes_every_file(
   assert "zero-shot   Mo." in resumed.stdout and "Mul. (macro)" in resumed.stdout
   assert f"run directory: {out}" in resumed.stdout
   # A finished run is never overwritten without --resume.
-  again = _run(args, lareqa_dir, tmp_path)
+  again = _run(args, env, tmp_path)
   assert again.returncode == 2 and "pass --resume" in again.stderr

@@ -157,6 +157,31 @@ def _fake_runner(calls, fail_on=None):
   return runner
 
 
+@pytest.mark.parametrize("report_every_s, finished_at_rebuilds", [(0.0, [1, 2, 3]), (1e9, [1, 3])])
+def test_report_is_rebuilt_after_the_first_cell_when_due_and_at_the_end(
+    tmp_path, monkeypatch, report_every_s, finished_at_rebuilds
+):
+  grid = sweep.make_grid(sweep.STUDIES["tiny"], {"mlqa-r": [48] * 5, "xquad-r": [40, 48]})
+  rebuilt = []  # finished cells on disk at each rebuild
+  write = sweep.write_sweep_report
+  monkeypatch.setattr(
+      sweep,
+      "write_sweep_report",
+      lambda out, g, n: rebuilt.append(len(sweep.load_cells(out, g))) or write(out, g, n),
+  )
+  path = sweep.run_sweep(
+      grid,
+      tmp_path,
+      only=[c.name for c in grid.cells[:3]],
+      runner=_fake_runner([]),
+      log=lambda m: None,
+      num_samples=200,
+      report_every_s=report_every_s,
+  )
+  assert rebuilt == finished_at_rebuilds
+  assert "3 of 11 cells finished" in path.read_text()
+
+
 def test_sweep_resumes_skips_finished_cells_and_refuses_another_grid(tmp_path):
   grid = sweep.make_grid(sweep.STUDIES["tiny"], {"mlqa-r": [48] * 5, "xquad-r": [40, 48]})
   first, second = grid.cells[0].name, grid.cells[1].name
