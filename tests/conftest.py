@@ -23,7 +23,22 @@ def _has_gpu() -> bool:
     return False
 
 
+def _slow_modules_first(items) -> list:
+  """Modules holding `slow` tests first, each module's tests together, else collection order.
+
+  Under `--dist loadfile --no-loadscope-reorder` (README's test command) a worker takes a whole
+  module at a time (module fixtures are built once) in this order, so the minutes-long modules
+  start at once and the short ones fill in around them instead of queueing behind them.
+  """
+  modules: dict[str, list] = {}
+  for item in items:
+    modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+  slow = lambda tests: not any("slow" in t.keywords for t in tests)  # noqa: E731
+  return [item for tests in sorted(modules.values(), key=slow) for item in tests]
+
+
 def pytest_collection_modifyitems(config, items):
+  items[:] = _slow_modules_first(items)
   if not _has_gpu():
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
