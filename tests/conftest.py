@@ -33,8 +33,8 @@ def _slow_modules_first(items) -> list:
   modules: dict[str, list] = {}
   for item in items:
     modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-  slow = lambda tests: not any("slow" in t.keywords for t in tests)  # noqa: E731
-  return [item for tests in sorted(modules.values(), key=slow) for item in tests]
+  holds_no_slow_test = lambda tests: not any("slow" in t.keywords for t in tests)  # noqa: E731
+  return [item for tests in sorted(modules.values(), key=holds_no_slow_test) for item in tests]
 
 
 def pytest_collection_modifyitems(config, items):
