@@ -11,7 +11,8 @@ import pathlib
 
 import pytest
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 
 
 def _has_gpu() -> bool:
@@ -58,3 +59,31 @@ def lareqa_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def reference_dir() -> pathlib.Path:
   return SHARED / "reference"
+
+
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory) -> pathlib.Path:
+  """One persistent XLA cache per worker: the subprocess runs compile the same programs."""
+  return tmp_path_factory.mktemp("xla")
+
+
+@pytest.fixture(scope="session")
+def run_env(lareqa_dir, xla_cache) -> dict[str, str]:
+  """The environment of a subprocess `experiments` or `jxr` command: this checkout, offline, quiet.
+
+  Every program goes to the cache however fast it compiled: a tiny run's ~35 small programs
+  take ~4 s to compile again, which a run that reads them back saves. Not for processes that
+  start together (a pod): the cache writes its files unlocked, so one could read a half-written
+  entry.
+  """
+  return dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      JXR_DATA_DIR=str(lareqa_dir),
+      JXR_QUIET="1",
+      HF_HUB_OFFLINE="1",
+      JXR_OFFLINE="1",
+      PYTHONUNBUFFERED="1",
+      JAX_COMPILATION_CACHE_DIR=str(xla_cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )

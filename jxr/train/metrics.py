@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -42,6 +43,25 @@ def _scalars(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
   return out
 
 
+def _summary_writer_class() -> type | None:
+  """tensorboardX's `SummaryWriter`, or None without tensorboardX (metrics.jsonl has everything).
+
+  tensorboardX imports torch where it is installed, only to accept torch tensors: 2-3 s a process.
+  We log floats, so torch is hidden while tensorboardX loads (a torch already loaded is left be).
+  """
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # `import torch` raises ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return None
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Appends rows to `metrics.jsonl` and scalars to TensorBoard under `tb/`."""
 
@@ -55,10 +75,7 @@ class MetricsWriter:
       self.path.write_text("")
     else:
       self._truncate(resume_step)
-    try:
-      from tensorboardX import SummaryWriter
-    except ImportError:  # metrics.jsonl still has everything
-      SummaryWriter = None
+    SummaryWriter = _summary_writer_class()
     if SummaryWriter is not None:
       # purge_step drops events a crashed run wrote past the checkpoint.
       self._tb = SummaryWriter(

@@ -17,7 +17,6 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 40, 5
 ARGS = [
     "--preset",
@@ -31,22 +30,6 @@ ARGS = [
     "--checkpoint-every",
     str(EVERY),
 ]
-
-
-def _env(lareqa_dir, xla_cache: pathlib.Path, **extra) -> dict:
-  """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
-  return dict(
-      os.environ,
-      PYTHONPATH=str(ROOT),
-      JXR_DATA_DIR=str(lareqa_dir),
-      JXR_QUIET="1",
-      HF_HUB_OFFLINE="1",
-      JXR_OFFLINE="1",
-      PYTHONUNBUFFERED="1",
-      JAX_COMPILATION_CACHE_DIR=str(xla_cache),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-      **extra,
-  )
 
 
 def _run(out: pathlib.Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -68,12 +51,11 @@ def _losses(out: pathlib.Path) -> tuple[list[int], list[float]]:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
+def test_a_killed_run_resumes_to_the_straight_run(run_env, tmp_path):
   """One test (not parametrized) so that the straight run is made once, on one worker."""
-  env = _env(lareqa_dir, tmp_path / "xla")
   straight = tmp_path / "straight" / "run"
   straight.parent.mkdir()
-  done = _run(straight, env)
+  done = _run(straight, run_env)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   steps, losses = _losses(straight)
   expected = json.loads((straight / "results.json").read_text())
@@ -93,10 +75,10 @@ def test_a_killed_run_resumes_to_the_straight_run(lareqa_dir, tmp_path):
   for point in points:
     out = tmp_path / point.replace(":", "-") / "run"
     out.parent.mkdir()
-    killed = _run(out, _env(lareqa_dir, tmp_path / "xla", JXR_KILL_AT=point))
+    killed = _run(out, dict(run_env, JXR_KILL_AT=point))
     assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
     assert not (out / "results.json").exists(), point
-    resumed = _run(out, env, "--resume")
+    resumed = _run(out, run_env, "--resume")
     assert resumed.returncode == 0, (point, resumed.stdout[-2000:] + resumed.stderr[-2000:])
     got_steps, got_losses = _losses(out)
     assert got_steps == steps, point  # each step once, none lost or repeated

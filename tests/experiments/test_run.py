@@ -1,7 +1,6 @@
 """`python -m experiments.run` end to end on the tiny preset, and resuming after Ctrl-C."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 REPORT_KEYS = {
     "dataset",
     "languages",
@@ -23,22 +21,6 @@ REPORT_KEYS = {
     "per_query",
 }
 MATRICES = ("map", "mrr", "recall_at_1", "recall_at_10", "num_queries")
-
-
-@pytest.fixture(scope="module")
-def env(lareqa_dir, tmp_path_factory) -> dict:
-  """The runs' environment; one persistent XLA cache, as every run compiles the same programs."""
-  return dict(
-      os.environ,
-      PYTHONPATH=str(ROOT),
-      JXR_DATA_DIR=str(lareqa_dir),
-      JXR_QUIET="1",
-      HF_HUB_OFFLINE="1",
-      JXR_OFFLINE="1",
-      PYTHONUNBUFFERED="1",
-      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla")),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-  )
 
 
 def _run(args, env, cwd, timeout=600):
@@ -118,7 +100,7 @@ def _stop_during_training(proc, out: pathlib.Path, signum) -> tuple[str, str]:
         (signal.SIGTERM, signal.SIG_IGN, 143),  # preemption of a job started under nohup
     ],
 )
-def test_interrupted_run_resumes_and_writes_every_file(env, tmp_path, signum, sigint, status):
+def test_interrupted_run_resumes_and_writes_every_file(run_env, tmp_path, signum, sigint, status):
   """Stopped during training, then --resume: the finished run has every documented file."""
   out = tmp_path / "run"
   args = [
@@ -133,7 +115,7 @@ def test_interrupted_run_resumes_and_writes_every_file(env, tmp_path, signum, si
       "--out",
       str(out),
   ]
-  proc = _start(args, env, tmp_path, sigint)
+  proc = _start(args, run_env, tmp_path, sigint)
   stdout, stderr = _stop_during_training(proc, out, signum)
   assert proc.returncode == status, stdout + stderr
   assert "--resume" in stderr and not (out / "results.json").exists()
@@ -142,7 +124,7 @@ def test_interrupted_run_resumes_and_writes_every_file(env, tmp_path, signum, si
   stopped_at = json.loads((out / "train" / "config.json").read_text())  # saved before the stop
   assert stopped_at["checkpoint_minutes"] == 5.0  # the tiny preset's wall-time cadence
 
-  resumed = _run([*args, "--resume"], env, tmp_path)
+  resumed = _run([*args, "--resume"], run_env, tmp_path)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert "zero_shot xquad-r" not in resumed.stdout  # the finished stage was not redone
   results, rows = _check_complete(out)
@@ -155,5 +137,5 @@ def test_interrupted_run_resumes_and_writes_every_file(env, tmp_path, signum, si
   assert "zero-shot   Mo." in resumed.stdout and "Mul. (macro)" in resumed.stdout
   assert f"run directory: {out}" in resumed.stdout
   # A finished run is never overwritten without --resume.
-  again = _run(args, env, tmp_path)
+  again = _run(args, run_env, tmp_path)
   assert again.returncode == 2 and "pass --resume" in again.stderr

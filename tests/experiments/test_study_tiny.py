@@ -1,15 +1,12 @@
 """The `tiny` study grid end to end in a subprocess: every cell, then report.json's contract."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 CELL_KEYS = {
     "name",
     "attention",
@@ -37,19 +34,11 @@ TREND_KEYS = CONTRAST_KEYS | {"from_languages", "to_languages"}
 
 
 @pytest.mark.slow
-def test_tiny_study_runs_end_to_end(lareqa_dir, tmp_path):
-  _run_and_check(lareqa_dir, tmp_path / "sweep")
+def test_tiny_study_runs_end_to_end(run_env, tmp_path):
+  _run_and_check(run_env, tmp_path / "sweep")
 
 
-def _run_and_check(lareqa_dir, out):
-  env = dict(
-      os.environ,
-      PYTHONPATH=str(ROOT),
-      JXR_DATA_DIR=str(lareqa_dir),
-      JXR_QUIET="1",
-      HF_HUB_OFFLINE="1",
-      PYTHONUNBUFFERED="1",
-  )
+def _run_and_check(env, out):
   command = [
       sys.executable,
       "-m",

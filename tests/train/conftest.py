@@ -9,19 +9,19 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache: runs with equal programs (resume, repeated meshes) compile once.
+def compile_cache(xla_cache):
+  """The worker's persistent XLA cache in this process too: equal programs compile once.
 
-  Also handed to subprocesses via JAX_COMPILATION_CACHE_DIR. The settings are
-  restored afterwards so other test directories are unaffected.
+  Also handed to subprocesses via JAX_COMPILATION_CACHE_DIR. Every program is cached, as in
+  `run_env`. The settings are restored afterwards so other test directories are unaffected.
   """
   from jax._src import compilation_cache
 
-  directory = str(tmp_path_factory.mktemp("xla_cache"))
+  directory = str(xla_cache)
   names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   previous = {name: getattr(jax.config, name) for name in names}
   jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()
   yield directory
   for name, value in previous.items():

@@ -116,7 +116,7 @@ def multi(tmp_path_factory, compile_cache, data_env):
   env = dict(
       data_env,
       JAX_COMPILATION_CACHE_DIR=compile_cache,
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
   saved = str(root / "data4")
   first = run_python(SAVE_ON_4.format(out=saved), devices=4, env=env)
