@@ -11,6 +11,7 @@ pinned LAReQA release into the data directory, checksummed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import os
@@ -142,10 +143,19 @@ class Paragraph:
   answer_sentences: tuple[int, ...]  # index into `sentences`
 
 
-def read_file(path: str | os.PathLike) -> list[Paragraph]:
+def read_file(path: str | os.PathLike) -> tuple[Paragraph, ...]:
   """Parses and validates one LAReQA json file (gzipped when it ends in .gz); errors name the
   file and question id."""
   path = pathlib.Path(path)
+  stat = path.stat()
+  return _parse(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+# Kept while the file is unchanged: every cell of a sweep reads the same files (a second
+# a cell, most of it JSON parsing).
+@functools.lru_cache(maxsize=32)
+def _parse(path: pathlib.Path, mtime_ns: int, size: int) -> tuple[Paragraph, ...]:
+  del mtime_ns, size  # the cache key: a rewritten file is parsed again
   try:
     with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
       raw = json.load(f)
@@ -204,7 +214,7 @@ def read_file(path: str | os.PathLike) -> list[Paragraph]:
               tuple(answer_sentences),
           )
       )
-  return paragraphs
+  return tuple(paragraphs)
 
 
 def _get(obj, key: str, kind: type, path: pathlib.Path, where: str):

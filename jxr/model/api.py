@@ -142,12 +142,14 @@ class Encoder:
   ) -> list[list[int]]:
     """Token ids with specials, at most `max_length`; a context is the second text of a
     pair, cut by the rule training uses too (`jxr.tokens`: context first, specials kept)."""
-    return [e.ids for e in self._encodings(texts, kind, contexts, max_length)]
+    return [row.tolist() for row in self._token_rows(texts, kind, contexts, max_length)[0]]
 
-  def _encodings(self, texts, kind, contexts, max_length) -> list:
+  def _token_rows(self, texts, kind, contexts, max_length) -> _TokenRows:
     texts, contexts, max_length = self._check_texts(texts, kind, contexts, max_length)
     prefix = self.prefix(kind)
-    return tokens.encode(self.tokenizer, [prefix + t for t in texts], max_length, contexts)
+    return _token_rows(
+        self.tokenizer, tuple(prefix + t for t in texts), max_length, tuple(contexts)
+    )
 
   def pad_batch(
       self,
@@ -166,7 +168,7 @@ class Encoder:
       input_ids[row, : len(x)] = x
       attention_mask[row, : len(x)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if type_ids is not None and any(any(t) for t in type_ids):
+    if type_ids is not None and any(np.any(t) for t in type_ids):
       token_type_ids = np.zeros((rows, length), np.int32)
       for row, t in enumerate(type_ids):
         token_type_ids[row, : len(t)] = t
@@ -182,11 +184,9 @@ class Encoder:
       max_length: int | None = None,
   ) -> dict[str, np.ndarray]:
     """A padded batch for `embed` (lengths rounded up to the bucket size)."""
-    encodings = self._encodings(texts, kind, contexts, max_length)
-    length = bucket_length(max(len(e.ids) for e in encodings), self._max_length(max_length))
-    return self.pad_batch(
-        [e.ids for e in encodings], length, type_ids=[e.type_ids for e in encodings]
-    )
+    ids, type_ids = self._token_rows(texts, kind, contexts, max_length)
+    length = bucket_length(max(len(row) for row in ids), self._max_length(max_length))
+    return self.pad_batch(ids, length, type_ids=type_ids)
 
   def _max_length(self, max_length: int | None) -> int:
     return min(max_length or self.default_max_length, self.config.max_length)
@@ -225,9 +225,7 @@ class Encoder:
     """L2-normalised float32 embeddings `[len(texts), dim]`, in input order."""
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    encodings = self._encodings(texts, kind, contexts, max_length)
-    ids = [e.ids for e in encodings]
-    type_ids = [e.type_ids for e in encodings]
+    ids, type_ids = self._token_rows(texts, kind, contexts, max_length)
     limit = self._max_length(max_length)
     out = np.empty((len(ids), self.dim), np.float32)
     plan = plan_batches([len(x) for x in ids], batch_size, limit, jax.local_device_count())
@@ -324,6 +322,29 @@ def _compiled_embed(
     return pool(hidden, batch["attention_mask"], config.pooling)
 
   return jax.jit(embed)
+
+
+# Per text: its token ids and type ids (int32, read-only: the rows are shared through the cache).
+_TokenRows = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
+
+
+# A run tokenises at most 5 sets: queries and candidates of two datasets, training passages.
+@functools.lru_cache(maxsize=8)
+def _token_rows(
+    tokenizer: Tokenizer, texts: tuple[str, ...], max_length: int, contexts: tuple[str | None, ...]
+) -> _TokenRows:
+  """`jxr.tokens.encode`, kept for the next call with the same texts: an evaluation set is
+  tokenised for the zero-shot and the fine-tuned model, and again by every cell of a sweep
+  (22 of the tiny study's 175 s before)."""
+  encodings = tokens.encode(tokenizer, list(texts), max_length, list(contexts))
+  return _read_only(e.ids for e in encodings), _read_only(e.type_ids for e in encodings)
+
+
+def _read_only(rows) -> tuple[np.ndarray, ...]:
+  arrays = tuple(np.asarray(row, np.int32) for row in rows)
+  for array in arrays:
+    array.flags.writeable = False
+  return arrays
 
 
 def bucket_length(length: int, limit: int) -> int:
@@ -479,8 +500,21 @@ def _load_bundled(overrides: dict[str, Any], path: pathlib.Path, name: str = BUN
   return Encoder(config, graphdef, params, tok, name=name, extra_tensors=extra)
 
 
+# The bundle's 250k-row embedding table would be 99.6% of tiny's parameters and most of its
+# training step and checkpoint time; these pieces read every text the bundle reads.
+TINY_TOP_PIECES = 16_000
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer() -> tuple[Tokenizer, bundle.BundleHeader, int]:
+  header, vocab = bundle.read_bundle_vocab(bundle.find_bundle())
+  shortlist = tokenization.shortlist(vocab, TINY_TOP_PIECES)
+  return tokenization.build_bundle_tokenizer(shortlist), header, len(shortlist.pieces)
+
+
 def _load_tiny(overrides: dict[str, Any], seed: int) -> Encoder:
-  tok, hf_config = _bundle_tokenizer_and_config(bundle.find_bundle())
+  tok, header, vocab_size = _tiny_tokenizer()
+  hf_config = _bundle_config(header, vocab_size)
   hf_config.update(
       _name_or_path="jxr/tiny",
       hidden_size=64,

@@ -160,6 +160,33 @@ def xlmr_post_processor(bos: str, bos_id: int, eos: str, eos_id: int):
   )
 
 
+def shortlist(vocab: BundleVocab, top: int) -> BundleVocab:
+  """`vocab` cut to its `top` highest-scored pieces, every one-character piece (so no text
+  loses a character to `<unk>`), the special pieces and the lowest-scored piece (it sets the
+  unknown piece's score), renumbered in their original order.
+
+  Texts split into longer runs of kept pieces; nothing else changes."""
+  if top < 1:
+    raise ValueError(f"top: expected at least 1 piece, got {top}")
+  scores = np.asarray(vocab.scores)
+  specials = (vocab.bos_id, vocab.pad_id, vocab.eos_id, vocab.unk_id, int(np.argmin(scores)))
+  keep = np.flatnonzero(
+      np.isin(np.arange(len(vocab.pieces)), np.argsort(-scores, kind="stable")[:top])
+      | np.asarray([len(p.removeprefix("\u2581")) <= 1 or p == MASK_TOKEN for p in vocab.pieces])
+  )
+  keep = np.union1d(keep, specials)
+  new_id = {int(old): new for new, old in enumerate(keep)}
+  return BundleVocab(
+      pieces=tuple(vocab.pieces[i] for i in keep),
+      scores=scores[keep],
+      bos_id=new_id[vocab.bos_id],
+      eos_id=new_id[vocab.eos_id],
+      pad_id=new_id[vocab.pad_id],
+      unk_id=new_id[vocab.unk_id],
+      normalization=vocab.normalization,
+  )
+
+
 def build_bundle_tokenizer(vocab: BundleVocab) -> Tokenizer:
   """A `tokenizers.Tokenizer` equivalent to multilingual-e5-small's tokenizer.json."""
   pieces = list(zip(vocab.pieces, np.asarray(vocab.scores, np.float64).tolist()))

@@ -3,6 +3,7 @@
 import collections
 import gzip
 import json
+import os
 import shutil
 
 import numpy as np
@@ -149,6 +150,17 @@ def test_own_files_in_the_same_layout_load(tmp_path):
   assert task.cand_text.tolist() == ["Hi.", "Bob came."]
   assert task.relevant(0).tolist() == [1]
   assert task.cand_context.tolist() == ["Hi. Bob came."] * 2
+
+
+def test_a_file_is_parsed_once_until_it_changes(tmp_path):
+  path = _write(tmp_path, json.dumps(_dataset()))
+  first = lareqa.read_file(path)
+  assert lareqa.read_file(path) is first  # every sweep cell reads the same files
+  stat = path.stat()
+  path.write_text(json.dumps(_dataset()).replace("Bob", "Rob"), "utf-8")  # the same size
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+  task = jxr.data.load_lareqa("xquad-r", data_dir=tmp_path, languages=["en"])
+  assert task.cand_text.tolist() == ["Hi.", "Rob came."]
 
 
 def test_gzipped_files_load_as_the_plain_ones(tmp_path):

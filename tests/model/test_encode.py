@@ -95,3 +95,19 @@ def test_replace_reuses_the_compiled_embed(tiny):
   assert other._embed_jit is tiny._embed_jit
   np.testing.assert_allclose(other.encode(texts), first, atol=1e-6)
   assert tiny._embed_jit._cache_size() == compiled  # same shapes: no new compilation
+
+
+def test_repeated_texts_are_tokenised_once(tiny, monkeypatch):
+  """The zero-shot and the fine-tuned evaluation (and every sweep cell) share one tokenisation."""
+  from jxr import tokens
+
+  calls = []
+  encode = tokens.encode
+  monkeypatch.setattr(tokens, "encode", lambda *args: calls.append(args) or encode(*args))
+  texts = ["a text that only this test encodes", "and a second one"]
+  first = tiny.encode(texts, kind="passage")
+  np.testing.assert_array_equal(tiny.encode(texts, kind="passage"), first)
+  assert tiny.token_ids(texts, kind="passage") == [e.ids for e in encode(*calls[0])]
+  assert len(calls) == 1
+  tiny.encode(texts, kind="passage", max_length=8)  # another length: other token ids
+  assert len(calls) == 2

@@ -120,3 +120,28 @@ def test_truncation_and_padding(e5):
   lengths = batch["attention_mask"].sum(1)
   assert lengths[0] < lengths[1]
   assert (batch["input_ids"][0, lengths[0] :] == 1).all()  # <pad>
+
+
+def test_a_shortlist_keeps_every_character_and_the_special_ids(ours):
+  """`tiny`'s vocabulary: no character of a LAReQA-like text becomes `<unk>`, frequent pieces
+  keep their splits, and the special pieces keep their ids and roles."""
+  _, vocab = bundle.read_bundle_vocab(bundle.find_bundle())
+  cut = tokenization.shortlist(vocab, 2000)
+  assert len(vocab.pieces) // 20 < len(cut.pieces) < len(vocab.pieces) // 5
+  short = tokenization.build_bundle_tokenizer(cut)
+  for name in ("<s>", "<pad>", "</s>", "<unk>"):
+    assert short.token_to_id(name) == ours.token_to_id(name), name
+  assert short.token_to_id("<mask>") == len(cut.pieces) - 1
+  texts = [
+      "query: Where is the answer?",
+      "Ελληνικά, русский, हिन्दी, ไทย, 中文, العربية, Tiếng Việt, Türkçe",
+      "稣 and ấ are the two lowest-scored pieces",
+  ]
+  unk = short.token_to_id("<unk>")
+  for text in texts:
+    ids = short.encode(text).ids
+    assert unk not in ids, text
+    assert short.decode(ids) == ours.decode(ours.encode(text).ids), text
+  assert short.encode("of the").tokens == ours.encode("of the").tokens
+  with pytest.raises(ValueError, match="top"):
+    tokenization.shortlist(vocab, 0)

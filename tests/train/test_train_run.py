@@ -263,7 +263,7 @@ def test_loss_decreases_on_mlqa_subset(tmp_path, compile_cache, data_env):
   result = train(
       tiny_config(
           tmp_path / "run",
-          steps=30,
+          steps=40,  # 30 left tiny's shortlist 0.19 short of the margin: its loss is noisy
           lr=2e-3,
           warmup_steps=3,
           eval_every=None,
@@ -271,5 +271,5 @@ def test_loss_decreases_on_mlqa_subset(tmp_path, compile_cache, data_env):
       )
   )
   values = losses(read_metrics(result.run_dir))
-  assert len(values) == 30
+  assert len(values) == 40
   assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.2, values

@@ -24,7 +24,7 @@ def encoder():
 
 def _batch(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  ids = rng.integers(5, 30000, size=(rows, 24)).astype(np.int32)
+  ids = rng.integers(5, 16000, size=(rows, 24)).astype(np.int32)
   mask = (np.arange(24)[None] < rng.integers(6, 25, size=(rows, 1))).astype(np.int32)
   return {
       "query_input_ids": ids[:, :12],
