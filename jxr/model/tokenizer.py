@@ -165,16 +165,14 @@ def shortlist(vocab: BundleVocab, top: int) -> BundleVocab:
   loses a character to `<unk>`), the special pieces and the lowest-scored piece (it sets the
   unknown piece's score), renumbered in their original order.
 
-  Texts split into longer runs of kept pieces; nothing else changes."""
+  Texts split into more, shorter pieces; nothing else changes."""
   if top < 1:
     raise ValueError(f"top: expected at least 1 piece, got {top}")
   scores = np.asarray(vocab.scores)
-  specials = (vocab.bos_id, vocab.pad_id, vocab.eos_id, vocab.unk_id, int(np.argmin(scores)))
-  keep = np.flatnonzero(
-      np.isin(np.arange(len(vocab.pieces)), np.argsort(-scores, kind="stable")[:top])
-      | np.asarray([len(p.removeprefix("\u2581")) <= 1 or p == MASK_TOKEN for p in vocab.pieces])
-  )
-  keep = np.union1d(keep, specials)
+  kept = np.asarray([len(p.removeprefix("\u2581")) <= 1 or p == MASK_TOKEN for p in vocab.pieces])
+  kept[np.argsort(-scores, kind="stable")[:top]] = True
+  kept[[vocab.bos_id, vocab.pad_id, vocab.eos_id, vocab.unk_id, int(np.argmin(scores))]] = True
+  keep = np.flatnonzero(kept)
   new_id = {int(old): new for new, old in enumerate(keep)}
   return BundleVocab(
       pieces=tuple(vocab.pieces[i] for i in keep),
